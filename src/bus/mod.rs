@@ -1,0 +1,127 @@
+//! The Bus port: how work moves between actors, possibly on different nodes.
+//!
+//! Three flows, named after the RabbitMQ topology of DESIGN section 8:
+//! step requests to the adapters (`order_exchange`), commands and step results to the
+//! node that owns an order (`orders.shard.<n>`), and order updates to every node's
+//! notifier (`events_exchange`). Consumers receive `Delivery`s and must `ack` only once
+//! the effect is persisted; the bridges in `actors::bridge` turn them into actor
+//! messages, which makes the bus a mailbox source.
+
+pub mod local;
+
+use crate::domain::{
+    Location, OperationOutcome, OrderEvent, OrderId, Operation, PackageDetails, System, UserId,
+};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the message bus is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the message bus refused the message: {0}")]
+    Rejected(String),
+}
+
+/// A call the order saga asks an adapter to make. Carries what every protocol needs,
+/// so an adapter on any node can serve it without reading the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRequest {
+    pub order_id: OrderId,
+    pub customer_id: UserId,
+    pub operation: Operation,
+    /// Distinguishes a retry from the call it replaces, so late replies are dropped.
+    pub attempt: u32,
+    pub pickup: Location,
+    pub delivery: Location,
+    pub package: PackageDetails,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_id: Option<String>,
+}
+
+impl StepRequest {
+    pub fn idempotency_key(&self) -> String {
+        self.operation.idempotency_key(&self.order_id)
+    }
+}
+
+/// How an adapter answered a step request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum StepReply {
+    /// Success or business refusal: final for this operation.
+    Settled { outcome: OperationOutcome },
+    /// Worth retrying later (timeout, outage, open circuit).
+    Transient { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum OrderCommand {
+    /// Load the order from the store and drive it on: after intake, after a change
+    /// made elsewhere (cancel, delivery), after a restart or a shard take-over.
+    Wake { order_id: OrderId },
+    StepResult {
+        order_id: OrderId,
+        operation: Operation,
+        attempt: u32,
+        reply: StepReply,
+    },
+}
+
+impl OrderCommand {
+    pub fn order_id(&self) -> &OrderId {
+        match self {
+            Self::Wake { order_id } | Self::StepResult { order_id, .. } => order_id,
+        }
+    }
+}
+
+/// Acknowledgement handle of one delivery. Dropping it unacknowledged leaves the
+/// message to the broker's redelivery.
+#[async_trait]
+pub trait Acknowledge: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), BusError>;
+    /// The handler failed: retry (up to the bus's limit) or dead-letter.
+    async fn reject(self: Box<Self>, reason: &str) -> Result<(), BusError>;
+}
+
+pub struct Delivery<T> {
+    pub message: T,
+    pub ack: Option<Box<dyn Acknowledge>>,
+}
+
+impl<T> Delivery<T> {
+    pub fn unacknowledged(message: T) -> Self {
+        Self { message, ack: None }
+    }
+
+    pub async fn ack(self) -> Result<(), BusError> {
+        match self.ack {
+            Some(ack) => ack.ack().await,
+            None => Ok(()),
+        }
+    }
+}
+
+pub type Inbox<T> = BoxStream<'static, Delivery<T>>;
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), BusError>;
+    async fn send_step(&self, request: StepRequest) -> Result<(), BusError>;
+    async fn send_to_order(&self, command: OrderCommand) -> Result<(), BusError>;
+    async fn publish_update(&self, event: OrderEvent) -> Result<(), BusError>;
+
+    /// Step requests for one external system; adapters on every node share them.
+    async fn step_requests(&self, system: System) -> Result<Inbox<StepRequest>, BusError>;
+    /// Commands for the orders this node owns.
+    async fn order_commands(&self) -> Result<Inbox<OrderCommand>, BusError>;
+    /// Every order update, whichever node made it.
+    async fn order_updates(&self) -> Result<Inbox<OrderEvent>, BusError>;
+}
+
+pub type SharedBus = Arc<dyn Bus>;

@@ -1,0 +1,20 @@
+//! Pure logistics logic: no IO, no clocks read behind the caller's back, no async.
+//! Everything here is unit-tested on its own; the rest of the crate depends on it,
+//! never the other way round.
+
+pub mod ids;
+pub mod order;
+pub mod saga;
+pub mod status;
+pub mod user;
+pub mod validation;
+
+pub use ids::{OrderId, UserId};
+pub use order::{
+    Compensation, CustomerProfile, Location, NewOrder, Order, OrderEvent, PackageDetails,
+    Reservation, Route, Waypoint,
+};
+pub use saga::{Operation, OperationOutcome, SagaDecision, SagaInput, StepState, System};
+pub use status::OrderStatus;
+pub use user::{Email, Role, User};
+pub use validation::{FieldError, ValidationErrors};

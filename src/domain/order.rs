@@ -1,0 +1,408 @@
+//! The order document and the intake request (seed 000 sections 8.1 and 12).
+//!
+//! Intake is parsed from a raw JSON value rather than a derived struct so that every
+//! bad field is reported at once, with its path, in both location forms the seeds use.
+
+use super::ids::{OrderId, UserId};
+use super::saga::{Operation, StepState, System};
+use super::status::OrderStatus;
+use super::validation::ValidationErrors;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+const MAX_TEXT_LEN: usize = 500;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Location {
+    pub lat: f64,
+    pub lng: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageDetails {
+    pub weight: f64,
+    /// Seed 000 shows both `"30x20x10"` and `{length, width, height}`: kept as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub fragile: bool,
+}
+
+/// A validated intake request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOrder {
+    pub pickup_location: Location,
+    pub delivery_address: Location,
+    pub package_details: PackageDetails,
+    pub scheduled_pickup_time: Option<DateTime<Utc>>,
+    pub special_instructions: Option<String>,
+}
+
+fn number(obj: &Map<String, Value>, key: &str) -> Option<f64> {
+    obj.get(key).and_then(Value::as_f64).filter(|n| n.is_finite())
+}
+
+fn optional_text(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+    errors: &mut ValidationErrors,
+) -> Option<String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= MAX_TEXT_LEN => Some(s.clone()),
+        Some(Value::String(_)) => {
+            errors.add(path, "must be at most 500 characters");
+            None
+        }
+        Some(_) => {
+            errors.add(path, "must be a string");
+            None
+        }
+    }
+}
+
+fn parse_location(value: Option<&Value>, path: &str, errors: &mut ValidationErrors) -> Location {
+    let fallback = Location {
+        lat: 0.0,
+        lng: 0.0,
+        address: None,
+    };
+    let Some(obj) = value.and_then(Value::as_object) else {
+        errors.add(path, "is required and must be an object");
+        return fallback;
+    };
+    // Seed 000 8.1 nests coordinates; seed 000 13.1 puts lat/lng at the top.
+    let (coords, coords_path) = match obj.get("coordinates").and_then(Value::as_object) {
+        Some(inner) => (inner, format!("{path}.coordinates")),
+        None => (obj, path.to_owned()),
+    };
+    let address = optional_text(obj, "address", &format!("{path}.address"), errors);
+    let mut coordinate = |key: &str, limit: f64| match number(coords, key) {
+        Some(v) if (-limit..=limit).contains(&v) => v,
+        Some(_) => {
+            errors.add(
+                format!("{coords_path}.{key}"),
+                format!("must be between -{limit} and {limit}"),
+            );
+            0.0
+        }
+        None => {
+            errors.add(format!("{coords_path}.{key}"), "is required and must be a number");
+            0.0
+        }
+    };
+    let lat = coordinate("lat", 90.0);
+    let lng = coordinate("lng", 180.0);
+    Location { lat, lng, address }
+}
+
+fn parse_package(value: Option<&Value>, errors: &mut ValidationErrors) -> PackageDetails {
+    let mut package = PackageDetails {
+        weight: 0.0,
+        dimensions: None,
+        description: None,
+        fragile: false,
+    };
+    let Some(obj) = value.and_then(Value::as_object) else {
+        errors.add("packageDetails", "is required and must be an object");
+        return package;
+    };
+    match number(obj, "weight") {
+        Some(w) if w > 0.0 && w <= 100_000.0 => package.weight = w,
+        Some(_) => errors.add("packageDetails.weight", "must be greater than 0 (kg, at most 100000)"),
+        None => errors.add("packageDetails.weight", "is required and must be a number"),
+    }
+    package.description =
+        optional_text(obj, "description", "packageDetails.description", errors);
+    package.dimensions = match obj.get("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 100 => Some(Value::String(s.clone())),
+        Some(Value::Object(dims))
+            if dims.len() <= 8 && dims.values().all(|v| v.as_f64().is_some_and(|n| n >= 0.0)) =>
+        {
+            Some(Value::Object(dims.clone()))
+        }
+        Some(_) => {
+            errors.add(
+                "packageDetails.dimensions",
+                "must be a string like \"30x20x10\" or an object of non-negative numbers",
+            );
+            None
+        }
+    };
+    match obj.get("fragile") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) => package.fragile = *b,
+        Some(_) => errors.add("packageDetails.fragile", "must be a boolean"),
+    }
+    package
+}
+
+impl NewOrder {
+    pub fn parse(body: &Value) -> Result<Self, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let Some(obj) = body.as_object() else {
+            errors.add("body", "must be a JSON object");
+            return Err(errors);
+        };
+        let pickup_location = parse_location(obj.get("pickupLocation"), "pickupLocation", &mut errors);
+        let delivery_address =
+            parse_location(obj.get("deliveryAddress"), "deliveryAddress", &mut errors);
+        let package_details = parse_package(obj.get("packageDetails"), &mut errors);
+        let scheduled_pickup_time = match obj.get("scheduledPickupTime") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
+                Ok(t) => Some(t.with_timezone(&Utc)),
+                Err(_) => {
+                    errors.add("scheduledPickupTime", "must be an RFC 3339 date-time");
+                    None
+                }
+            },
+            Some(_) => {
+                errors.add("scheduledPickupTime", "must be an RFC 3339 date-time string");
+                None
+            }
+        };
+        let special_instructions =
+            optional_text(obj, "specialInstructions", "specialInstructions", &mut errors);
+        errors.finish(|| Self {
+            pickup_location,
+            delivery_address,
+            package_details,
+            scheduled_pickup_time,
+            special_instructions,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerProfile {
+    pub name: String,
+    pub tier: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    pub warehouse: String,
+    pub picking_location: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Waypoint {
+    pub lat: f64,
+    pub lng: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    pub route_id: String,
+    pub waypoints: Vec<Waypoint>,
+    pub distance: f64,
+    pub eta: String,
+}
+
+/// Per-system progress, the seed's `integrationStatus {cms, wms, ros}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IntegrationStatus {
+    pub cms: StepState,
+    pub wms: StepState,
+    pub ros: StepState,
+}
+
+impl IntegrationStatus {
+    pub fn get(&self, system: System) -> StepState {
+        match system {
+            System::Cms => self.cms,
+            System::Wms => self.wms,
+            System::Ros => self.ros,
+        }
+    }
+
+    pub fn set(&mut self, system: System, state: StepState) {
+        match system {
+            System::Cms => self.cms = state,
+            System::Wms => self.wms = state,
+            System::Ros => self.ros = state,
+        }
+    }
+}
+
+/// An undo in progress: what the order ends as, why, and the compensating operations
+/// still to run, in order. Persisted so that a restarted node finishes the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compensation {
+    pub outcome: OrderStatus,
+    pub reason: String,
+    pub remaining: Vec<Operation>,
+}
+
+/// The order document. `version` is bumped on every write and used for
+/// compare-and-set; `seq` is the sequence number of the last event in its log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    pub order_id: OrderId,
+    pub customer_id: UserId,
+    pub status: OrderStatus,
+    pub pickup_location: Location,
+    pub delivery_address: Location,
+    pub package_details: PackageDetails,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_pickup_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub special_instructions: Option<String>,
+    pub integration_status: IntegrationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<CustomerProfile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warehouse: Option<Reservation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<Compensation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_id: Option<UserId>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: u64,
+    pub seq: u64,
+}
+
+/// One entry of an order's event log: the audit trail and the source of WebSocket
+/// replay. `seq` starts at 1 and has no gaps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderEvent {
+    pub order_id: OrderId,
+    pub customer_id: UserId,
+    pub seq: u64,
+    pub status: OrderStatus,
+    pub message: String,
+    pub timestamp: DateTime<Utc>,
+    #[serde(default)]
+    pub data: Value,
+}
+
+impl Order {
+    /// The order as it is born: RECEIVED, with its first event.
+    pub fn receive(
+        order_id: OrderId,
+        customer_id: UserId,
+        request: NewOrder,
+        now: DateTime<Utc>,
+    ) -> (Self, OrderEvent) {
+        let order = Self {
+            order_id,
+            customer_id,
+            status: OrderStatus::Received,
+            pickup_location: request.pickup_location,
+            delivery_address: request.delivery_address,
+            package_details: request.package_details,
+            scheduled_pickup_time: request.scheduled_pickup_time,
+            special_instructions: request.special_instructions,
+            integration_status: IntegrationStatus::default(),
+            customer: None,
+            warehouse: None,
+            route: None,
+            compensation: None,
+            failure_reason: None,
+            driver_id: None,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            seq: 1,
+        };
+        let event = order.event(1, "Order received and being processed", Value::Null, now);
+        (order, event)
+    }
+
+    pub fn event(&self, seq: u64, message: &str, data: Value, now: DateTime<Utc>) -> OrderEvent {
+        OrderEvent {
+            order_id: self.order_id.clone(),
+            customer_id: self.customer_id.clone(),
+            seq,
+            status: self.status,
+            message: message.to_owned(),
+            timestamp: now,
+            data,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(err: ValidationErrors) -> Vec<String> {
+        err.0.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn accepts_the_nested_form_of_seed_000_8_1() {
+        let body = json!({
+            "customerId": "usr_12345",
+            "pickupLocation": {"address": "123 Main St", "coordinates": {"lat": 40.7128, "lng": -74.006}},
+            "deliveryAddress": {"address": "456 Oak Ave", "coordinates": {"lat": 40.6782, "lng": -73.9442}},
+            "packageDetails": {"weight": 5.5, "dimensions": "30x20x10", "description": "Electronics", "fragile": true},
+            "scheduledPickupTime": "2026-02-05T09:00:00Z",
+            "specialInstructions": "ring doorbell"
+        });
+        let order = NewOrder::parse(&body).unwrap();
+        assert_eq!(order.pickup_location.lat, 40.7128);
+        assert_eq!(order.delivery_address.address.as_deref(), Some("456 Oak Ave"));
+        assert!(order.package_details.fragile);
+        assert!(order.scheduled_pickup_time.is_some());
+    }
+
+    #[test]
+    fn accepts_the_flat_form_of_seed_000_13_1() {
+        let body = json!({
+            "pickupLocation": {"lat": 40.7128, "lng": -74.006, "address": "123 Main St"},
+            "deliveryAddress": {"lat": 40.7589, "lng": -73.9851},
+            "packageDetails": {"weight": 1, "dimensions": {"length": 30, "width": 20, "height": 10}}
+        });
+        let order = NewOrder::parse(&body).unwrap();
+        assert_eq!(order.delivery_address.lng, -73.9851);
+        assert!(!order.package_details.fragile);
+    }
+
+    #[test]
+    fn reports_every_bad_field_with_its_path() {
+        let body = json!({
+            "pickupLocation": {"coordinates": {"lat": 91, "lng": "x"}},
+            "packageDetails": {"weight": 0, "fragile": "yes"},
+            "scheduledPickupTime": "tomorrow"
+        });
+        assert_eq!(
+            fields(NewOrder::parse(&body).unwrap_err()),
+            [
+                "pickupLocation.coordinates.lat",
+                "pickupLocation.coordinates.lng",
+                "deliveryAddress",
+                "packageDetails.weight",
+                "packageDetails.fragile",
+                "scheduledPickupTime"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_non_objects() {
+        assert_eq!(fields(NewOrder::parse(&json!([1])).unwrap_err()), ["body"]);
+    }
+}

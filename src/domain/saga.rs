@@ -1,0 +1,673 @@
+//! The order saga of DESIGN section 4 as a pure function: given an order and what
+//! just happened, it returns the next order state, the events to append, and the
+//! operation to run next. The OrderActor only executes these decisions, so every
+//! branch (refusal, exhausted retries, cancel, compensation) is tested here without
+//! IO.
+//!
+//! Steps run in sequence CMS -> WMS -> ROS. Running WMS and ROS side by side would
+//! save one round trip, but INVENTORY_RESERVED and ROUTE_OPTIMIZED would then arrive
+//! in either order; the strict order keeps statuses meaningful to customers.
+
+use super::ids::UserId;
+use super::order::{Compensation, CustomerProfile, Order, OrderEvent, Reservation, Route};
+use super::status::OrderStatus;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    Cms,
+    Wms,
+    Ros,
+}
+
+impl System {
+    pub const ALL: [System; 3] = [System::Cms, System::Wms, System::Ros];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cms => "cms",
+            Self::Wms => "wms",
+            Self::Ros => "ros",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    fn forward(self) -> Operation {
+        match self {
+            Self::Cms => Operation::ValidateCustomer,
+            Self::Wms => Operation::ReserveInventory,
+            Self::Ros => Operation::OptimizeRoute,
+        }
+    }
+
+    fn compensation(self) -> Operation {
+        match self {
+            Self::Cms => Operation::CancelCustomerOrder,
+            Self::Wms => Operation::ReleaseInventory,
+            Self::Ros => Operation::CancelRoute,
+        }
+    }
+
+    /// Whether a forward call whose outcome we never learned may have changed the
+    /// remote system. Customer validation only reads.
+    fn uncertain_call_may_have_effect(self) -> bool {
+        !matches!(self, Self::Cms)
+    }
+}
+
+/// One call to an external system: the three forward steps and their undos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Operation {
+    ValidateCustomer,
+    ReserveInventory,
+    OptimizeRoute,
+    CancelRoute,
+    ReleaseInventory,
+    CancelCustomerOrder,
+}
+
+impl Operation {
+    pub fn system(self) -> System {
+        match self {
+            Self::ValidateCustomer | Self::CancelCustomerOrder => System::Cms,
+            Self::ReserveInventory | Self::ReleaseInventory => System::Wms,
+            Self::OptimizeRoute | Self::CancelRoute => System::Ros,
+        }
+    }
+
+    pub fn is_compensation(self) -> bool {
+        matches!(
+            self,
+            Self::CancelRoute | Self::ReleaseInventory | Self::CancelCustomerOrder
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ValidateCustomer => "cms.validate",
+            Self::ReserveInventory => "wms.reserve",
+            Self::OptimizeRoute => "ros.optimize",
+            Self::CancelRoute => "ros.cancel",
+            Self::ReleaseInventory => "wms.release",
+            Self::CancelCustomerOrder => "cms.cancel",
+        }
+    }
+
+    /// Sent with every request so that a redelivered or resumed call never acts twice.
+    pub fn idempotency_key(self, order_id: &super::OrderId) -> String {
+        format!("{order_id}:{}", self.name())
+    }
+}
+
+/// Progress of one system for one order; the values of `integrationStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepState {
+    #[default]
+    Pending,
+    Completed,
+    /// The system said no (unknown customer, no stock, no route).
+    Refused,
+    /// Gave up after the retry budget; the outcome on the remote side is unknown.
+    Failed,
+    Compensated,
+}
+
+/// What an operation came back with, as the adapters classify it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum OperationOutcome {
+    CustomerValidated(CustomerProfile),
+    InventoryReserved(Reservation),
+    RouteOptimized(Route),
+    /// A compensating operation took effect (or had nothing to undo).
+    Undone,
+    /// A business refusal: retrying cannot help.
+    Refused { reason: String },
+    /// Transient failures outlasted the retry budget.
+    Exhausted { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SagaInput {
+    Outcome(Operation, OperationOutcome),
+    Cancel,
+    Delivery { status: OrderStatus, driver: UserId },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaDecision {
+    pub order: Order,
+    pub events: Vec<OrderEvent>,
+    pub next: Option<Operation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SagaRejection {
+    /// The input does not fit the order's state (a late reply to a call already
+    /// settled, for instance); nothing changes.
+    #[error("stale input for the order's current state")]
+    Stale,
+    /// A request the client may retry only once the state changes: answered as 409.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The operation the order is waiting on, if any. Used to start and to resume.
+pub fn next_operation(order: &Order) -> Option<Operation> {
+    if let Some(compensation) = &order.compensation {
+        return compensation.remaining.first().copied();
+    }
+    if !order.status.is_processing() {
+        return None;
+    }
+    System::ALL
+        .into_iter()
+        .find(|s| order.integration_status.get(*s) == StepState::Pending)
+        .map(System::forward)
+}
+
+/// Undo operations for everything that may have taken effect, latest first.
+fn compensation_plan(order: &Order) -> Vec<Operation> {
+    // The step that may be in flight: the first pending one, if all before it passed.
+    let current = System::ALL
+        .into_iter()
+        .find(|s| order.integration_status.get(*s) != StepState::Completed)
+        .filter(|s| order.integration_status.get(*s) == StepState::Pending);
+    System::ALL
+        .into_iter()
+        .rev()
+        .filter(|s| match order.integration_status.get(*s) {
+            StepState::Completed => true,
+            StepState::Failed => s.uncertain_call_may_have_effect(),
+            StepState::Pending => Some(*s) == current && s.uncertain_call_may_have_effect(),
+            StepState::Refused | StepState::Compensated => false,
+        })
+        .map(System::compensation)
+        .collect()
+}
+
+struct Draft {
+    order: Order,
+    events: Vec<OrderEvent>,
+    now: DateTime<Utc>,
+}
+
+impl Draft {
+    fn new(order: &Order, now: DateTime<Utc>) -> Self {
+        let mut order = order.clone();
+        order.version += 1;
+        order.updated_at = now;
+        Self {
+            order,
+            events: Vec::new(),
+            now,
+        }
+    }
+
+    fn announce(&mut self, status: OrderStatus, message: &str, data: Value) {
+        self.order.status = status;
+        self.order.seq += 1;
+        let event = self.order.event(self.order.seq, message, data, self.now);
+        self.events.push(event);
+    }
+
+    fn begin_compensation(&mut self, outcome: OrderStatus, reason: String) {
+        let remaining = compensation_plan(&self.order);
+        if remaining.is_empty() {
+            self.finish(outcome, reason);
+        } else {
+            let message = format!("Compensating: {reason}");
+            self.announce(
+                OrderStatus::Compensating,
+                &message,
+                json!({"reason": reason, "compensations": remaining}),
+            );
+            self.order.compensation = Some(Compensation {
+                outcome,
+                reason,
+                remaining,
+            });
+        }
+    }
+
+    fn finish(&mut self, outcome: OrderStatus, reason: String) {
+        self.order.compensation = None;
+        let message = match outcome {
+            OrderStatus::Cancelled => "Order cancelled".to_owned(),
+            _ => format!("Order failed: {reason}"),
+        };
+        self.order.failure_reason = Some(reason.clone());
+        self.announce(outcome, &message, json!({"reason": reason}));
+    }
+
+    fn done(self) -> SagaDecision {
+        let next = next_operation(&self.order);
+        SagaDecision {
+            order: self.order,
+            events: self.events,
+            next,
+        }
+    }
+}
+
+pub fn decide(order: &Order, input: SagaInput, now: DateTime<Utc>) -> Result<SagaDecision, SagaRejection> {
+    let mut draft = Draft::new(order, now);
+    match input {
+        SagaInput::Outcome(op, outcome) => {
+            if next_operation(order) != Some(op) {
+                return Err(SagaRejection::Stale);
+            }
+            if op.is_compensation() {
+                settle_compensation(&mut draft, op, outcome)?;
+            } else {
+                settle_forward(&mut draft, op, outcome)?;
+            }
+        }
+        SagaInput::Cancel => {
+            if !order.status.is_cancellable() {
+                return Err(SagaRejection::Conflict(format!(
+                    "an order that is {} can no longer be cancelled",
+                    order.status
+                )));
+            }
+            draft.begin_compensation(OrderStatus::Cancelled, "cancelled by the customer".into());
+        }
+        SagaInput::Delivery { status, driver } => {
+            let allowed = matches!(
+                (order.status, status),
+                (OrderStatus::ReadyForDelivery, OrderStatus::OutForDelivery)
+                    | (OrderStatus::OutForDelivery, OrderStatus::Delivered)
+            );
+            if !allowed {
+                return Err(SagaRejection::Conflict(format!(
+                    "cannot move an order from {} to {status}",
+                    order.status
+                )));
+            }
+            let message = match status {
+                OrderStatus::OutForDelivery => "Out for delivery",
+                _ => "Delivered",
+            };
+            draft.order.driver_id = Some(driver.clone());
+            draft.announce(status, message, json!({"driverId": driver}));
+        }
+    }
+    Ok(draft.done())
+}
+
+fn settle_forward(draft: &mut Draft, op: Operation, outcome: OperationOutcome) -> Result<(), SagaRejection> {
+    let system = op.system();
+    match (op, outcome) {
+        (Operation::ValidateCustomer, OperationOutcome::CustomerValidated(profile)) => {
+            draft.order.integration_status.set(system, StepState::Completed);
+            let data = json!({"customerData": {
+                "id": draft.order.customer_id, "name": profile.name, "tier": profile.tier}});
+            draft.order.customer = Some(profile);
+            draft.announce(OrderStatus::CmsValidated, "Customer validated successfully", data);
+        }
+        (Operation::ReserveInventory, OperationOutcome::InventoryReserved(reservation)) => {
+            draft.order.integration_status.set(system, StepState::Completed);
+            let data = json!({"inventory": "RESERVED", "warehouse": reservation.warehouse,
+                "pickingLocation": reservation.picking_location});
+            draft.order.warehouse = Some(reservation);
+            draft.announce(OrderStatus::InventoryReserved, "Inventory reserved successfully", data);
+        }
+        (Operation::OptimizeRoute, OperationOutcome::RouteOptimized(route)) => {
+            draft.order.integration_status.set(system, StepState::Completed);
+            let data = json!({"route": route});
+            draft.order.route = Some(route);
+            draft.announce(OrderStatus::RouteOptimized, "Route optimized successfully", data);
+            draft.announce(
+                OrderStatus::ReadyForDelivery,
+                "Order ready for delivery",
+                Value::Null,
+            );
+        }
+        (_, OperationOutcome::Refused { reason }) => {
+            draft.order.integration_status.set(system, StepState::Refused);
+            let reason = format!("{} refused: {reason}", system.as_str().to_uppercase());
+            draft.begin_compensation(OrderStatus::Failed, reason);
+        }
+        (_, OperationOutcome::Exhausted { reason }) => {
+            draft.order.integration_status.set(system, StepState::Failed);
+            let reason = format!("{} unavailable: {reason}", system.as_str().to_uppercase());
+            draft.begin_compensation(OrderStatus::Failed, reason);
+        }
+        _ => return Err(SagaRejection::Stale),
+    }
+    Ok(())
+}
+
+fn settle_compensation(
+    draft: &mut Draft,
+    op: Operation,
+    outcome: OperationOutcome,
+) -> Result<(), SagaRejection> {
+    let Some(mut compensation) = draft.order.compensation.take() else {
+        return Err(SagaRejection::Stale);
+    };
+    let system = op.system();
+    let message = match outcome {
+        OperationOutcome::Undone => {
+            draft.order.integration_status.set(system, StepState::Compensated);
+            format!("{} compensated ({})", system.as_str().to_uppercase(), op.name())
+        }
+        OperationOutcome::Refused { reason } | OperationOutcome::Exhausted { reason } => {
+            // An undo that cannot be done is recorded for operators and the saga moves
+            // on: holding the order forever would help no one.
+            draft.order.integration_status.set(system, StepState::Failed);
+            compensation.reason = format!(
+                "{}; {} could not be undone: {reason}",
+                compensation.reason,
+                op.name()
+            );
+            format!("{} could not be compensated: {reason}", system.as_str().to_uppercase())
+        }
+        _ => return Err(SagaRejection::Stale),
+    };
+    compensation.remaining.retain(|o| *o != op);
+    if compensation.remaining.is_empty() {
+        draft.finish(compensation.outcome, compensation.reason);
+    } else {
+        draft.order.compensation = Some(compensation);
+        draft.announce(OrderStatus::Compensating, &message, Value::Null);
+    }
+    Ok(())
+}
+
+/// Seed 001's view of progress: the three steps with their state and the time each
+/// settled, taken from the event log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    pub step: &'static str,
+    pub name: &'static str,
+    pub status: &'static str,
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+pub fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> {
+    let current = next_operation(order).filter(|op| !op.is_compensation());
+    System::ALL
+        .into_iter()
+        .map(|system| {
+            let (step, name, done_status) = match system {
+                System::Cms => ("CMS_VERIFICATION", "Customer Verification", OrderStatus::CmsValidated),
+                System::Wms => ("WMS_REGISTRATION", "Inventory Reservation", OrderStatus::InventoryReserved),
+                System::Ros => ("ROS_OPTIMIZATION", "Route Optimization", OrderStatus::RouteOptimized),
+            };
+            let state = order.integration_status.get(system);
+            let status = match state {
+                StepState::Pending if current.map(Operation::system) == Some(system) => "IN_PROGRESS",
+                StepState::Pending => "PENDING",
+                StepState::Completed => "COMPLETED",
+                StepState::Refused | StepState::Failed => "FAILED",
+                StepState::Compensated => "COMPENSATED",
+            };
+            let timestamp = events
+                .iter()
+                .find(|e| e.status == done_status)
+                .map(|e| e.timestamp);
+            StepView {
+                step,
+                name,
+                status,
+                timestamp,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::order::{Location, NewOrder, PackageDetails};
+    use crate::domain::{OrderId, UserId};
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-02-04T16:20:30Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn received() -> Order {
+        let loc = Location {
+            lat: 1.0,
+            lng: 2.0,
+            address: None,
+        };
+        let request = NewOrder {
+            pickup_location: loc.clone(),
+            delivery_address: loc,
+            package_details: PackageDetails {
+                weight: 1.0,
+                dimensions: None,
+                description: None,
+                fragile: false,
+            },
+            scheduled_pickup_time: None,
+            special_instructions: None,
+        };
+        Order::receive(
+            OrderId::parse("ORD-1").unwrap(),
+            UserId::from_trusted("usr_1"),
+            request,
+            now(),
+        )
+        .0
+    }
+
+    fn profile() -> OperationOutcome {
+        OperationOutcome::CustomerValidated(CustomerProfile {
+            name: "John".into(),
+            tier: "premium".into(),
+        })
+    }
+
+    fn reserved() -> OperationOutcome {
+        OperationOutcome::InventoryReserved(Reservation {
+            warehouse: "WH-001".into(),
+            picking_location: "A-1".into(),
+        })
+    }
+
+    fn routed() -> OperationOutcome {
+        OperationOutcome::RouteOptimized(Route {
+            route_id: "RT-1".into(),
+            waypoints: vec![],
+            distance: 1.0,
+            eta: "2026-02-05T10:45:00Z".into(),
+        })
+    }
+
+    fn step(order: &Order, op: Operation, outcome: OperationOutcome) -> SagaDecision {
+        decide(order, SagaInput::Outcome(op, outcome), now()).unwrap()
+    }
+
+    fn ready() -> Order {
+        let d = step(&received(), Operation::ValidateCustomer, profile());
+        let d = step(&d.order, Operation::ReserveInventory, reserved());
+        step(&d.order, Operation::OptimizeRoute, routed()).order
+    }
+
+    fn statuses(d: &SagaDecision) -> Vec<OrderStatus> {
+        d.events.iter().map(|e| e.status).collect()
+    }
+
+    #[test]
+    fn happy_path_runs_cms_then_wms_then_ros_and_ends_ready() {
+        let order = received();
+        assert_eq!(next_operation(&order), Some(Operation::ValidateCustomer));
+        let d = step(&order, Operation::ValidateCustomer, profile());
+        assert_eq!(statuses(&d), [OrderStatus::CmsValidated]);
+        assert_eq!(d.next, Some(Operation::ReserveInventory));
+        assert_eq!(d.events[0].seq, 2);
+        let d = step(&d.order, Operation::ReserveInventory, reserved());
+        assert_eq!(d.next, Some(Operation::OptimizeRoute));
+        let d = step(&d.order, Operation::OptimizeRoute, routed());
+        assert_eq!(
+            statuses(&d),
+            [OrderStatus::RouteOptimized, OrderStatus::ReadyForDelivery]
+        );
+        assert_eq!(d.next, None);
+        assert_eq!(d.order.seq, 5);
+        assert_eq!(d.order.version, 4);
+        assert!(d.order.route.is_some() && d.order.warehouse.is_some());
+    }
+
+    #[test]
+    fn late_or_unexpected_replies_change_nothing() {
+        let order = received();
+        let stale = decide(&order, SagaInput::Outcome(Operation::ReserveInventory, reserved()), now());
+        assert_eq!(stale, Err(SagaRejection::Stale));
+        let mismatched = decide(&order, SagaInput::Outcome(Operation::ValidateCustomer, reserved()), now());
+        assert_eq!(mismatched, Err(SagaRejection::Stale));
+    }
+
+    #[test]
+    fn refusal_compensates_completed_steps_in_reverse_and_fails() {
+        let d = step(&received(), Operation::ValidateCustomer, profile());
+        let d = step(&d.order, Operation::ReserveInventory, reserved());
+        let d = step(
+            &d.order,
+            Operation::OptimizeRoute,
+            OperationOutcome::Refused {
+                reason: "no route".into(),
+            },
+        );
+        assert_eq!(statuses(&d), [OrderStatus::Compensating]);
+        assert_eq!(
+            d.order.compensation.as_ref().unwrap().remaining,
+            [Operation::ReleaseInventory, Operation::CancelCustomerOrder]
+        );
+        assert_eq!(d.next, Some(Operation::ReleaseInventory));
+        let d = step(&d.order, Operation::ReleaseInventory, OperationOutcome::Undone);
+        assert_eq!(d.next, Some(Operation::CancelCustomerOrder));
+        let d = step(&d.order, Operation::CancelCustomerOrder, OperationOutcome::Undone);
+        assert_eq!(statuses(&d), [OrderStatus::Failed]);
+        assert_eq!(d.next, None);
+        assert_eq!(d.order.failure_reason.as_deref(), Some("ROS refused: no route"));
+        assert_eq!(d.order.integration_status.wms, StepState::Compensated);
+        assert_eq!(d.order.integration_status.ros, StepState::Refused);
+    }
+
+    #[test]
+    fn unknown_customer_fails_at_once_with_nothing_to_undo() {
+        let d = step(
+            &received(),
+            Operation::ValidateCustomer,
+            OperationOutcome::Refused {
+                reason: "unknown customer".into(),
+            },
+        );
+        assert_eq!(statuses(&d), [OrderStatus::Failed]);
+        assert_eq!(d.next, None);
+    }
+
+    #[test]
+    fn exhausted_reservation_is_released_because_it_may_have_happened() {
+        let d = step(&received(), Operation::ValidateCustomer, profile());
+        let d = step(
+            &d.order,
+            Operation::ReserveInventory,
+            OperationOutcome::Exhausted {
+                reason: "timeout".into(),
+            },
+        );
+        assert_eq!(
+            d.order.compensation.as_ref().unwrap().remaining,
+            [Operation::ReleaseInventory, Operation::CancelCustomerOrder]
+        );
+    }
+
+    #[test]
+    fn cancel_before_delivery_undoes_everything_and_ends_cancelled() {
+        let d = decide(&ready(), SagaInput::Cancel, now()).unwrap();
+        assert_eq!(d.next, Some(Operation::CancelRoute));
+        let d = step(&d.order, Operation::CancelRoute, OperationOutcome::Undone);
+        let d = step(&d.order, Operation::ReleaseInventory, OperationOutcome::Undone);
+        let d = step(&d.order, Operation::CancelCustomerOrder, OperationOutcome::Undone);
+        assert_eq!(d.order.status, OrderStatus::Cancelled);
+    }
+
+    #[test]
+    fn cancel_during_a_reservation_also_releases_it() {
+        let d = step(&received(), Operation::ValidateCustomer, profile());
+        let d = decide(&d.order, SagaInput::Cancel, now()).unwrap();
+        assert_eq!(
+            d.order.compensation.unwrap().remaining,
+            [Operation::ReleaseInventory, Operation::CancelCustomerOrder]
+        );
+    }
+
+    #[test]
+    fn cancel_is_refused_once_out_for_delivery_or_twice() {
+        let driver = UserId::from_trusted("usr_d");
+        let out = decide(
+            &ready(),
+            SagaInput::Delivery {
+                status: OrderStatus::OutForDelivery,
+                driver,
+            },
+            now(),
+        )
+        .unwrap();
+        assert!(matches!(
+            decide(&out.order, SagaInput::Cancel, now()),
+            Err(SagaRejection::Conflict(_))
+        ));
+        let compensating = decide(&ready(), SagaInput::Cancel, now()).unwrap();
+        assert!(matches!(
+            decide(&compensating.order, SagaInput::Cancel, now()),
+            Err(SagaRejection::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn a_failed_undo_is_recorded_and_the_saga_still_ends() {
+        let d = decide(&ready(), SagaInput::Cancel, now()).unwrap();
+        let d = step(
+            &d.order,
+            Operation::CancelRoute,
+            OperationOutcome::Exhausted {
+                reason: "ROS down".into(),
+            },
+        );
+        let d = step(&d.order, Operation::ReleaseInventory, OperationOutcome::Undone);
+        let d = step(&d.order, Operation::CancelCustomerOrder, OperationOutcome::Undone);
+        assert_eq!(d.order.status, OrderStatus::Cancelled);
+        assert!(d.order.failure_reason.unwrap().contains("ros.cancel could not be undone"));
+    }
+
+    #[test]
+    fn drivers_move_orders_forward_only() {
+        let driver = UserId::from_trusted("usr_d");
+        let delivery = |status| SagaInput::Delivery {
+            status,
+            driver: driver.clone(),
+        };
+        assert!(decide(&received(), delivery(OrderStatus::OutForDelivery), now()).is_err());
+        assert!(decide(&ready(), delivery(OrderStatus::Delivered), now()).is_err());
+        let out = decide(&ready(), delivery(OrderStatus::OutForDelivery), now()).unwrap();
+        let done = decide(&out.order, delivery(OrderStatus::Delivered), now()).unwrap();
+        assert_eq!(done.order.status, OrderStatus::Delivered);
+        assert!(done.order.status.is_terminal());
+    }
+
+    #[test]
+    fn step_views_follow_progress() {
+        let d = step(&received(), Operation::ValidateCustomer, profile());
+        let views = step_views(&d.order, &d.events);
+        let states: Vec<_> = views.iter().map(|v| v.status).collect();
+        assert_eq!(states, ["COMPLETED", "IN_PROGRESS", "PENDING"]);
+        assert!(views[0].timestamp.is_some());
+    }
+}

@@ -1,0 +1,43 @@
+//! One module per external system, each with its codec, its client and a simulator
+//! of the other side:
+//!
+//! - `cms`: SOAP 1.1 over HTTP (legacy client management)
+//! - `wms`: a line protocol over pooled TCP connections (warehouse)
+//! - `ros`: REST/JSON (route optimisation)
+//!
+//! Clients implement `SystemClient`; the adapter actors add the circuit breaker and
+//! the concurrency bound on top. Simulators share `SimulatorKnobs` (latency, failure
+//! rate, outage, refusals) and an `EffectLedger` that records every effect they
+//! apply, which the tests use to prove no effect ever happens twice.
+
+pub mod cms;
+pub mod ros;
+pub mod simulator;
+pub mod wms;
+
+use crate::bus::StepRequest;
+use crate::domain::OperationOutcome;
+use async_trait::async_trait;
+
+/// A call that did not settle. Business refusals are not errors: they come back as
+/// `OperationOutcome::Refused`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// The remote system reported its own failure (HTTP 5xx, soap:Server, ERR).
+    #[error("remote failure: {0}")]
+    Remote(String),
+    /// The reply did not follow the protocol.
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+}
+
+#[async_trait]
+pub trait SystemClient: Send + Sync + 'static {
+    /// Runs one operation of this system. Every call is bounded by the client's
+    /// timeout and carries `request.idempotency_key()`.
+    async fn execute(&self, request: &StepRequest) -> Result<OperationOutcome, CallError>;
+}

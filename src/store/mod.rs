@@ -1,0 +1,118 @@
+//! The Store port: everything the runtime persists. Two adapters implement it: the
+//! embedded redb file (the default) and MongoDB. One conformance suite
+//! (`tests/store_conformance.rs`) runs against both.
+//!
+//! Order correctness rests on one primitive: `apply`, a compare-and-set on the order's
+//! `version` that writes the new order document and its new events atomically. Two
+//! writers can never both win; the loser reloads and decides again.
+
+pub mod embedded;
+
+use crate::domain::{Email, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the order was changed by someone else (expected version {expected})")]
+    VersionConflict { expected: u64 },
+    #[error("an account with this e-mail address already exists")]
+    DuplicateEmail,
+    #[error("order {0} does not exist")]
+    NotFound(OrderId),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Where a page of orders ends; the next page starts strictly after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCursor {
+    pub created_at: DateTime<Utc>,
+    pub order_id: OrderId,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderQuery {
+    /// `None` lists every customer's orders (admins only).
+    pub customer: Option<UserId>,
+    pub status: Option<OrderStatus>,
+    pub limit: usize,
+    pub after: Option<OrderCursor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderPage {
+    /// Newest first.
+    pub orders: Vec<Order>,
+    pub next: Option<OrderCursor>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    Created,
+    /// The customer already placed an order with this idempotency key.
+    Replayed(Order),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriverLocation {
+    pub driver_id: UserId,
+    pub lat: f64,
+    pub lng: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+    async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+
+    /// Persists a new order with its first event, atomically. With an idempotency key
+    /// that the same customer used before, nothing is written and the earlier order
+    /// is returned.
+    async fn create_order(
+        &self,
+        order: &Order,
+        first_event: &OrderEvent,
+        idempotency_key: Option<&str>,
+    ) -> Result<Intake, StoreError>;
+
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
+    async fn orders(&self, query: &OrderQuery) -> Result<OrderPage, StoreError>;
+
+    /// Compare-and-set: succeeds only if the stored version is `order.version - 1`;
+    /// writes the order and appends `events` (whose seqs continue the log) together.
+    async fn apply(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError>;
+
+    /// The order's events with `seq > after`, in order, at most `limit`.
+    async fn events(
+        &self,
+        id: &OrderId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OrderEvent>, StoreError>;
+
+    /// Orders still being processed (see `OrderStatus::is_processing`): resumed after
+    /// a restart or a shard take-over.
+    async fn unfinished_orders(&self) -> Result<Vec<OrderId>, StoreError>;
+
+    async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError>;
+
+    async fn put_driver_location(&self, location: &DriverLocation) -> Result<(), StoreError>;
+    async fn driver_location(&self, driver: &UserId) -> Result<Option<DriverLocation>, StoreError>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
