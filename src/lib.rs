@@ -1,7 +1,10 @@
 //! SwiftLogistics: an order-processing runtime built as an actor system.
 
+pub mod actors;
 pub mod bus;
 pub mod config;
 pub mod domain;
+pub mod http;
 pub mod protocols;
+pub mod service;
 pub mod store;

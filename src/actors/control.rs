@@ -1,0 +1,54 @@
+//! What operators can see of and do to the running tree, independent of HTTP.
+
+use crate::domain::System;
+use async_trait::async_trait;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// One external system as `GET /api/services/health` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceHealth {
+    pub service: System,
+    pub circuit: CircuitState,
+    pub consecutive_failures: u32,
+    pub total_failures: u64,
+    pub total_calls: u64,
+    pub last_error: Option<String>,
+    pub last_latency_ms: Option<f64>,
+    pub in_flight: usize,
+    /// Requests parked while the circuit is open, retried when it closes.
+    pub waiting: usize,
+}
+
+/// One actor of the live tree, for `GET /api/telemetry/supervision`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActorNode {
+    pub name: String,
+    /// What the actor is: supervisor, adapter, order, notifier, bridge, telemetry.
+    pub kind: String,
+    /// "running", "restarting", "stopped" or "failed".
+    pub status: String,
+    pub restarts: u64,
+    pub mailbox_depth: u64,
+    /// Large families (one actor per order) are summarised rather than listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    pub children: Vec<ActorNode>,
+}
+
+#[async_trait]
+pub trait RuntimeControl: Send + Sync + 'static {
+    async fn services_health(&self) -> Vec<ServiceHealth>;
+    /// Closes the system's circuit and retries the requests waiting on it.
+    async fn recover(&self, system: System) -> Option<ServiceHealth>;
+    async fn supervision(&self) -> ActorNode;
+}

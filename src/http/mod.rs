@@ -1,0 +1,1 @@
+//! HTTP API (axum). Being written.

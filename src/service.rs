@@ -1,0 +1,253 @@
+//! Application services: what a request may do to orders, independent of HTTP.
+//!
+//! Changes that a client asks for (cancel, delivery) are decided here with the pure
+//! saga and written with the store's compare-and-set; the order's actor is then woken
+//! to act on the new state. The store, not a lock in some process, is the arbiter, so
+//! these work on any node of a cluster.
+
+use crate::bus::{OrderCommand, SharedBus};
+use crate::domain::saga::{self, SagaRejection};
+use crate::domain::{NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId};
+use crate::store::{Intake, OrderPage, OrderQuery, SharedStore, StoreError};
+use chrono::Utc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Most times a request re-reads and re-decides after losing a compare-and-set race.
+const MAX_CAS_ATTEMPTS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("order not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many orders in flight; retry in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+}
+
+/// Who is asking. Clients see their own orders; admins see all; drivers move
+/// orders on to delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    pub user_id: UserId,
+    pub role: Role,
+}
+
+impl Viewer {
+    fn may_see(&self, order: &Order) -> bool {
+        self.role == Role::Admin || order.customer_id == self.user_id
+    }
+}
+
+/// The bound on orders being processed on this node. Order actors enter when they
+/// start driving a processing order and leave when it stops processing; intake
+/// refuses new orders while the bound is reached, so memory stays bounded under any
+/// load.
+#[derive(Debug)]
+pub struct Admission {
+    in_flight: AtomicUsize,
+    max: usize,
+}
+
+impl Admission {
+    pub fn new(max: usize) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) < self.max
+    }
+
+    pub fn enter(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn leave(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Placed {
+    pub order: Order,
+    /// True when an earlier request with the same idempotency key made this order.
+    pub replayed: bool,
+}
+
+#[derive(Clone)]
+pub struct OrderService {
+    store: SharedStore,
+    bus: SharedBus,
+    admission: Arc<Admission>,
+}
+
+impl OrderService {
+    pub fn new(store: SharedStore, bus: SharedBus, admission: Arc<Admission>) -> Self {
+        Self {
+            store,
+            bus,
+            admission,
+        }
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Intake: RECEIVED is durable before this returns, so a 202 is never a lie.
+    pub async fn place(
+        &self,
+        customer: &UserId,
+        request: NewOrder,
+        idempotency_key: Option<&str>,
+    ) -> Result<Placed, ServiceError> {
+        if !self.admission.has_room() {
+            return Err(ServiceError::Busy {
+                retry_after_secs: 1,
+            });
+        }
+        let now = Utc::now();
+        let (order, event) = Order::receive(OrderId::generate(now), customer.clone(), request, now);
+        match self.store.create_order(&order, &event, idempotency_key).await? {
+            Intake::Replayed(existing) => Ok(Placed {
+                order: existing,
+                replayed: true,
+            }),
+            Intake::Created => {
+                self.announce(&[event]).await;
+                self.wake(&order.order_id).await?;
+                Ok(Placed {
+                    order,
+                    replayed: false,
+                })
+            }
+        }
+    }
+
+    pub async fn find(&self, viewer: &Viewer, id: &OrderId) -> Result<Order, ServiceError> {
+        match self.store.order(id).await? {
+            Some(order) if viewer.may_see(&order) => Ok(order),
+            _ => Err(ServiceError::NotFound),
+        }
+    }
+
+    /// The order with its whole event log (for the status view and the audit trail).
+    pub async fn history(
+        &self,
+        viewer: &Viewer,
+        id: &OrderId,
+    ) -> Result<(Order, Vec<OrderEvent>), ServiceError> {
+        let order = self.find(viewer, id).await?;
+        let events = self.store.events(id, 0, usize::MAX).await?;
+        Ok((order, events))
+    }
+
+    pub async fn list(&self, viewer: &Viewer, mut query: OrderQuery) -> Result<OrderPage, ServiceError> {
+        if viewer.role != Role::Admin {
+            query.customer = Some(viewer.user_id.clone());
+        }
+        Ok(self.store.orders(&query).await?)
+    }
+
+    pub async fn cancel(&self, viewer: &Viewer, id: &OrderId) -> Result<Order, ServiceError> {
+        self.change(viewer, id, || SagaInput::Cancel).await
+    }
+
+    pub async fn deliver(
+        &self,
+        driver: &Viewer,
+        id: &OrderId,
+        status: OrderStatus,
+    ) -> Result<Order, ServiceError> {
+        if !matches!(status, OrderStatus::OutForDelivery | OrderStatus::Delivered) {
+            return Err(ServiceError::Conflict(
+                "status must be OUT_FOR_DELIVERY or DELIVERED".into(),
+            ));
+        }
+        let admin_view = Viewer {
+            user_id: driver.user_id.clone(),
+            role: Role::Admin,
+        };
+        self.change(&admin_view, id, || SagaInput::Delivery {
+            status,
+            driver: driver.user_id.clone(),
+        })
+        .await
+    }
+
+    /// Read, decide, compare-and-set; again if someone else wrote in between.
+    async fn change(
+        &self,
+        viewer: &Viewer,
+        id: &OrderId,
+        input: impl Fn() -> SagaInput,
+    ) -> Result<Order, ServiceError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let order = self.find(viewer, id).await?;
+            let decision = saga::decide(&order, input(), Utc::now()).map_err(|e| match e {
+                SagaRejection::Conflict(m) => ServiceError::Conflict(m),
+                SagaRejection::Stale => ServiceError::Conflict("the order changed meanwhile".into()),
+            })?;
+            match commit(&self.store, &self.bus, &decision).await {
+                Ok(()) => {
+                    if decision.next.is_some() {
+                        self.wake(id).await?;
+                    }
+                    return Ok(decision.order);
+                }
+                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict(
+            "the order is changing too fast; try again".into(),
+        ))
+    }
+
+    async fn wake(&self, id: &OrderId) -> Result<(), ServiceError> {
+        self.bus
+            .send_to_order(OrderCommand::Wake {
+                order_id: id.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn announce(&self, events: &[OrderEvent]) {
+        announce(&self.bus, events).await;
+    }
+}
+
+/// Persists a saga decision (compare-and-set) and then announces its events. Events
+/// are only ever announced after they are durable.
+pub async fn commit(
+    store: &SharedStore,
+    bus: &SharedBus,
+    decision: &SagaDecision,
+) -> Result<(), StoreError> {
+    store.apply(&decision.order, &decision.events).await?;
+    announce(bus, &decision.events).await;
+    Ok(())
+}
+
+/// Best effort: a lost announcement is recovered by subscribers from the event log.
+async fn announce(bus: &SharedBus, events: &[OrderEvent]) {
+    for event in events {
+        if let Err(e) = bus.publish_update(event.clone()).await {
+            tracing::warn!(order_id = %event.order_id, error = %e, "order update not announced");
+        }
+    }
+}
