@@ -1,6 +1,7 @@
 //! SwiftLogistics: an order-processing runtime built as an actor system.
 
 pub mod actors;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod domain;

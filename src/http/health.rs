@@ -1,0 +1,90 @@
+//! Liveness, readiness and Prometheus metrics. Open to anyone: probes and scrapers
+//! carry no token.
+
+use super::ApiState;
+use crate::domain::OrderStatus;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A dependency slower than this counts as down: a probe must answer quickly.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const SERVICE_NAME: &str = "swiftlogistics";
+
+pub async fn live() -> Response {
+    axum::Json(json!({
+        "status": "healthy",
+        "service": SERVICE_NAME,
+        "timestamp": Utc::now(),
+    }))
+    .into_response()
+}
+
+fn up_or_down<E: std::fmt::Display>(
+    dependency: &str,
+    outcome: Result<Result<(), E>, tokio::time::error::Elapsed>,
+) -> &'static str {
+    match outcome {
+        Ok(Ok(())) => "up",
+        Ok(Err(e)) => {
+            tracing::warn!(dependency, error = %e, "readiness probe failed");
+            "down"
+        }
+        Err(_) => {
+            tracing::warn!(dependency, "readiness probe timed out");
+            "down"
+        }
+    }
+}
+
+pub async fn ready(State(state): State<ApiState>) -> Response {
+    let (store, bus) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, state.app.store.ping()),
+        tokio::time::timeout(PROBE_TIMEOUT, state.app.bus.ping()),
+    );
+    let store = up_or_down("store", store);
+    let bus = up_or_down("bus", bus);
+    let ready = store == "up" && bus == "up";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "service": SERVICE_NAME,
+        "dependencies": {"store": store, "bus": bus},
+        "timestamp": Utc::now(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Order gauges are refreshed from the store on each scrape, so every node reports
+/// the cluster-wide counts; in-flight is this node's admission count.
+pub async fn metrics(State(state): State<ApiState>) -> Response {
+    match tokio::time::timeout(PROBE_TIMEOUT, state.app.store.count_by_status()).await {
+        Ok(Ok(counts)) => {
+            let counts: HashMap<OrderStatus, u64> = counts.into_iter().collect();
+            for status in OrderStatus::ALL {
+                let count = counts.get(&status).copied().unwrap_or(0);
+                metrics::gauge!("swift_orders", "status" => status.as_str()).set(count as f64);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "order counts unavailable for metrics"),
+        Err(_) => tracing::warn!("order counts timed out for metrics"),
+    }
+    let in_flight = state.app.orders.admission().in_flight();
+    metrics::gauge!("swift_orders_in_flight").set(in_flight as f64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.app.metrics.render(),
+    )
+        .into_response()
+}
