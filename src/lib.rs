@@ -1,6 +1,7 @@
 //! SwiftLogistics: an order-processing runtime built as an actor system.
 
 pub mod actors;
+pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod config;
@@ -8,4 +9,5 @@ pub mod domain;
 pub mod http;
 pub mod protocols;
 pub mod service;
+pub mod simulators;
 pub mod store;

@@ -1,1 +1,157 @@
-fn main() {}
+//! The `swiftlogistics` binary: `serve` (the default), `simulate`, `bench`.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use swiftlogistics::config::{LogFormat, Settings};
+use swiftlogistics::{app, simulators};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "swiftlogistics",
+    version,
+    about = "Logistics order-processing runtime"
+)]
+struct Cli {
+    /// A TOML file layered over the built-in defaults (see config/default.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the HTTP API listens (overrides http.bind).
+    #[arg(long, global = true, value_name = "ADDR")]
+    bind: Option<String>,
+    /// Directory of the embedded store (overrides store.path).
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node: HTTP API, supervisor tree, and (by default) the simulators.
+    Serve {
+        /// Do not start the in-process simulators; use the [cms] [ros] [wms] settings.
+        #[arg(long)]
+        no_simulators: bool,
+    },
+    /// Run only the CMS, ROS and WMS simulators, for nodes pointed at them.
+    Simulate,
+}
+
+fn init_logging(settings: &Settings) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = match settings.log.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn ctrl_c() {
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::error!(error = %e, "cannot listen for Ctrl-C; running until killed");
+        std::future::pending::<()>().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Some(bind) = cli.bind {
+        settings.http.bind = bind;
+    }
+    if let Some(data) = cli.data {
+        settings.store.path = data;
+    }
+    match cli.command.unwrap_or(Command::Serve {
+        no_simulators: false,
+    }) {
+        Command::Serve { no_simulators } => {
+            settings.simulators.enabled &= !no_simulators;
+            init_logging(&settings);
+            serve(settings).await
+        }
+        Command::Simulate => {
+            init_logging(&settings);
+            simulate(settings).await
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    if settings.uses_default_secret() {
+        tracing::warn!(
+            "using the development JWT secret; set JWT_SECRET before exposing this node"
+        );
+    }
+    let runtime = app::start(settings).await?;
+    let url = runtime.base_url();
+    let mut banner = vec![
+        format!("SwiftLogistics is running: API and pages at {url}"),
+        format!(
+            "  store: {:?} at {}",
+            runtime.settings.store.kind,
+            runtime.settings.store.path.display()
+        ),
+    ];
+    match &runtime.simulators {
+        Some(sims) => banner.push(format!(
+            "  simulators: CMS SOAP {} | ROS REST {} | WMS TCP {} | control {}",
+            sims.cms_url(),
+            sims.ros_url(),
+            sims.wms_addr,
+            sims.control_addr
+        )),
+        None => banner.push(format!(
+            "  external systems: CMS {} | ROS {} | WMS {}",
+            runtime.settings.cms.url, runtime.settings.ros.url, runtime.settings.wms.addr
+        )),
+    }
+    for (email, role, password) in &runtime.generated_accounts {
+        banner.push(format!(
+            "  {} account created: {} / {password}   (shown once; keep it)",
+            role.as_str(),
+            email.as_str()
+        ));
+    }
+    banner.push(format!(
+        "  try: curl -s -X POST {url}/api/auth/register -H 'content-type: application/json' \\\n         -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\",\"password\":\"correct-horse\"}}'"
+    ));
+    println!("{}", banner.join("\n"));
+    runtime.run_until(ctrl_c()).await
+}
+
+async fn simulate(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let sims = simulators::start(&settings.simulators, shutdown.clone())
+        .await
+        .context("cannot start the simulators")?;
+    println!(
+        "Simulators running: CMS SOAP {} (WSDL at ?wsdl) | ROS REST {} | WMS TCP {} | control API http://{}",
+        sims.cms_url(),
+        sims.ros_url(),
+        sims.wms_addr,
+        sims.control_addr
+    );
+    ctrl_c().await;
+    shutdown.cancel();
+    sims.join().await;
+    Ok(())
+}

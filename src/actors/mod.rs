@@ -1,15 +1,114 @@
 //! The supervisor tree of DESIGN section 3.
 //!
 //! ```text
-//! root
-//! ├── adapters (one_for_one, restart intensity limit, backoff)
-//! │   ├── cms   ├── wms   └── ros
-//! ├── orders   (one OrderActor per live order)
-//! ├── notifier
-//! ├── bridges
-//! └── telemetry
+//! root (supervisor)
+//! ├── telemetry    lifecycle events, restarts, mailbox depths
+//! ├── adapters     one_for_one, restart intensity limit and backoff
+//! │   ├── adapter-cms   ├── adapter-wms   └── adapter-ros
+//! ├── orders       one OrderActor per live order, on demand
+//! └── bridges      bus consumers feeding the adapters and the orders supervisor
 //! ```
 
+pub mod adapter;
+pub mod adapters;
+pub mod bridge;
+pub mod circuit;
 pub mod control;
+pub mod order;
+pub mod orders;
+pub mod root;
+pub mod supervision;
+pub mod telemetry;
 
 pub use control::{ActorNode, CircuitState, RuntimeControl, ServiceHealth};
+pub use root::Root;
+
+use crate::bus::{Acknowledge, SharedBus};
+use crate::config::Settings;
+use crate::domain::System;
+use crate::service::Admission;
+use crate::store::SharedStore;
+use adapter::{AdapterCore, AdapterMsg};
+use ractor::ActorRef;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use telemetry::TelemetryMsg;
+
+/// What every actor of the tree may use.
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub store: SharedStore,
+    pub bus: SharedBus,
+    pub admission: Arc<Admission>,
+    pub telemetry: ActorRef<TelemetryMsg>,
+    pub adapters: AdapterDirectory,
+}
+
+/// The adapters' lasting cores and their current actors, which change on restart.
+#[derive(Default)]
+pub struct AdapterDirectory {
+    cores: HashMap<System, Arc<AdapterCore>>,
+    live: RwLock<HashMap<System, ActorRef<AdapterMsg>>>,
+}
+
+impl AdapterDirectory {
+    pub fn new(cores: impl IntoIterator<Item = AdapterCore>) -> Self {
+        Self {
+            cores: cores.into_iter().map(|c| (c.system, Arc::new(c))).collect(),
+            live: RwLock::default(),
+        }
+    }
+
+    pub fn core(&self, system: System) -> Option<Arc<AdapterCore>> {
+        self.cores.get(&system).cloned()
+    }
+
+    pub fn live(&self, system: System) -> Option<ActorRef<AdapterMsg>> {
+        self.live.read().ok()?.get(&system).cloned()
+    }
+
+    fn set_live(&self, system: System, actor: ActorRef<AdapterMsg>) {
+        if let Ok(mut live) = self.live.write() {
+            live.insert(system, actor);
+        }
+    }
+
+    fn remove_live(&self, system: System) {
+        if let Ok(mut live) = self.live.write() {
+            live.remove(&system);
+        }
+    }
+}
+
+/// The acknowledgement of the delivery a message came from, if it came from one.
+/// Acknowledging is best effort: if it fails the broker redelivers, and every
+/// handler is idempotent.
+pub struct Acker(Option<Box<dyn Acknowledge>>);
+
+impl Acker {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub async fn ack(self) {
+        if let Some(ack) = self.0
+            && let Err(e) = ack.ack().await
+        {
+            tracing::warn!(error = %e, "acknowledgement failed; the message will be redelivered");
+        }
+    }
+
+    pub async fn reject(self, reason: &str) {
+        if let Some(ack) = self.0
+            && let Err(e) = ack.reject(reason).await
+        {
+            tracing::warn!(error = %e, "rejection failed; the message will be redelivered");
+        }
+    }
+}
+
+impl From<Option<Box<dyn Acknowledge>>> for Acker {
+    fn from(ack: Option<Box<dyn Acknowledge>>) -> Self {
+        Self(ack)
+    }
+}

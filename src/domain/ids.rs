@@ -22,7 +22,11 @@ pub struct OrderId(String);
 
 impl OrderId {
     pub fn generate(now: DateTime<Utc>) -> Self {
-        Self(format!("ORD-{}-{}", now.format("%Y%m%d"), random_suffix(10)))
+        Self(format!(
+            "ORD-{}-{}",
+            now.format("%Y%m%d"),
+            random_suffix(10)
+        ))
     }
 
     /// Accepts any id that is safe to embed in a TCP line, a SOAP body and a URL path:

@@ -46,7 +46,9 @@ pub struct NewOrder {
 }
 
 fn number(obj: &Map<String, Value>, key: &str) -> Option<f64> {
-    obj.get(key).and_then(Value::as_f64).filter(|n| n.is_finite())
+    obj.get(key)
+        .and_then(Value::as_f64)
+        .filter(|n| n.is_finite())
 }
 
 fn optional_text(
@@ -95,7 +97,10 @@ fn parse_location(value: Option<&Value>, path: &str, errors: &mut ValidationErro
             0.0
         }
         None => {
-            errors.add(format!("{coords_path}.{key}"), "is required and must be a number");
+            errors.add(
+                format!("{coords_path}.{key}"),
+                "is required and must be a number",
+            );
             0.0
         }
     };
@@ -117,11 +122,13 @@ fn parse_package(value: Option<&Value>, errors: &mut ValidationErrors) -> Packag
     };
     match number(obj, "weight") {
         Some(w) if w > 0.0 && w <= 100_000.0 => package.weight = w,
-        Some(_) => errors.add("packageDetails.weight", "must be greater than 0 (kg, at most 100000)"),
+        Some(_) => errors.add(
+            "packageDetails.weight",
+            "must be greater than 0 (kg, at most 100000)",
+        ),
         None => errors.add("packageDetails.weight", "is required and must be a number"),
     }
-    package.description =
-        optional_text(obj, "description", "packageDetails.description", errors);
+    package.description = optional_text(obj, "description", "packageDetails.description", errors);
     package.dimensions = match obj.get("dimensions") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= 100 => Some(Value::String(s.clone())),
@@ -153,7 +160,8 @@ impl NewOrder {
             errors.add("body", "must be a JSON object");
             return Err(errors);
         };
-        let pickup_location = parse_location(obj.get("pickupLocation"), "pickupLocation", &mut errors);
+        let pickup_location =
+            parse_location(obj.get("pickupLocation"), "pickupLocation", &mut errors);
         let delivery_address =
             parse_location(obj.get("deliveryAddress"), "deliveryAddress", &mut errors);
         let package_details = parse_package(obj.get("packageDetails"), &mut errors);
@@ -167,12 +175,19 @@ impl NewOrder {
                 }
             },
             Some(_) => {
-                errors.add("scheduledPickupTime", "must be an RFC 3339 date-time string");
+                errors.add(
+                    "scheduledPickupTime",
+                    "must be an RFC 3339 date-time string",
+                );
                 None
             }
         };
-        let special_instructions =
-            optional_text(obj, "specialInstructions", "specialInstructions", &mut errors);
+        let special_instructions = optional_text(
+            obj,
+            "specialInstructions",
+            "specialInstructions",
+            &mut errors,
+        );
         errors.finish(|| Self {
             pickup_location,
             delivery_address,
@@ -364,7 +379,10 @@ mod tests {
         });
         let order = NewOrder::parse(&body).unwrap();
         assert_eq!(order.pickup_location.lat, 40.7128);
-        assert_eq!(order.delivery_address.address.as_deref(), Some("456 Oak Ave"));
+        assert_eq!(
+            order.delivery_address.address.as_deref(),
+            Some("456 Oak Ave")
+        );
         assert!(order.package_details.fragile);
         assert!(order.scheduled_pickup_time.is_some());
     }

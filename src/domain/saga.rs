@@ -130,9 +130,13 @@ pub enum OperationOutcome {
     /// A compensating operation took effect (or had nothing to undo).
     Undone,
     /// A business refusal: retrying cannot help.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// Transient failures outlasted the retry budget.
-    Exhausted { reason: String },
+    Exhausted {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -258,7 +262,11 @@ impl Draft {
     }
 }
 
-pub fn decide(order: &Order, input: SagaInput, now: DateTime<Utc>) -> Result<SagaDecision, SagaRejection> {
+pub fn decide(
+    order: &Order,
+    input: SagaInput,
+    now: DateTime<Utc>,
+) -> Result<SagaDecision, SagaRejection> {
     let mut draft = Draft::new(order, now);
     match input {
         SagaInput::Outcome(op, outcome) => {
@@ -303,28 +311,53 @@ pub fn decide(order: &Order, input: SagaInput, now: DateTime<Utc>) -> Result<Sag
     Ok(draft.done())
 }
 
-fn settle_forward(draft: &mut Draft, op: Operation, outcome: OperationOutcome) -> Result<(), SagaRejection> {
+fn settle_forward(
+    draft: &mut Draft,
+    op: Operation,
+    outcome: OperationOutcome,
+) -> Result<(), SagaRejection> {
     let system = op.system();
     match (op, outcome) {
         (Operation::ValidateCustomer, OperationOutcome::CustomerValidated(profile)) => {
-            draft.order.integration_status.set(system, StepState::Completed);
+            draft
+                .order
+                .integration_status
+                .set(system, StepState::Completed);
             let data = json!({"customerData": {
                 "id": draft.order.customer_id, "name": profile.name, "tier": profile.tier}});
             draft.order.customer = Some(profile);
-            draft.announce(OrderStatus::CmsValidated, "Customer validated successfully", data);
+            draft.announce(
+                OrderStatus::CmsValidated,
+                "Customer validated successfully",
+                data,
+            );
         }
         (Operation::ReserveInventory, OperationOutcome::InventoryReserved(reservation)) => {
-            draft.order.integration_status.set(system, StepState::Completed);
+            draft
+                .order
+                .integration_status
+                .set(system, StepState::Completed);
             let data = json!({"inventory": "RESERVED", "warehouse": reservation.warehouse,
                 "pickingLocation": reservation.picking_location});
             draft.order.warehouse = Some(reservation);
-            draft.announce(OrderStatus::InventoryReserved, "Inventory reserved successfully", data);
+            draft.announce(
+                OrderStatus::InventoryReserved,
+                "Inventory reserved successfully",
+                data,
+            );
         }
         (Operation::OptimizeRoute, OperationOutcome::RouteOptimized(route)) => {
-            draft.order.integration_status.set(system, StepState::Completed);
+            draft
+                .order
+                .integration_status
+                .set(system, StepState::Completed);
             let data = json!({"route": route});
             draft.order.route = Some(route);
-            draft.announce(OrderStatus::RouteOptimized, "Route optimized successfully", data);
+            draft.announce(
+                OrderStatus::RouteOptimized,
+                "Route optimized successfully",
+                data,
+            );
             draft.announce(
                 OrderStatus::ReadyForDelivery,
                 "Order ready for delivery",
@@ -332,12 +365,18 @@ fn settle_forward(draft: &mut Draft, op: Operation, outcome: OperationOutcome) -
             );
         }
         (_, OperationOutcome::Refused { reason }) => {
-            draft.order.integration_status.set(system, StepState::Refused);
+            draft
+                .order
+                .integration_status
+                .set(system, StepState::Refused);
             let reason = format!("{} refused: {reason}", system.as_str().to_uppercase());
             draft.begin_compensation(OrderStatus::Failed, reason);
         }
         (_, OperationOutcome::Exhausted { reason }) => {
-            draft.order.integration_status.set(system, StepState::Failed);
+            draft
+                .order
+                .integration_status
+                .set(system, StepState::Failed);
             let reason = format!("{} unavailable: {reason}", system.as_str().to_uppercase());
             draft.begin_compensation(OrderStatus::Failed, reason);
         }
@@ -357,19 +396,32 @@ fn settle_compensation(
     let system = op.system();
     let message = match outcome {
         OperationOutcome::Undone => {
-            draft.order.integration_status.set(system, StepState::Compensated);
-            format!("{} compensated ({})", system.as_str().to_uppercase(), op.name())
+            draft
+                .order
+                .integration_status
+                .set(system, StepState::Compensated);
+            format!(
+                "{} compensated ({})",
+                system.as_str().to_uppercase(),
+                op.name()
+            )
         }
         OperationOutcome::Refused { reason } | OperationOutcome::Exhausted { reason } => {
             // An undo that cannot be done is recorded for operators and the saga moves
             // on: holding the order forever would help no one.
-            draft.order.integration_status.set(system, StepState::Failed);
+            draft
+                .order
+                .integration_status
+                .set(system, StepState::Failed);
             compensation.reason = format!(
                 "{}; {} could not be undone: {reason}",
                 compensation.reason,
                 op.name()
             );
-            format!("{} could not be compensated: {reason}", system.as_str().to_uppercase())
+            format!(
+                "{} could not be compensated: {reason}",
+                system.as_str().to_uppercase()
+            )
         }
         _ => return Err(SagaRejection::Stale),
     };
@@ -400,13 +452,27 @@ pub fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> {
         .into_iter()
         .map(|system| {
             let (step, name, done_status) = match system {
-                System::Cms => ("CMS_VERIFICATION", "Customer Verification", OrderStatus::CmsValidated),
-                System::Wms => ("WMS_REGISTRATION", "Inventory Reservation", OrderStatus::InventoryReserved),
-                System::Ros => ("ROS_OPTIMIZATION", "Route Optimization", OrderStatus::RouteOptimized),
+                System::Cms => (
+                    "CMS_VERIFICATION",
+                    "Customer Verification",
+                    OrderStatus::CmsValidated,
+                ),
+                System::Wms => (
+                    "WMS_REGISTRATION",
+                    "Inventory Reservation",
+                    OrderStatus::InventoryReserved,
+                ),
+                System::Ros => (
+                    "ROS_OPTIMIZATION",
+                    "Route Optimization",
+                    OrderStatus::RouteOptimized,
+                ),
             };
             let state = order.integration_status.get(system);
             let status = match state {
-                StepState::Pending if current.map(Operation::system) == Some(system) => "IN_PROGRESS",
+                StepState::Pending if current.map(Operation::system) == Some(system) => {
+                    "IN_PROGRESS"
+                }
                 StepState::Pending => "PENDING",
                 StepState::Completed => "COMPLETED",
                 StepState::Refused | StepState::Failed => "FAILED",
@@ -526,9 +592,17 @@ mod tests {
     #[test]
     fn late_or_unexpected_replies_change_nothing() {
         let order = received();
-        let stale = decide(&order, SagaInput::Outcome(Operation::ReserveInventory, reserved()), now());
+        let stale = decide(
+            &order,
+            SagaInput::Outcome(Operation::ReserveInventory, reserved()),
+            now(),
+        );
         assert_eq!(stale, Err(SagaRejection::Stale));
-        let mismatched = decide(&order, SagaInput::Outcome(Operation::ValidateCustomer, reserved()), now());
+        let mismatched = decide(
+            &order,
+            SagaInput::Outcome(Operation::ValidateCustomer, reserved()),
+            now(),
+        );
         assert_eq!(mismatched, Err(SagaRejection::Stale));
     }
 
@@ -549,12 +623,23 @@ mod tests {
             [Operation::ReleaseInventory, Operation::CancelCustomerOrder]
         );
         assert_eq!(d.next, Some(Operation::ReleaseInventory));
-        let d = step(&d.order, Operation::ReleaseInventory, OperationOutcome::Undone);
+        let d = step(
+            &d.order,
+            Operation::ReleaseInventory,
+            OperationOutcome::Undone,
+        );
         assert_eq!(d.next, Some(Operation::CancelCustomerOrder));
-        let d = step(&d.order, Operation::CancelCustomerOrder, OperationOutcome::Undone);
+        let d = step(
+            &d.order,
+            Operation::CancelCustomerOrder,
+            OperationOutcome::Undone,
+        );
         assert_eq!(statuses(&d), [OrderStatus::Failed]);
         assert_eq!(d.next, None);
-        assert_eq!(d.order.failure_reason.as_deref(), Some("ROS refused: no route"));
+        assert_eq!(
+            d.order.failure_reason.as_deref(),
+            Some("ROS refused: no route")
+        );
         assert_eq!(d.order.integration_status.wms, StepState::Compensated);
         assert_eq!(d.order.integration_status.ros, StepState::Refused);
     }
@@ -593,8 +678,16 @@ mod tests {
         let d = decide(&ready(), SagaInput::Cancel, now()).unwrap();
         assert_eq!(d.next, Some(Operation::CancelRoute));
         let d = step(&d.order, Operation::CancelRoute, OperationOutcome::Undone);
-        let d = step(&d.order, Operation::ReleaseInventory, OperationOutcome::Undone);
-        let d = step(&d.order, Operation::CancelCustomerOrder, OperationOutcome::Undone);
+        let d = step(
+            &d.order,
+            Operation::ReleaseInventory,
+            OperationOutcome::Undone,
+        );
+        let d = step(
+            &d.order,
+            Operation::CancelCustomerOrder,
+            OperationOutcome::Undone,
+        );
         assert_eq!(d.order.status, OrderStatus::Cancelled);
     }
 
@@ -641,10 +734,23 @@ mod tests {
                 reason: "ROS down".into(),
             },
         );
-        let d = step(&d.order, Operation::ReleaseInventory, OperationOutcome::Undone);
-        let d = step(&d.order, Operation::CancelCustomerOrder, OperationOutcome::Undone);
+        let d = step(
+            &d.order,
+            Operation::ReleaseInventory,
+            OperationOutcome::Undone,
+        );
+        let d = step(
+            &d.order,
+            Operation::CancelCustomerOrder,
+            OperationOutcome::Undone,
+        );
         assert_eq!(d.order.status, OrderStatus::Cancelled);
-        assert!(d.order.failure_reason.unwrap().contains("ros.cancel could not be undone"));
+        assert!(
+            d.order
+                .failure_reason
+                .unwrap()
+                .contains("ros.cancel could not be undone")
+        );
     }
 
     #[test]

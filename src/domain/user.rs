@@ -126,7 +126,15 @@ mod tests {
             Email::parse("  John@Example.COM ").unwrap().as_str(),
             "john@example.com"
         );
-        for bad in ["", "john", "@x.com", "john@", "john@x", "jo hn@x.com", "a@b@c.com"] {
+        for bad in [
+            "",
+            "john",
+            "@x.com",
+            "john@",
+            "john@x",
+            "jo hn@x.com",
+            "a@b@c.com",
+        ] {
             assert!(Email::parse(bad).is_none(), "{bad}");
         }
     }

@@ -1,0 +1,348 @@
+//! An adapter actor per external system (cms, wms, ros).
+//!
+//! The actor never awaits a remote call: each call runs in its own task, bounded by a
+//! semaphore and a timeout, and sends its result straight to the order through the
+//! bus before telling the actor how it went. So a panicking adapter loses no call in
+//! flight, and a slow system never blocks the mailbox.
+//!
+//! Circuit state and the requests parked while the circuit is open live in an
+//! `AdapterCore` owned by the supervisor, so they survive a restart of the actor.
+
+use super::circuit::CircuitBreaker;
+use super::control::{CircuitState, ServiceHealth};
+use super::telemetry::MailboxGauge;
+use super::{Acker, Context};
+use crate::bus::{OrderCommand, StepReply, StepRequest};
+use crate::config::Settings;
+use crate::domain::System;
+use crate::protocols::{CallError, SystemClient};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Requests parked on an open circuit beyond which new ones are answered "retry
+/// later" at once. Admission bounds it anyway; this is the second fence.
+const MAX_PARKED: usize = 100_000;
+
+pub enum AdapterMsg {
+    Execute {
+        request: StepRequest,
+        ack: Acker,
+    },
+    Completed {
+        failure: Option<String>,
+        latency: Duration,
+    },
+    ProbeDue,
+    Recover(RpcReplyPort<ServiceHealth>),
+    Health(RpcReplyPort<ServiceHealth>),
+    /// Fault injection for supervision drills: the actor panics on purpose.
+    InjectPanic,
+}
+
+/// Everything of an adapter that outlives one incarnation of its actor.
+pub struct AdapterCore {
+    pub system: System,
+    pub client: Arc<dyn SystemClient>,
+    pub mailbox: MailboxGauge,
+    timeout: Duration,
+    permits: Arc<Semaphore>,
+    in_flight: Arc<AtomicUsize>,
+    inner: Mutex<CoreState>,
+}
+
+struct CoreState {
+    breaker: CircuitBreaker,
+    parked: VecDeque<(StepRequest, Acker)>,
+    total_calls: u64,
+    total_failures: u64,
+    last_error: Option<String>,
+    last_latency: Option<Duration>,
+    probe_scheduled: bool,
+}
+
+impl AdapterCore {
+    pub fn new(system: System, client: Arc<dyn SystemClient>, settings: &Settings) -> Self {
+        let (timeout_ms, concurrency) = match system {
+            System::Cms => (settings.cms.timeout_ms, settings.cms.concurrency),
+            System::Ros => (settings.ros.timeout_ms, settings.ros.concurrency),
+            System::Wms => (settings.wms.timeout_ms, settings.wms.concurrency),
+        };
+        Self {
+            system,
+            client,
+            mailbox: MailboxGauge::default(),
+            timeout: Duration::from_millis(timeout_ms),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            inner: Mutex::new(CoreState {
+                breaker: CircuitBreaker::new(
+                    settings.circuit.failure_threshold,
+                    Duration::from_secs(settings.circuit.open_secs),
+                ),
+                parked: VecDeque::new(),
+                total_calls: 0,
+                total_failures: 0,
+                last_error: None,
+                last_latency: None,
+                probe_scheduled: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CoreState> {
+        // A poisoned lock only means a previous incarnation panicked mid-update; the
+        // counters are still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn health(&self) -> ServiceHealth {
+        let inner = self.lock();
+        ServiceHealth {
+            service: self.system,
+            circuit: inner.breaker.state(),
+            consecutive_failures: inner.breaker.consecutive_failures(),
+            total_failures: inner.total_failures,
+            total_calls: inner.total_calls,
+            last_error: inner.last_error.clone(),
+            last_latency_ms: inner.last_latency.map(|d| d.as_secs_f64() * 1000.0),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            waiting: inner.parked.len(),
+        }
+    }
+}
+
+pub struct AdapterArgs {
+    pub core: Arc<AdapterCore>,
+    pub context: Arc<Context>,
+}
+
+pub struct AdapterState {
+    core: Arc<AdapterCore>,
+    context: Arc<Context>,
+}
+
+pub struct Adapter;
+
+impl Actor for Adapter {
+    type Msg = AdapterMsg;
+    type State = AdapterState;
+    type Arguments = AdapterArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: AdapterArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(AdapterState {
+            core: args.core,
+            context: args.context,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A previous incarnation may have left an open circuit with a probe pending.
+        let open = {
+            let mut inner = state.core.lock();
+            let open = inner.breaker.state() != CircuitState::Closed;
+            inner.probe_scheduled = open;
+            open
+        };
+        if open {
+            myself.send_after(Duration::from_millis(100), || AdapterMsg::ProbeDue);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.core.mailbox.taken();
+        match message {
+            AdapterMsg::Execute { request, ack } => state.admit(&myself, request, ack),
+            AdapterMsg::Completed { failure, latency } => {
+                state.completed(&myself, failure, latency)
+            }
+            AdapterMsg::ProbeDue => {
+                state.core.lock().probe_scheduled = false;
+                state.release_parked(&myself);
+            }
+            AdapterMsg::Recover(reply) => {
+                state.core.lock().breaker.reset();
+                tracing::info!(
+                    system = state.core.system.as_str(),
+                    "circuit closed by an operator"
+                );
+                state.release_parked(&myself);
+                let _ = reply.send(state.core.health());
+            }
+            AdapterMsg::Health(reply) => {
+                let _ = reply.send(state.core.health());
+            }
+            AdapterMsg::InjectPanic => {
+                panic!(
+                    "fault injected into the {} adapter",
+                    state.core.system.as_str()
+                )
+            }
+        }
+        state.export_circuit_metric();
+        Ok(())
+    }
+}
+
+impl AdapterState {
+    fn admit(&self, myself: &ActorRef<AdapterMsg>, request: StepRequest, ack: Acker) {
+        let mut inner = self.core.lock();
+        if inner.breaker.try_acquire(Instant::now()) {
+            drop(inner);
+            self.dispatch(myself, request, ack);
+        } else if inner.parked.len() < MAX_PARKED {
+            inner.parked.push_back((request, ack));
+        } else {
+            drop(inner);
+            let reply = StepReply::Transient {
+                reason: format!("{} circuit is open", self.core.system.as_str()),
+            };
+            self.answer_now(request, reply, ack);
+        }
+    }
+
+    /// Lets parked requests go as far as the circuit allows: all of them when closed,
+    /// one probe when half-open.
+    fn release_parked(&self, myself: &ActorRef<AdapterMsg>) {
+        loop {
+            let mut inner = self.core.lock();
+            if inner.parked.is_empty() || !inner.breaker.try_acquire(Instant::now()) {
+                return;
+            }
+            let Some((request, ack)) = inner.parked.pop_front() else {
+                return;
+            };
+            drop(inner);
+            self.dispatch(myself, request, ack);
+        }
+    }
+
+    fn completed(&self, myself: &ActorRef<AdapterMsg>, failure: Option<String>, latency: Duration) {
+        let mut inner = self.core.lock();
+        inner.total_calls += 1;
+        inner.last_latency = Some(latency);
+        let release = match failure {
+            None => {
+                let closed = inner.breaker.on_success();
+                if closed {
+                    tracing::info!(system = self.core.system.as_str(), "circuit closed again");
+                }
+                closed
+            }
+            Some(error) => {
+                inner.total_failures += 1;
+                inner.last_error = Some(error);
+                let opened = inner.breaker.on_failure(Instant::now());
+                if opened && !inner.probe_scheduled {
+                    tracing::warn!(system = self.core.system.as_str(), "circuit opened");
+                    inner.probe_scheduled = true;
+                    myself.send_after(inner.breaker.open_for(), || AdapterMsg::ProbeDue);
+                }
+                false
+            }
+        };
+        drop(inner);
+        if release {
+            self.release_parked(myself);
+        }
+    }
+
+    fn dispatch(&self, myself: &ActorRef<AdapterMsg>, request: StepRequest, ack: Acker) {
+        let core = self.core.clone();
+        let bus = self.context.bus.clone();
+        let myself = myself.clone();
+        core.in_flight.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let Ok(_permit) = core.permits.clone().acquire_owned().await else {
+                return;
+            };
+            let started = Instant::now();
+            let result =
+                match tokio::time::timeout(core.timeout, core.client.execute(&request)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(CallError::Timeout(
+                        u64::try_from(core.timeout.as_millis()).unwrap_or(u64::MAX),
+                    )),
+                };
+            let latency = started.elapsed();
+            core.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics::histogram!("swift_step_duration_seconds",
+                "system" => core.system.as_str(), "operation" => request.operation.name())
+            .record(latency.as_secs_f64());
+            let failure = result.as_ref().err().map(ToString::to_string);
+            if let Some(error) = &failure {
+                tracing::warn!(order_id = %request.order_id, operation = request.operation.name(), %error, "call failed");
+            }
+            let reply = match result {
+                Ok(outcome) => StepReply::Settled { outcome },
+                Err(error) => StepReply::Transient {
+                    reason: error.to_string(),
+                },
+            };
+            send_reply(&bus, &request, reply, ack).await;
+            core.mailbox.queued();
+            if myself
+                .cast(AdapterMsg::Completed { failure, latency })
+                .is_err()
+            {
+                core.mailbox.taken();
+            }
+        });
+    }
+
+    fn answer_now(&self, request: StepRequest, reply: StepReply, ack: Acker) {
+        let bus = self.context.bus.clone();
+        tokio::spawn(async move { send_reply(&bus, &request, reply, ack).await });
+    }
+
+    fn export_circuit_metric(&self) {
+        let value = match self.core.lock().breaker.state() {
+            CircuitState::Closed => 0.0,
+            CircuitState::HalfOpen => 1.0,
+            CircuitState::Open => 2.0,
+        };
+        metrics::gauge!("swift_circuit_state", "system" => self.core.system.as_str()).set(value);
+    }
+}
+
+/// The step's result goes to the order's owner; the request is acknowledged only
+/// once that is done, so a crash in between redelivers the request, not loses it.
+async fn send_reply(
+    bus: &crate::bus::SharedBus,
+    request: &StepRequest,
+    reply: StepReply,
+    ack: Acker,
+) {
+    let command = OrderCommand::StepResult {
+        order_id: request.order_id.clone(),
+        operation: request.operation,
+        attempt: request.attempt,
+        reply,
+    };
+    match bus.send_to_order(command).await {
+        Ok(()) => ack.ack().await,
+        Err(e) => {
+            tracing::error!(order_id = %request.order_id, error = %e, "step result not delivered");
+            ack.reject(&e.to_string()).await;
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! One actor per live order: the saga orchestrator of DESIGN section 4.
+//!
+//! The actor only executes what `domain::saga::decide` says. It owns the things a pure
+//! function cannot: which call is in flight, retries with backoff, the watchdog for
+//! replies that never come, persistence (compare-and-set, reloading when someone else
+//! wrote) and passivation when it is waiting on nobody.
+
+use super::orders::OrdersMsg;
+use super::supervision::step_backoff;
+use super::{Acker, Context};
+use crate::bus::{StepReply, StepRequest};
+use crate::domain::saga::{self, SagaRejection};
+use crate::domain::{Operation, OperationOutcome, Order, OrderId, SagaInput};
+use crate::service::commit;
+use crate::store::StoreError;
+use chrono::Utc;
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Times a reply is re-decided on a freshly loaded order after losing a
+/// compare-and-set race, before the actor gives up and reloads on the next message.
+const MAX_CAS_ATTEMPTS: usize = 8;
+
+pub enum OrderMsg {
+    /// Reload from the store and drive on.
+    Wake { ack: Acker },
+    StepResult {
+        operation: Operation,
+        attempt: u32,
+        reply: StepReply,
+        ack: Acker,
+    },
+    /// The backoff after a transient failure is over.
+    RetryDue { operation: Operation },
+    /// No reply came for this attempt in time.
+    Watchdog { operation: Operation, attempt: u32 },
+    /// Nothing happened for a while: maybe stop to free memory.
+    IdleCheck { generation: u64 },
+}
+
+pub struct OrderActorArgs {
+    pub order_id: OrderId,
+    pub context: Arc<Context>,
+    pub router: ActorRef<OrdersMsg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InFlight {
+    operation: Operation,
+    attempt: u32,
+}
+
+pub struct OrderState {
+    order_id: OrderId,
+    order: Option<Order>,
+    in_flight: Option<InFlight>,
+    /// Attempts made for the operation the order waits on (reset when it settles).
+    attempts: u32,
+    /// Last attempt number used, so every request is distinguishable.
+    last_attempt: u32,
+    backing_off: bool,
+    /// Whether this actor holds one of the node's admission slots.
+    admitted: bool,
+    /// Messages received from the router, for the passivation handshake.
+    received: u64,
+    /// Bumped on every message; an idle check for an older generation is moot.
+    generation: u64,
+    /// Pending timer (watchdog or idle check), aborted as soon as it is moot so that
+    /// tens of thousands of orders do not leave as many sleeping tasks behind.
+    timer: Option<JoinHandle<Result<(), MessagingErr<OrderMsg>>>>,
+    context: Arc<Context>,
+    router: ActorRef<OrdersMsg>,
+}
+
+pub struct OrderActor;
+
+impl Actor for OrderActor {
+    type Msg = OrderMsg;
+    type State = OrderState;
+    type Arguments = OrderActorArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: OrderActorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Loading happens with the first message, not here: the router awaits
+        // pre_start, and must never wait on the store.
+        Ok(OrderState {
+            order_id: args.order_id,
+            order: None,
+            in_flight: None,
+            attempts: 0,
+            last_attempt: 0,
+            backing_off: false,
+            admitted: false,
+            received: 0,
+            generation: 0,
+            timer: None,
+            context: args.context,
+            router: args.router,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.release_admission();
+        state.cancel_timer();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.generation += 1;
+        let span = tracing::info_span!("order", order_id = %state.order_id);
+        Box::pin(state.handle(&myself, message).instrument(span)).await
+    }
+}
+
+impl OrderState {
+    async fn handle(
+        &mut self,
+        myself: &ActorRef<OrderMsg>,
+        message: OrderMsg,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            OrderMsg::Wake { ack } => {
+                self.received += 1;
+                self.reload().await?;
+                ack.ack().await;
+            }
+            OrderMsg::StepResult {
+                operation,
+                attempt,
+                reply,
+                ack,
+            } => {
+                self.received += 1;
+                if self.order.is_none() {
+                    self.reload().await?;
+                }
+                self.on_reply(myself, operation, attempt, reply).await?;
+                ack.ack().await;
+            }
+            OrderMsg::RetryDue { operation } => {
+                if self.backing_off && self.next_operation() == Some(operation) {
+                    self.backing_off = false;
+                }
+            }
+            OrderMsg::Watchdog { operation, attempt } => {
+                if self.in_flight == Some(InFlight { operation, attempt }) {
+                    tracing::warn!(operation = operation.name(), attempt, "no reply in time");
+                    let reason = "no reply within the step watchdog".to_owned();
+                    self.on_reply(myself, operation, attempt, StepReply::Transient { reason })
+                        .await?;
+                }
+            }
+            OrderMsg::IdleCheck { generation } => {
+                if generation == self.generation - 1 && self.is_quiet() {
+                    let _ = self.router.cast(OrdersMsg::Passivate {
+                        order_id: self.order_id.clone(),
+                        received: self.received,
+                    });
+                }
+                return Ok(());
+            }
+        }
+        self.drive(myself).await
+    }
+
+    fn next_operation(&self) -> Option<Operation> {
+        self.order.as_ref().and_then(saga::next_operation)
+    }
+
+    fn is_quiet(&self) -> bool {
+        self.in_flight.is_none() && !self.backing_off && self.next_operation().is_none()
+    }
+
+    async fn reload(&mut self) -> Result<(), ActorProcessingErr> {
+        let order = self.context.store.order(&self.order_id).await?;
+        if order.is_none() {
+            tracing::warn!("woken for an order that does not exist");
+        }
+        self.order = order;
+        Ok(())
+    }
+
+    async fn on_reply(
+        &mut self,
+        myself: &ActorRef<OrderMsg>,
+        operation: Operation,
+        attempt: u32,
+        reply: StepReply,
+    ) -> Result<(), ActorProcessingErr> {
+        let expected = self.next_operation() == Some(operation);
+        match reply {
+            // A settled reply is good whichever attempt it answers: the calls are
+            // idempotent, so all attempts share one outcome.
+            StepReply::Settled { outcome } => {
+                if self.in_flight.is_some_and(|f| f.operation == operation) {
+                    self.in_flight = None;
+                    self.cancel_timer();
+                }
+                if expected {
+                    self.attempts = 0;
+                    self.backing_off = false;
+                    self.settle(operation, outcome).await?;
+                }
+            }
+            StepReply::Transient { reason } => {
+                if self.in_flight != Some(InFlight { operation, attempt }) {
+                    return Ok(());
+                }
+                self.in_flight = None;
+                self.cancel_timer();
+                if !expected {
+                    return Ok(());
+                }
+                self.attempts += 1;
+                metrics::counter!("swift_step_retries_total", "system" => operation.system().as_str())
+                    .increment(1);
+                if self.attempts >= self.context.settings.saga.max_attempts {
+                    tracing::warn!(operation = operation.name(), %reason, "retry budget exhausted");
+                    self.attempts = 0;
+                    self.settle(operation, OperationOutcome::Exhausted { reason })
+                        .await?;
+                } else {
+                    let saga = &self.context.settings.saga;
+                    let delay = step_backoff(
+                        self.attempts,
+                        Duration::from_millis(saga.backoff_base_ms),
+                        Duration::from_millis(saga.backoff_max_ms),
+                    );
+                    tracing::debug!(operation = operation.name(), %reason, ?delay, "retrying later");
+                    self.backing_off = true;
+                    myself.send_after(delay, move || OrderMsg::RetryDue { operation });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies an outcome to the order and persists it, re-deciding on the stored
+    /// order whenever another writer got there first.
+    async fn settle(
+        &mut self,
+        operation: Operation,
+        outcome: OperationOutcome,
+    ) -> Result<(), ActorProcessingErr> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(order) = &self.order else {
+                return Ok(());
+            };
+            let input = SagaInput::Outcome(operation, outcome.clone());
+            let decision = match saga::decide(order, input, Utc::now()) {
+                Ok(decision) => decision,
+                Err(SagaRejection::Stale | SagaRejection::Conflict(_)) => return Ok(()),
+            };
+            match commit(&self.context.store, &self.context.bus, &decision).await {
+                Ok(()) => {
+                    self.order = Some(decision.order);
+                    return Ok(());
+                }
+                Err(StoreError::VersionConflict { .. }) => self.reload().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(format!("order {} kept changing under us", self.order_id).into())
+    }
+
+    /// Starts whatever the order waits on, or stops/passivates when it waits on nothing.
+    async fn drive(&mut self, myself: &ActorRef<OrderMsg>) -> Result<(), ActorProcessingErr> {
+        let Some(status) = self.order.as_ref().map(|o| o.status) else {
+            myself.stop(Some("order not found".into()));
+            return Ok(());
+        };
+        if status.is_processing() {
+            if !self.admitted {
+                self.admitted = true;
+                self.context.admission.enter();
+            }
+        } else {
+            self.release_admission();
+        }
+        if status.is_terminal() {
+            myself.stop(None);
+            return Ok(());
+        }
+        match self.next_operation() {
+            Some(operation) if self.in_flight.is_none() && !self.backing_off => {
+                self.issue(myself, operation).await?;
+            }
+            Some(_) => {}
+            None => {
+                let generation = self.generation;
+                let after = Duration::from_secs(self.context.settings.orders.passivate_after_secs);
+                self.cancel_timer();
+                self.timer =
+                    Some(myself.send_after(after, move || OrderMsg::IdleCheck { generation }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn issue(
+        &mut self,
+        myself: &ActorRef<OrderMsg>,
+        operation: Operation,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(order) = &self.order else {
+            return Ok(());
+        };
+        self.last_attempt += 1;
+        let attempt = self.last_attempt;
+        let request = StepRequest {
+            order_id: order.order_id.clone(),
+            customer_id: order.customer_id.clone(),
+            operation,
+            attempt,
+            pickup: order.pickup_location.clone(),
+            delivery: order.delivery_address.clone(),
+            package: order.package_details.clone(),
+            route_id: order.route.as_ref().map(|r| r.route_id.clone()),
+        };
+        self.context.bus.send_step(request).await?;
+        self.in_flight = Some(InFlight { operation, attempt });
+        let watchdog = Duration::from_secs(self.context.settings.saga.step_watchdog_secs);
+        self.cancel_timer();
+        self.timer =
+            Some(myself.send_after(watchdog, move || OrderMsg::Watchdog { operation, attempt }));
+        Ok(())
+    }
+
+    fn cancel_timer(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+
+    fn release_admission(&mut self) {
+        if self.admitted {
+            self.admitted = false;
+            self.context.admission.leave();
+        }
+    }
+}

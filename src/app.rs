@@ -1,0 +1,325 @@
+//! Wiring: builds the store, the bus, the simulators, the supervisor tree, the bridges
+//! and the HTTP server from the settings, and takes them down again in order.
+
+use crate::actors::adapter::AdapterCore;
+use crate::actors::orders::OrdersMsg;
+use crate::actors::root::{RootArgs, RootMsg};
+use crate::actors::telemetry::{MailboxGauge, Telemetry, TelemetryMsg};
+use crate::actors::{
+    ActorNode, AdapterDirectory, Context, Root, RuntimeControl, ServiceHealth, bridge,
+};
+use crate::bus::local::LocalBus;
+use crate::bus::{OrderCommand, SharedBus};
+use crate::config::{BusKind, Settings, StoreKind};
+use crate::domain::{Email, Role, System};
+use crate::protocols::SystemClient;
+use crate::protocols::cms::CmsClient;
+use crate::protocols::ros::RosClient;
+use crate::protocols::wms::WmsClient;
+use crate::service::{Admission, OrderService};
+use crate::simulators::{self, RunningSimulators};
+use crate::store::SharedStore;
+use crate::store::embedded::EmbeddedStore;
+use anyhow::{Context as _, bail};
+use async_trait::async_trait;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use ractor::{Actor, ActorRef};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a control request to an actor may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running node.
+pub struct Runtime {
+    pub settings: Arc<Settings>,
+    pub http_addr: SocketAddr,
+    pub simulators: Option<RunningSimulators>,
+    pub context: Arc<Context>,
+    pub orders: OrderService,
+    /// Accounts created at this start with generated passwords, to print once.
+    pub generated_accounts: Vec<(Email, Role, String)>,
+    shutdown: CancellationToken,
+    root: ActorRef<RootMsg>,
+    root_task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The process-wide Prometheus recorder (a process has one metrics registry, even
+/// when tests start several nodes in it).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then ours stays
+            // unused and /metrics shows what it can.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
+    match settings.store.kind {
+        StoreKind::Embedded => {
+            let store = EmbeddedStore::open_with_timeout(
+                &settings.store.path,
+                Duration::from_secs(settings.store.timeout_secs),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot open the store under {}",
+                    settings.store.path.display()
+                )
+            })?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Mongo => bail!("store.kind = \"mongo\" is not available in this build yet"),
+    }
+}
+
+fn open_bus(settings: &Settings) -> anyhow::Result<SharedBus> {
+    match settings.bus.kind {
+        BusKind::Local => Ok(Arc::new(LocalBus::default())),
+        BusKind::Amqp => bail!("bus.kind = \"amqp\" is not available in this build yet"),
+    }
+}
+
+fn clients(settings: &Settings) -> anyhow::Result<Vec<(System, Arc<dyn SystemClient>)>> {
+    let ms = Duration::from_millis;
+    Ok(vec![
+        (
+            System::Cms,
+            Arc::new(CmsClient::new(
+                &settings.cms.url,
+                ms(settings.cms.timeout_ms),
+            )?) as Arc<dyn SystemClient>,
+        ),
+        (
+            System::Wms,
+            Arc::new(WmsClient::new(
+                settings.wms.addr.clone(),
+                settings.wms.connections,
+                ms(settings.wms.timeout_ms),
+            )),
+        ),
+        (
+            System::Ros,
+            Arc::new(RosClient::new(
+                &settings.ros.url,
+                ms(settings.ros.timeout_ms),
+            )?),
+        ),
+    ])
+}
+
+pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
+    let shutdown = CancellationToken::new();
+    let simulators = if settings.simulators.enabled {
+        let sims = simulators::start(&settings.simulators, shutdown.child_token()).await?;
+        // Point the clients at wherever the simulators really listen (port 0 in tests).
+        settings.cms.url = sims.cms_url();
+        settings.ros.url = sims.ros_url();
+        settings.wms.addr = sims.wms_addr.to_string();
+        Some(sims)
+    } else {
+        None
+    };
+    let settings = Arc::new(settings);
+    let store = open_store(&settings)?;
+    let bus = open_bus(&settings)?;
+    let admission = Arc::new(Admission::new(settings.orders.max_in_flight));
+    let (telemetry, _) = Actor::spawn(None, Telemetry, ()).await?;
+
+    let cores = clients(&settings)?
+        .into_iter()
+        .map(|(system, client)| AdapterCore::new(system, client, &settings));
+    let context = Arc::new(Context {
+        settings: settings.clone(),
+        store: store.clone(),
+        bus: bus.clone(),
+        admission: admission.clone(),
+        telemetry: telemetry.clone(),
+        adapters: AdapterDirectory::new(cores),
+    });
+
+    let orders_mailbox = MailboxGauge::default();
+    let root_args = RootArgs {
+        context: context.clone(),
+        orders_mailbox: orders_mailbox.clone(),
+    };
+    let (root, root_task) = Actor::spawn(None, Root, root_args).await?;
+    let orders_supervisor: ActorRef<OrdersMsg> = ractor::call_t!(
+        root,
+        RootMsg::OrdersSupervisor,
+        CONTROL_TIMEOUT.as_millis() as u64
+    )?;
+
+    let mut tasks = Vec::new();
+    for system in System::ALL {
+        let inbox = bus.step_requests(system).await?;
+        tasks.push(bridge::spawn_step_bridge(
+            context.clone(),
+            system,
+            inbox,
+            shutdown.child_token(),
+        ));
+    }
+    let inbox = bus.order_commands().await?;
+    tasks.push(bridge::spawn_order_bridge(
+        orders_supervisor,
+        orders_mailbox,
+        inbox,
+        shutdown.child_token(),
+    ));
+
+    let generated_accounts = crate::auth::ensure_bootstrap_accounts(&store, &settings).await?;
+    let orders = OrderService::new(store.clone(), bus.clone(), admission);
+
+    let listener = tokio::net::TcpListener::bind(&settings.http.bind)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", settings.http.bind))?;
+    let http_addr = listener.local_addr()?;
+    let state = crate::http::AppState {
+        settings: settings.clone(),
+        store: store.clone(),
+        bus: bus.clone(),
+        orders: orders.clone(),
+        control: Arc::new(Control(context.clone())),
+        metrics: metrics_handle(),
+    };
+    let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let http_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server stopped with an error");
+        }
+    }));
+
+    resume_unfinished(&store, &bus).await?;
+    Ok(Runtime {
+        settings,
+        http_addr,
+        simulators,
+        context,
+        orders,
+        generated_accounts,
+        shutdown,
+        root,
+        root_task,
+        tasks,
+    })
+}
+
+/// After a restart every order still being processed picks up where its last
+/// persisted transition left it.
+async fn resume_unfinished(store: &SharedStore, bus: &SharedBus) -> anyhow::Result<()> {
+    let unfinished = store.unfinished_orders().await?;
+    if !unfinished.is_empty() {
+        tracing::info!(count = unfinished.len(), "resuming unfinished orders");
+    }
+    for order_id in unfinished {
+        bus.send_to_order(OrderCommand::Wake { order_id }).await?;
+    }
+    Ok(())
+}
+
+impl Runtime {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    pub fn control(&self) -> Control {
+        Control(self.context.clone())
+    }
+
+    /// Runs until `stop` resolves or the supervisor tree gives up.
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let failed = tokio::select! {
+            _ = stop => false,
+            _ = &mut self.root_task => true,
+        };
+        self.shutdown().await;
+        if failed {
+            bail!("the supervisor tree stopped; see the log for the failure");
+        }
+        Ok(())
+    }
+
+    /// Stops accepting requests, then stops the actors, then the simulators.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.root.stop_children(None);
+        self.root.stop(None);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.root_task).await;
+        if let Some(sims) = self.simulators {
+            sims.join().await;
+        }
+    }
+}
+
+/// Operator controls over the running tree.
+#[derive(Clone)]
+pub struct Control(Arc<Context>);
+
+impl Control {
+    /// Fault injection for supervision drills: makes the adapter panic.
+    pub fn crash_adapter(&self, system: System) -> bool {
+        self.0.adapters.live(system).is_some_and(|a| {
+            a.cast(crate::actors::adapter::AdapterMsg::InjectPanic)
+                .is_ok()
+        })
+    }
+}
+
+#[async_trait]
+impl RuntimeControl for Control {
+    async fn services_health(&self) -> Vec<ServiceHealth> {
+        System::ALL
+            .into_iter()
+            .filter_map(|s| self.0.adapters.core(s))
+            .map(|core| core.health())
+            .collect()
+    }
+
+    async fn recover(&self, system: System) -> Option<ServiceHealth> {
+        let adapter = self.0.adapters.live(system)?;
+        let timeout = CONTROL_TIMEOUT.as_millis() as u64;
+        ractor::call_t!(
+            adapter,
+            crate::actors::adapter::AdapterMsg::Recover,
+            timeout
+        )
+        .ok()
+    }
+
+    async fn supervision(&self) -> ActorNode {
+        let timeout = CONTROL_TIMEOUT.as_millis() as u64;
+        match ractor::call_t!(self.0.telemetry, TelemetryMsg::Tree, timeout) {
+            Ok(tree) => tree,
+            Err(e) => ActorNode {
+                name: "root".into(),
+                kind: "supervisor".into(),
+                status: format!("unknown ({e})"),
+                restarts: 0,
+                mailbox_depth: 0,
+                count: None,
+                children: Vec::new(),
+            },
+        }
+    }
+}
