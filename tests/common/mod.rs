@@ -1,0 +1,194 @@
+//! Test harness: starts a whole node (HTTP, supervisor tree, simulators) on random
+//! ports with its own data directory, and speaks to it over real HTTP.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::future::Future;
+use std::time::Duration;
+use swiftlogistics::app::{self, Runtime};
+use swiftlogistics::config::Settings;
+use tempfile::TempDir;
+
+pub const ADMIN_EMAIL: &str = "admin@swiftlogistics.local";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+pub const DRIVER_EMAIL: &str = "driver@swiftlogistics.local";
+pub const DRIVER_PASSWORD: &str = "driver-password-for-tests";
+
+/// Polls `condition` until it holds or `timeout` passes (ractor's `periodic_check`).
+pub async fn periodic_check<F, Fut>(mut condition: F, timeout: Duration) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Settings for a test node: random ports, fast retries, given overrides on top.
+pub fn test_settings(data: &std::path::Path, overrides: Value) -> Settings {
+    let mut base = json!({
+        "http": {"bind": "127.0.0.1:0"},
+        "auth": {"admin_password": ADMIN_PASSWORD, "driver_password": DRIVER_PASSWORD},
+        "store": {"path": data},
+        "simulators": {"cms_bind": "127.0.0.1:0", "ros_bind": "127.0.0.1:0",
+                        "wms_bind": "127.0.0.1:0", "control_bind": "127.0.0.1:0"},
+        "saga": {"backoff_base_ms": 10, "backoff_max_ms": 100, "max_attempts": 4},
+        "cms": {"timeout_ms": 2000}, "ros": {"timeout_ms": 2000}, "wms": {"timeout_ms": 2000}
+    });
+    merge(&mut base, overrides);
+    Settings::defaults_with(base).expect("test settings are valid")
+}
+
+fn merge(base: &mut Value, overrides: Value) {
+    match (base, overrides) {
+        (Value::Object(base), Value::Object(overrides)) => {
+            for (key, value) in overrides {
+                merge(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (base, overrides) => *base = overrides,
+    }
+}
+
+pub struct TestApp {
+    pub runtime: Runtime,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub dir: TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(json!({})).await
+}
+
+pub async fn spawn_app_with(overrides: Value) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = test_settings(dir.path(), overrides);
+    let runtime = app::start(settings).await.expect("the node starts");
+    let url = runtime.base_url();
+    TestApp {
+        runtime,
+        url,
+        http: reqwest::Client::new(),
+        dir,
+    }
+}
+
+/// A delivery order in the flat location form of seed 000 section 13.1.
+pub fn order_body() -> Value {
+    json!({
+        "pickupLocation": {"lat": 40.7128, "lng": -74.0060, "address": "123 Main St"},
+        "deliveryAddress": {"lat": 40.7589, "lng": -73.9851, "address": "456 Oak Ave"},
+        "packageDetails": {"weight": 5.5, "description": "Electronics", "fragile": true}
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .http
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .expect("login request");
+        assert_eq!(response.status(), 200, "login of {email}");
+        let body: Value = response.json().await.expect("login body");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    pub async fn driver_token(&self) -> String {
+        self.login(DRIVER_EMAIL, DRIVER_PASSWORD).await
+    }
+
+    /// Registers a fresh client; returns (token, user id).
+    pub async fn register_client(&self) -> (String, String) {
+        let email = format!("client-{}@example.com", uuid::Uuid::new_v4());
+        let response = self
+            .http
+            .post(self.url("/api/auth/register"))
+            .json(&json!({"name": "Test Client", "email": email, "password": "correct-horse-battery"}))
+            .send()
+            .await
+            .expect("register request");
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.expect("register body");
+        (
+            body["token"].as_str().expect("token").to_owned(),
+            body["user"]["id"].as_str().expect("user id").to_owned(),
+        )
+    }
+
+    pub async fn place_order(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/orders"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("order request")
+    }
+
+    /// Places the standard order and returns its id.
+    pub async fn place(&self, token: &str) -> String {
+        let response = self.place_order(token, &order_body()).await;
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.expect("order body");
+        body["orderId"].as_str().expect("orderId").to_owned()
+    }
+
+    pub async fn order(&self, token: &str, order_id: &str) -> Value {
+        self.http
+            .get(self.url(&format!("/api/orders/{order_id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get order")
+            .json()
+            .await
+            .expect("order json")
+    }
+
+    pub async fn status_of(&self, token: &str, order_id: &str) -> String {
+        self.order(token, order_id).await["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Waits until the order reaches `status`; panics with the last status seen.
+    pub async fn wait_for_status(
+        &self,
+        token: &str,
+        order_id: &str,
+        status: &str,
+        timeout: Duration,
+    ) {
+        let reached = periodic_check(
+            || async { self.status_of(token, order_id).await == status },
+            timeout,
+        )
+        .await;
+        assert!(
+            reached,
+            "order {order_id} did not reach {status}; it is {}",
+            self.status_of(token, order_id).await
+        );
+    }
+}
