@@ -24,21 +24,10 @@ use crate::service::OrderService;
 use crate::store::SharedStore;
 use auth_routes::LoginLimiter;
 use axum::Router;
-use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath};
-use axum::http::Request;
-use axum::middleware;
+use axum::extract::FromRef;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Semaphore;
-use tower::ServiceBuilder;
-use tower::timeout::TimeoutLayer;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
-use tracing::Span;
 
 /// What the rest of the runtime hands to the HTTP layer.
 #[derive(Clone)]
@@ -77,33 +66,12 @@ impl FromRef<ApiState> for Arc<TokenKeys> {
     }
 }
 
-/// One span per request, named by route template. Only the path is recorded, never
-/// the query string: the WebSocket endpoint takes its token there.
-fn request_span(request: &Request<Body>) -> Span {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    tracing::info_span!(
-        "http_request",
-        method = %request.method(),
-        route,
-        path = %request.uri().path(),
-    )
-}
-
 /// Every route of DESIGN section 5 except `/ws`, with the layers described above.
 pub fn router(state: AppState) -> Router {
-    let http = &state.settings.http;
-    let timeout = Duration::from_secs(http.request_timeout_secs.max(1));
-    let body_limit = http.max_body_bytes;
-    let slots = Arc::new(Semaphore::new(
-        http.max_concurrent_requests
-            .clamp(1, Semaphore::MAX_PERMITS),
-    ));
+    let http = state.settings.http.clone();
     let api = ApiState::new(state);
 
-    Router::new()
+    let routes = Router::new()
         .route("/api/auth/register", post(auth_routes::register))
         .route("/api/auth/login", post(auth_routes::login))
         .route("/api/orders", post(orders::place).get(orders::list))
@@ -121,26 +89,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/telemetry/supervision", get(services::supervision))
         .route("/health", get(health::live))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        // WebSocket tracking (DESIGN section 7) goes here, before the layers, so it
-        // gets the same tracing, metrics and panic handling:
-        //     .route("/ws", get(ws::track))
-        // with `ws::track` taking `State<ApiState>` and authenticating the token from
-        // the query or header with `extract::authenticate(&state.tokens, token)`.
-        .fallback(layers::unknown_route)
-        .method_not_allowed_fallback(layers::method_not_allowed)
-        .layer(
-            ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http().make_span_with(request_span))
-                .layer(middleware::from_fn(layers::record_metrics))
-                .layer(CatchPanicLayer::custom(layers::panic_response))
-                .layer(HandleErrorLayer::new(layers::middleware_failure))
-                .layer(TimeoutLayer::new(timeout))
-                .layer(middleware::from_fn_with_state(
-                    slots,
-                    layers::limit_concurrency,
-                ))
-                .layer(DefaultBodyLimit::max(body_limit)),
-        )
-        .with_state(api)
+        .route("/metrics", get(health::metrics));
+    // WebSocket tracking (DESIGN section 7) is added here, before the layers, so it
+    // gets the same tracing, metrics and panic handling:
+    //     let routes = routes.route("/ws", get(ws::track));
+    // with `ws::track` taking `State<ApiState>` and authenticating the token from the
+    // query or header with `extract::authenticate(&state.tokens, token)`.
+    layers::apply(routes, &http).with_state(api)
 }
