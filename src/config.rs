@@ -90,6 +90,7 @@ pub struct BusSettings {
     pub shards: u32,
     pub prefetch: u16,
     pub timeout_secs: u64,
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,15 +190,29 @@ impl Settings {
         }
         figment = figment
             .merge(Env::prefixed("SWIFT__").split("__").lowercase(true))
-            .merge(Env::raw().only(&["MONGODB_URI"]).map(|_| "store.mongodb_uri".into()))
-            .merge(Env::raw().only(&["RABBITMQ_URL"]).map(|_| "bus.rabbitmq_url".into()))
-            .merge(Env::raw().only(&["JWT_SECRET"]).map(|_| "auth.jwt_secret".into()));
+            .merge(
+                Env::raw()
+                    .only(&["MONGODB_URI"])
+                    .map(|_| "store.mongodb_uri".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["RABBITMQ_URL"])
+                    .map(|_| "bus.rabbitmq_url".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["JWT_SECRET"])
+                    .map(|_| "auth.jwt_secret".into()),
+            );
         Self::extract(figment)
     }
 
     /// Defaults with overrides given as a serialisable value (tests, benchmarks).
     pub fn defaults_with(overrides: impl Serialize) -> Result<Self, ConfigError> {
-        Self::extract(Figment::from(Toml::string(DEFAULT_TOML)).merge(Serialized::defaults(overrides)))
+        Self::extract(
+            Figment::from(Toml::string(DEFAULT_TOML)).merge(Serialized::defaults(overrides)),
+        )
     }
 
     fn extract(figment: Figment) -> Result<Self, ConfigError> {

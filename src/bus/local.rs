@@ -2,7 +2,7 @@
 //! waits for room instead of growing memory. Nothing here survives a crash, and
 //! nothing needs to: every order's state is in the store and is resumed from there.
 
-use super::{Bus, BusError, Delivery, Inbox, OrderCommand, StepRequest};
+use super::{Bus, BusError, DeadLetter, Delivery, Inbox, OrderCommand, StepRequest};
 use crate::domain::{OrderEvent, System};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -116,5 +116,15 @@ impl Bus for LocalBus {
             .filter_map(|update| futures::future::ready(update.ok()))
             .map(Delivery::unacknowledged)
             .boxed())
+    }
+
+    /// In-process deliveries are never rejected to a dead-letter queue: a failed
+    /// order is resumed from the store instead.
+    async fn dead_letters(&self, _limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn redrive(&self, _queue: &str) -> Result<usize, BusError> {
+        Ok(0)
     }
 }

@@ -7,10 +7,11 @@
 //! the effect is persisted; the bridges in `actors::bridge` turn them into actor
 //! messages, which makes the bus a mailbox source.
 
+pub mod amqp;
 pub mod local;
 
 use crate::domain::{
-    Location, OperationOutcome, OrderEvent, OrderId, Operation, PackageDetails, System, UserId,
+    Location, Operation, OperationOutcome, OrderEvent, OrderId, PackageDetails, System, UserId,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -109,6 +110,24 @@ impl<T> Delivery<T> {
 
 pub type Inbox<T> = BoxStream<'static, Delivery<T>>;
 
+/// A message the bus gave up on: its handler failed on every retry, or its body did
+/// not parse. Kept on the broker for an operator to inspect and redrive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The queue the message was dead-lettered from, as `redrive` takes it.
+    pub queue: String,
+    /// Why the broker dead-lettered it: `rejected` (malformed, or refused outright)
+    /// or `delivery_limit` (retries exhausted).
+    pub reason: String,
+    /// Deliveries to a consumer before it was given up on.
+    pub attempts: u64,
+    /// The body as received (lossy UTF-8, possibly truncated for display).
+    pub body: String,
+    /// RFC 3339, when the broker recorded it.
+    pub dead_lettered_at: Option<String>,
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), BusError>;
@@ -122,6 +141,11 @@ pub trait Bus: Send + Sync + 'static {
     async fn order_commands(&self) -> Result<Inbox<OrderCommand>, BusError>;
     /// Every order update, whichever node made it.
     async fn order_updates(&self) -> Result<Inbox<OrderEvent>, BusError>;
+
+    /// Up to `limit` dead letters across every dead-letter queue, left in place.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError>;
+    /// Moves every dead letter of `queue` back onto `queue`; returns how many moved.
+    async fn redrive(&self, queue: &str) -> Result<usize, BusError>;
 }
 
 pub type SharedBus = Arc<dyn Bus>;

@@ -1,0 +1,361 @@
+//! The connection to the broker and its supervisor.
+//!
+//! We reconnect ourselves rather than with lapin's auto-recovery: that gives up after
+//! a fixed number of attempts (leaving a dead connection behind for good) and replays
+//! consumers whose stream semantics across a recovery are lapin's, not ours. Here a
+//! lost connection is replaced by a new session, forever, with capped backoff; the
+//! topology is declared again, and every consumer starts over on the new session.
+
+use super::BusError;
+use super::topology::{self, Names};
+use futures::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
+use rand::Rng;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Confirm-mode channels per session: publishes from many tasks spread over them and
+/// each awaits only its own confirm.
+const PUBLISH_CHANNELS: usize = 4;
+/// Heartbeat asked of the broker when the URL names none, so that a dead peer is
+/// noticed in seconds, not in the broker's default minute.
+const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// How often the supervisor looks at the connection's state besides its events.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+const RECONNECT_BASE: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+pub(super) fn unavailable(context: &str, error: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("{context}: {error}"))
+}
+
+/// Runs `future` under the bus's time limit: a broker that stops answering must not
+/// hang a caller (lapin has been seen to leave a publish pending with no error).
+pub(super) async fn within<T>(
+    limit: Duration,
+    what: &str,
+    future: impl Future<Output = lapin::Result<T>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(unavailable(what, error)),
+        Err(_) => Err(BusError::Unavailable(format!(
+            "{what}: no answer from the broker within {limit:?}"
+        ))),
+    }
+}
+
+/// Capped exponential backoff with jitter, so that nodes do not reconnect in step.
+pub(super) fn backoff(failures: u32) -> Duration {
+    let ceiling = RECONNECT_BASE
+        .saturating_mul(1u32 << failures.min(16))
+        .min(RECONNECT_MAX);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+}
+
+/// One live connection with its publishing channels.
+pub(super) struct Session {
+    pub connection: Connection,
+    publishers: Vec<RwLock<Channel>>,
+    next_publisher: AtomicUsize,
+    /// Serialises the replacement of a publishing channel the broker closed.
+    repairing: tokio::sync::Mutex<()>,
+}
+
+impl Session {
+    fn publisher(&self) -> (usize, Channel) {
+        let slot = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+        (slot, self.publisher_at(slot))
+    }
+
+    /// A channel-level error (not a lost connection) closes only that channel: open
+    /// a fresh one in its slot so later publishes succeed.
+    async fn repair(&self, slot: usize, limit: Duration) {
+        let _guard = self.repairing.lock().await;
+        let current = self.publisher_at(slot);
+        if current.status().connected() || !self.connection.status().connected() {
+            return;
+        }
+        match open_publisher(&self.connection, limit).await {
+            Ok(channel) => match self.publishers[slot].write() {
+                Ok(mut guard) => *guard = channel,
+                Err(poisoned) => *poisoned.into_inner() = channel,
+            },
+            Err(error) => tracing::warn!(%error, "could not reopen a publishing channel"),
+        }
+    }
+
+    fn publisher_at(&self, slot: usize) -> Channel {
+        match self.publishers[slot].read() {
+            Ok(channel) => channel.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+async fn open_publisher(connection: &Connection, limit: Duration) -> Result<Channel, BusError> {
+    let channel = within(limit, "opening a channel", connection.create_channel()).await?;
+    within(
+        limit,
+        "enabling publisher confirms",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
+    Ok(channel)
+}
+
+/// What a publish asks of the broker.
+pub(super) struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+    /// Refuse the publish when no queue takes it (instead of the broker dropping it).
+    pub mandatory: bool,
+}
+
+pub(super) struct Link {
+    uri: AMQPUri,
+    connection_name: String,
+    names: Arc<Names>,
+    pub limit: Duration,
+    sessions: watch::Sender<Option<Arc<Session>>>,
+    pub shutdown: CancellationToken,
+}
+
+impl Link {
+    /// Connects once (so a wrong URL or a missing broker is reported at start-up), then
+    /// keeps the connection alive in the background until `shutdown`.
+    pub async fn start(
+        url: &str,
+        connection_name: String,
+        names: Arc<Names>,
+        limit: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, BusError> {
+        let mut uri: AMQPUri = url
+            .parse()
+            .map_err(|e: String| BusError::Unavailable(format!("bus.rabbitmq_url: {e}")))?;
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
+        }
+        let link = Arc::new(Self {
+            uri,
+            connection_name,
+            names,
+            limit,
+            sessions: watch::channel(None).0,
+            shutdown,
+        });
+        let session = link.open_session().await?;
+        link.sessions.send_replace(Some(session.clone()));
+        tokio::spawn(link.clone().supervise(session));
+        Ok(link)
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.sessions
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.connection.status().connected())
+    }
+
+    /// The live session, waiting for a reconnect if there is none. Callers bound the
+    /// wait with their own time limit.
+    pub async fn session(&self) -> Result<Arc<Session>, BusError> {
+        let mut sessions = self.sessions.subscribe();
+        let wait = sessions.wait_for(|s| s.is_some());
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(BusError::Unavailable("the bus is shut down".into())),
+            session = wait => match session {
+                Ok(session) => session
+                    .clone()
+                    .ok_or_else(|| BusError::Unavailable("no broker connection".into())),
+                Err(_) => Err(BusError::Unavailable("the bus is shut down".into())),
+            },
+        }
+    }
+
+    /// Publishes and waits for the broker's confirm: `Ok` means the message is on
+    /// disk in every queue it was routed to.
+    pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), BusError> {
+        let attempt = async {
+            let session = self.session().await?;
+            let (slot, channel) = session.publisher();
+            let options = BasicPublishOptions {
+                mandatory: message.mandatory,
+                immediate: false,
+            };
+            let sent = channel
+                .basic_publish(
+                    message.exchange.into(),
+                    message.routing_key.into(),
+                    options,
+                    message.body,
+                    message.properties,
+                )
+                .await;
+            let confirm = match sent {
+                Ok(confirm) => confirm,
+                Err(error) => {
+                    session.repair(slot, self.limit).await;
+                    return Err(unavailable("publishing", error));
+                }
+            };
+            match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(returned))) => Err(BusError::Rejected(format!(
+                    "no queue takes routing key {:?} on exchange {:?}: {}",
+                    message.routing_key, message.exchange, returned.reply_text
+                ))),
+                Ok(Confirmation::Nack(_)) => Err(BusError::Rejected(format!(
+                    "the broker refused the message for {:?}",
+                    message.routing_key
+                ))),
+                Ok(Confirmation::NotRequested) => Err(BusError::Unavailable(
+                    "the publishing channel is not in confirm mode".into(),
+                )),
+                Err(error) => {
+                    session.repair(slot, self.limit).await;
+                    Err(unavailable("awaiting the publish confirm", error))
+                }
+            }
+        };
+        match tokio::time::timeout(self.limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(BusError::Unavailable(format!(
+                "publish to {:?} not confirmed within {:?}",
+                message.routing_key, self.limit
+            ))),
+        }
+    }
+
+    async fn open_session(&self) -> Result<Arc<Session>, BusError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.clone().into());
+        let connection = within(
+            self.limit,
+            "connecting to RabbitMQ",
+            Connection::connect_uri(self.uri.clone(), properties),
+        )
+        .await?;
+        let setup = within(self.limit, "opening a channel", connection.create_channel()).await?;
+        within(
+            self.limit,
+            "declaring the topology",
+            topology::declare(&setup, &self.names),
+        )
+        .await?;
+        // Best effort: the channel goes with the connection anyway.
+        let _ = within(
+            self.limit,
+            "closing a channel",
+            setup.close(200, "OK".into()),
+        )
+        .await;
+        let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
+        for _ in 0..PUBLISH_CHANNELS {
+            publishers.push(RwLock::new(open_publisher(&connection, self.limit).await?));
+        }
+        Ok(Arc::new(Session {
+            connection,
+            publishers,
+            next_publisher: AtomicUsize::new(0),
+            repairing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    async fn supervise(self: Arc<Self>, mut session: Arc<Session>) {
+        loop {
+            self.until_broken(&session).await;
+            self.sessions.send_replace(None);
+            // Closing a dead connection fails at once; a live one (shutdown) gets a
+            // moment to say goodbye so the broker requeues our unacked deliveries.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                session.connection.close(200, "OK".into()),
+            )
+            .await;
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            tracing::warn!("lost the connection to RabbitMQ; reconnecting");
+            session = match self.reconnect().await {
+                Some(session) => session,
+                None => return,
+            };
+            tracing::info!("reconnected to RabbitMQ");
+            self.sessions.send_replace(Some(session.clone()));
+        }
+    }
+
+    /// Returns when the session's connection fails or the bus shuts down.
+    async fn until_broken(&self, session: &Session) {
+        let mut events = session.connection.events_listener();
+        let mut ticks = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                event = events.next() => {
+                    if let Some(Event::Error(error)) = event {
+                        tracing::warn!(%error, "RabbitMQ connection error");
+                        return;
+                    }
+                }
+                _ = ticks.tick() => {
+                    if !session.connection.status().connected() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reconnect(&self) -> Option<Arc<Session>> {
+        let mut failures = 0;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(backoff(failures)) => {}
+            }
+            match self.open_session().await {
+                Ok(session) => return Some(session),
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(%error, failures, "reconnecting to RabbitMQ failed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for failures in 0..40 {
+            let delay = backoff(failures);
+            let ceiling = RECONNECT_BASE
+                .saturating_mul(1u32 << failures.min(16))
+                .min(RECONNECT_MAX);
+            assert!(
+                delay <= ceiling && delay >= ceiling / 2,
+                "{failures}: {delay:?}"
+            );
+        }
+        assert!(backoff(30) >= RECONNECT_MAX / 2);
+    }
+}

@@ -1,0 +1,295 @@
+//! Names and declarations of the RabbitMQ topology (DESIGN section 8).
+//!
+//! Everything is declared at every (re)connect: declarations are idempotent, and
+//! re-declaring makes a broker that lost its definitions whole again.
+
+use super::BusError;
+use crate::domain::System;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+/// Redeliveries after a handler rejected a message; one more rejection and the
+/// broker dead-letters it (quorum queues count deliveries themselves).
+pub const DELIVERY_RETRIES: u64 = 3;
+
+/// Longest namespace and node id accepted, so that every derived name stays within
+/// AMQP's 255-byte limit for queue and exchange names.
+const MAX_NAMESPACE_LEN: usize = 64;
+const MAX_NODE_ID_LEN: usize = 64;
+
+/// A queue whose messages are work (step requests, order commands): quorum, with a
+/// dead-letter queue behind it.
+#[derive(Debug, Clone)]
+pub(super) struct WorkQueue {
+    /// The name without the namespace, as operators and `redrive` use it.
+    pub logical: String,
+    /// The name on the broker.
+    pub name: String,
+    /// Where the broker puts what this queue gives up on.
+    pub dead_letters: String,
+}
+
+/// Every exchange and queue name of one namespace.
+#[derive(Debug, Clone)]
+pub(super) struct Names {
+    prefix: String,
+    pub order_exchange: String,
+    pub events_exchange: String,
+    pub dead_letter_exchange: String,
+    /// Step queues in `System::ALL` order, then the shard queues in shard order.
+    work: Vec<WorkQueue>,
+    node_id: String,
+}
+
+impl Names {
+    pub fn new(namespace: &str, node_id: &str, shards: u32) -> Result<Self, BusError> {
+        let safe = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if namespace.len() > MAX_NAMESPACE_LEN || !safe(namespace) {
+            return Err(BusError::Unavailable(format!(
+                "bus.namespace must be at most {MAX_NAMESPACE_LEN} characters of A-Z a-z 0-9 - _ ."
+            )));
+        }
+        if node_id.is_empty() || node_id.len() > MAX_NODE_ID_LEN || !safe(node_id) {
+            return Err(BusError::Unavailable(format!(
+                "the node id must be 1 to {MAX_NODE_ID_LEN} characters of A-Z a-z 0-9 - _ ."
+            )));
+        }
+        let prefix = if namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{namespace}.")
+        };
+        let work_queue = |logical: String| {
+            let name = format!("{prefix}{logical}");
+            WorkQueue {
+                dead_letters: format!("{name}.dlq"),
+                name,
+                logical,
+            }
+        };
+        let work = System::ALL
+            .iter()
+            .map(|system| work_queue(format!("{}_order_queue", system.as_str())))
+            .chain((0..shards.max(1)).map(|n| work_queue(format!("orders.shard.{n}"))))
+            .collect();
+        Ok(Self {
+            order_exchange: format!("{prefix}order_exchange"),
+            events_exchange: format!("{prefix}events_exchange"),
+            dead_letter_exchange: format!("{prefix}dlx"),
+            work,
+            node_id: node_id.to_owned(),
+            prefix,
+        })
+    }
+
+    pub fn step_queue(&self, system: System) -> &WorkQueue {
+        let index = System::ALL
+            .iter()
+            .position(|s| *s == system)
+            .unwrap_or_default();
+        &self.work[index]
+    }
+
+    pub fn shard_queues(&self) -> &[WorkQueue] {
+        &self.work[System::ALL.len()..]
+    }
+
+    pub fn shard_queue(&self, shard: u32) -> &WorkQueue {
+        let shards = self.shard_queues();
+        &shards[shard as usize % shards.len()]
+    }
+
+    pub fn work_queues(&self) -> &[WorkQueue] {
+        &self.work
+    }
+
+    /// The work queue an operator means by `queue`: its logical name, its broker
+    /// name, or either with the `.dlq` suffix.
+    pub fn resolve(&self, queue: &str) -> Option<&WorkQueue> {
+        let queue = queue.strip_suffix(".dlq").unwrap_or(queue);
+        let logical = queue.strip_prefix(self.prefix.as_str()).unwrap_or(queue);
+        self.work.iter().find(|w| w.logical == logical)
+    }
+
+    /// The queue of one `order_updates` subscription: the first is `events.<node>`,
+    /// later ones on the same node get a suffix so that each sees every update.
+    pub fn events_queue(&self, subscription: u32) -> String {
+        match subscription {
+            0 => format!("{}events.{}", self.prefix, self.node_id),
+            n => format!("{}events.{}.{n}", self.prefix, self.node_id),
+        }
+    }
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in entries {
+        table.insert(ShortString::from(*key), value.clone());
+    }
+    table
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// Declares exchanges, work queues, dead-letter queues and their bindings.
+pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for (exchange, kind) in [
+        (&names.order_exchange, ExchangeKind::Direct),
+        (&names.events_exchange, ExchangeKind::Topic),
+        (&names.dead_letter_exchange, ExchangeKind::Direct),
+    ] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                kind,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for (index, work) in names.work_queues().iter().enumerate() {
+        // Classic, not quorum: a quorum queue rewrites `x-delivery-count` on each
+        // redelivery, and listing dead letters redelivers them, which would
+        // overwrite the attempts the message arrived with.
+        channel
+            .queue_declare(
+                work.dead_letters.as_str().into(),
+                durable_queue,
+                table(&[("x-queue-type", text("classic"))]),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                work.dead_letters.as_str().into(),
+                names.dead_letter_exchange.as_str().into(),
+                work.name.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = vec![
+            ("x-queue-type", text("quorum")),
+            ("x-dead-letter-exchange", text(&names.dead_letter_exchange)),
+            ("x-dead-letter-routing-key", text(&work.name)),
+            // At-least-once dead-lettering: the broker keeps a message until the
+            // dead-letter queue has confirmed it (needs reject-publish overflow).
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-overflow", text("reject-publish")),
+            (
+                "x-delivery-limit",
+                AMQPValue::LongLongInt(DELIVERY_RETRIES as i64),
+            ),
+        ];
+        let is_shard = index >= System::ALL.len();
+        if is_shard {
+            // The broker, not our code, picks the one node that owns a shard.
+            arguments.push(("x-single-active-consumer", AMQPValue::Boolean(true)));
+        }
+        channel
+            .queue_declare(work.name.as_str().into(), durable_queue, table(&arguments))
+            .await?;
+        if !is_shard {
+            channel
+                .queue_bind(
+                    work.name.as_str().into(),
+                    names.order_exchange.as_str().into(),
+                    System::ALL[index].as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Declares this node's private queue for one `order_updates` subscription. It lives
+/// and dies with the connection: updates missed while it is gone are replayed from
+/// the event log by whoever needs them.
+pub(super) async fn declare_events_queue(
+    channel: &Channel,
+    names: &Names,
+    queue: &str,
+) -> lapin::Result<()> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            table(&[("x-queue-type", text("classic"))]),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            names.events_exchange.as_str().into(),
+            "order.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_namespace() {
+        let names = Names::new("t1", "node-a", 2).unwrap();
+        assert_eq!(names.order_exchange, "t1.order_exchange");
+        assert_eq!(names.step_queue(System::Wms).name, "t1.wms_order_queue");
+        assert_eq!(names.step_queue(System::Wms).logical, "wms_order_queue");
+        assert_eq!(names.shard_queue(1).name, "t1.orders.shard.1");
+        assert_eq!(names.shard_queue(1).dead_letters, "t1.orders.shard.1.dlq");
+        assert_eq!(names.events_queue(0), "t1.events.node-a");
+        assert_eq!(names.events_queue(2), "t1.events.node-a.2");
+        let bare = Names::new("", "n", 1).unwrap();
+        assert_eq!(bare.step_queue(System::Cms).name, "cms_order_queue");
+        assert_eq!(bare.dead_letter_exchange, "dlx");
+    }
+
+    #[test]
+    fn operators_may_name_a_queue_any_way_they_see_it() {
+        let names = Names::new("t1", "n", 2).unwrap();
+        for spelling in [
+            "orders.shard.1",
+            "t1.orders.shard.1",
+            "orders.shard.1.dlq",
+            "t1.orders.shard.1.dlq",
+        ] {
+            assert_eq!(
+                names.resolve(spelling).map(|w| w.name.as_str()),
+                Some("t1.orders.shard.1"),
+                "{spelling}"
+            );
+        }
+        assert!(names.resolve("orders.shard.2").is_none());
+        assert!(names.resolve("events.n").is_none());
+    }
+
+    #[test]
+    fn names_that_could_overflow_or_confuse_the_broker_are_refused() {
+        assert!(Names::new(&"x".repeat(65), "n", 1).is_err());
+        assert!(Names::new("a b", "n", 1).is_err());
+        assert!(Names::new("ok", "", 1).is_err());
+        assert!(Names::new("ok", "n/1", 1).is_err());
+    }
+}
