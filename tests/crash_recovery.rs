@@ -1,0 +1,231 @@
+//! Crash safety (issue 2, item 6): `kill -9` the node while hundreds of orders are in
+//! flight; after a restart every accepted order exists, every one resumes and reaches
+//! the end of its journey, and no external effect happened twice. The simulators run
+//! in their own process so that they outlive the crash and keep their ledgers.
+
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+const BIN: &str = env!("CARGO_BIN_EXE_swiftlogistics");
+const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+
+/// Starts the binary and returns it with the first stdout line containing `marker`.
+async fn start(args: &[&str], envs: &[(&str, String)], marker: &str) -> (Child, String) {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env("SWIFT__LOG__LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(marker) {
+                return line;
+            }
+        }
+        panic!("{BIN} exited before printing {marker:?}");
+    })
+    .await
+    .expect("startup line in time");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, line)
+}
+
+/// The text after `label` up to the next space.
+fn field(line: &str, label: &str) -> String {
+    let start = line.find(label).map(|i| i + label.len()).expect(label);
+    line[start..].split_whitespace().next().expect("value").to_owned()
+}
+
+struct Node {
+    child: Child,
+    url: String,
+}
+
+async fn start_node(data: &std::path::Path, sims: &str) -> Node {
+    let envs = [
+        ("SWIFT__HTTP__BIND", "127.0.0.1:0".to_owned()),
+        ("SWIFT__STORE__PATH", data.display().to_string()),
+        ("SWIFT__CMS__URL", field(sims, "CMS SOAP ")),
+        ("SWIFT__ROS__URL", field(sims, "ROS REST ")),
+        ("SWIFT__WMS__ADDR", field(sims, "WMS TCP ")),
+        ("SWIFT__AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+        ("SWIFT__AUTH__DRIVER_PASSWORD", "driver-password-for-tests".to_owned()),
+    ];
+    let (child, banner) = start(&["serve", "--no-simulators"], &envs, "API and pages at").await;
+    Node {
+        child,
+        url: field(&banner, "API and pages at "),
+    }
+}
+
+async fn json(response: reqwest::Response) -> Value {
+    response.json().await.expect("json body")
+}
+
+#[tokio::test]
+async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing() {
+    let (_sims, sims_line) = start(
+        &["simulate"],
+        &[
+            ("SWIFT__SIMULATORS__CMS_BIND", "127.0.0.1:0".to_owned()),
+            ("SWIFT__SIMULATORS__ROS_BIND", "127.0.0.1:0".to_owned()),
+            ("SWIFT__SIMULATORS__WMS_BIND", "127.0.0.1:0".to_owned()),
+            ("SWIFT__SIMULATORS__CONTROL_BIND", "127.0.0.1:0".to_owned()),
+        ],
+        "Simulators running",
+    )
+    .await;
+    let control = field(&sims_line, "control API ");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    // Slow systems keep many orders mid-journey when the node dies.
+    for system in ["cms", "wms", "ros"] {
+        let response = http
+            .put(format!("{control}/knobs/{system}"))
+            .json(&json!({"latencyMs": 20}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+
+    let data = tempfile::tempdir().unwrap();
+    let mut node = start_node(data.path(), &sims_line).await;
+    let registered = json(
+        http.post(format!("{}/api/auth/register", node.url))
+            .json(&json!({"name": "Crash Test", "email": "crash@example.com", "password": "correct-horse-battery"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let token = registered["token"].as_str().unwrap().to_owned();
+
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        let (http, url, token, accepted) = (http.clone(), node.url.clone(), token.clone(), accepted.clone());
+        clients.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let body = json!({
+                    "pickupLocation": {"lat": 40.7, "lng": -74.0},
+                    "deliveryAddress": {"lat": 40.6, "lng": -73.9},
+                    "packageDetails": {"weight": 1.0}
+                });
+                let Ok(response) = http.post(format!("{url}/api/orders")).bearer_auth(&token).json(&body).send().await else {
+                    return;
+                };
+                if response.status() != 202 {
+                    return;
+                }
+                let Ok(body) = response.json::<Value>().await else { return };
+                accepted.lock().await.push(body["orderId"].as_str().unwrap().to_owned());
+            }
+        }));
+    }
+    let enough = async {
+        while accepted.lock().await.len() < 300 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), enough).await.expect("300 orders accepted");
+    node.child.start_kill().unwrap(); // SIGKILL: no shutdown code runs
+    node.child.wait().await.unwrap();
+    for client in clients {
+        let _ = client.await;
+    }
+    let accepted = accepted.lock().await.clone();
+    let routes_at_kill = json(http.get(format!("{control}/effects/ros")).send().await.unwrap()).await["effects"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (routes_at_kill as usize) < accepted.len(),
+        "the kill must catch orders mid-journey ({routes_at_kill} of {} already routed)",
+        accepted.len()
+    );
+
+    let node = start_node(data.path(), &sims_line).await;
+    let admin = json(
+        http.post(format!("{}/api/auth/login", node.url))
+            .json(&json!({"email": "admin@swiftlogistics.local", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Every accepted order exists and reaches the end of its journey.
+    for order_id in &accepted {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let response = http.get(format!("{}/api/orders/{order_id}", node.url)).bearer_auth(&token).send().await.unwrap();
+            assert_eq!(response.status(), 200, "accepted order {order_id} was lost");
+            let status = json(response).await["status"].as_str().unwrap().to_owned();
+            if status == "READY_FOR_DELIVERY" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{order_id} stuck at {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // The store may hold a few more orders than were answered 202 (persisted just
+    // before the kill); they must have finished too.
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = http.get(format!("{}/api/orders", node.url)).bearer_auth(&admin).query(&[("limit", "100")]);
+        if let Some(c) = &cursor {
+            request = request.query(&[("cursor", c)]);
+        }
+        let page = json(request.send().await.unwrap()).await;
+        all.extend(page["orders"].as_array().unwrap().iter().cloned());
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert!(all.len() >= accepted.len());
+    let stored = all.len();
+    let finished = async {
+        loop {
+            let mut pending = 0;
+            for order in &all {
+                let id = order["orderId"].as_str().unwrap();
+                let now = json(http.get(format!("{}/api/orders/{id}", node.url)).bearer_auth(&admin).send().await.unwrap()).await;
+                if now["status"] != "READY_FOR_DELIVERY" {
+                    pending += 1;
+                }
+            }
+            if pending == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), finished).await.expect("every stored order finished");
+
+    // Exactly one effect per order in each system: one reservation, one route.
+    for (system, kind) in [("wms", "reservations"), ("ros", "routes")] {
+        let summary = json(http.get(format!("{control}/effects/{system}")).send().await.unwrap()).await;
+        assert_eq!(summary["active"][kind], stored, "{system}: {summary}");
+        assert_eq!(summary["effects"], stored, "{system}: {summary}");
+    }
+    drop(node);
+}
