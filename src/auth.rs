@@ -325,6 +325,86 @@ mod tests {
         assert!(!verify_password("correct horse".into(), None).await.unwrap());
     }
 
+    #[tokio::test]
+    async fn an_unknown_account_costs_as_much_as_a_wrong_password() {
+        let stored = hash_password("the real password".into()).await.unwrap();
+        // Warm the dummy hash so its one-time creation is not measured.
+        verify_password("x".into(), None).await.unwrap();
+        let mut wrong = std::time::Duration::MAX;
+        let mut unknown = std::time::Duration::MAX;
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            verify_password("guess".into(), Some(stored.clone()))
+                .await
+                .unwrap();
+            wrong = wrong.min(started.elapsed());
+            let started = std::time::Instant::now();
+            verify_password("guess".into(), None).await.unwrap();
+            unknown = unknown.min(started.elapsed());
+        }
+        assert!(
+            unknown * 3 > wrong,
+            "unknown {unknown:?} vs wrong {wrong:?}"
+        );
+    }
+
+    fn settings(admin_password: &str, driver_password: &str) -> Settings {
+        Settings::defaults_with(serde_json::json!({"auth": {
+            "admin_password": admin_password, "driver_password": driver_password}}))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn bootstrap_creates_missing_accounts_once_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore =
+            std::sync::Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let first = ensure_bootstrap_accounts(&store, &settings("", "driver-password"))
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 1, "only generated passwords are returned");
+        let (email, role, password) = &first[0];
+        assert_eq!(
+            (email.as_str(), *role),
+            ("admin@swiftlogistics.local", Role::Admin)
+        );
+        assert_eq!(password.len(), GENERATED_PASSWORD_LEN);
+        let admin = store.user_by_email(email).await.unwrap().unwrap();
+        assert!(
+            verify_password(password.clone(), Some(admin.password_hash.clone()))
+                .await
+                .unwrap()
+        );
+        let driver_email = Email::parse("driver@swiftlogistics.local").unwrap();
+        let driver = store.user_by_email(&driver_email).await.unwrap().unwrap();
+        assert_eq!(driver.role, Role::Driver);
+        assert!(
+            verify_password("driver-password".into(), Some(driver.password_hash.clone()))
+                .await
+                .unwrap()
+        );
+
+        let again = ensure_bootstrap_accounts(&store, &settings("", "a-new-driver-password"))
+            .await
+            .unwrap();
+        assert!(again.is_empty());
+        let admin_after = store.user_by_email(email).await.unwrap().unwrap();
+        let driver_after = store.user_by_email(&driver_email).await.unwrap().unwrap();
+        assert_eq!(admin_after, admin);
+        assert_eq!(driver_after, driver);
+    }
+
+    #[tokio::test]
+    async fn a_too_short_configured_password_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore =
+            std::sync::Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let err = ensure_bootstrap_accounts(&store, &settings("short", ""))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuthError::Bootstrap { .. }), "{err}");
+    }
+
     #[test]
     fn generated_passwords_are_long_and_distinct() {
         let a = generate_password();
