@@ -351,9 +351,11 @@ async fn replies_from_other_soap_stacks_are_understood() {
     shutdown.cancel();
 }
 
+type ExpectedError = fn(&CallError) -> bool;
+
 #[tokio::test]
 async fn non_soap_replies_are_errors_not_outcomes() {
-    let cases: [(StatusCode, &str, fn(&CallError) -> bool); 3] = [
+    let cases: [(StatusCode, &str, ExpectedError); 3] = [
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "down for maintenance",

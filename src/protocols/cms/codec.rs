@@ -281,7 +281,7 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 }
 
 /// The `Char` production of XML 1.0.
-pub fn is_xml_char(c: char) -> bool {
+fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
 }
 
