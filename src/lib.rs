@@ -3,6 +3,7 @@
 pub mod actors;
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod bus;
 pub mod config;
 pub mod domain;

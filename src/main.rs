@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use swiftlogistics::config::{LogFormat, Settings};
-use swiftlogistics::{app, simulators};
+use swiftlogistics::{app, bench, simulators};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +39,8 @@ enum Command {
     },
     /// Run only the CMS, ROS and WMS simulators, for nodes pointed at them.
     Simulate,
+    /// Load a running node and report throughput, latency and memory
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(settings: &Settings) {
@@ -91,6 +93,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Simulate => {
             init_logging(&settings);
             simulate(settings).await
+        }
+        Command::Bench(args) => {
+            init_logging(&settings);
+            bench::run(args).await
         }
     }
 }
