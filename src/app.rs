@@ -2,12 +2,14 @@
 //! and the HTTP server from the settings, and takes them down again in order.
 
 use crate::actors::adapter::AdapterCore;
+use crate::actors::notifier::{self, Notifier};
 use crate::actors::orders::OrdersMsg;
 use crate::actors::root::{RootArgs, RootMsg};
 use crate::actors::telemetry::{MailboxGauge, Telemetry, TelemetryMsg};
 use crate::actors::{
     ActorNode, AdapterDirectory, Context, Root, RuntimeControl, ServiceHealth, bridge,
 };
+use crate::bus::amqp::AmqpBus;
 use crate::bus::local::LocalBus;
 use crate::bus::{OrderCommand, SharedBus};
 use crate::config::{BusKind, Settings, StoreKind};
@@ -83,10 +85,15 @@ fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
     }
 }
 
-fn open_bus(settings: &Settings) -> anyhow::Result<SharedBus> {
+async fn open_bus(settings: &Settings, node_id: &str) -> anyhow::Result<SharedBus> {
     match settings.bus.kind {
         BusKind::Local => Ok(Arc::new(LocalBus::default())),
-        BusKind::Amqp => bail!("bus.kind = \"amqp\" is not available in this build yet"),
+        BusKind::Amqp => {
+            let bus = AmqpBus::connect(&settings.bus, node_id)
+                .await
+                .context("cannot connect to RabbitMQ (bus.rabbitmq_url / RABBITMQ_URL)")?;
+            Ok(Arc::new(bus))
+        }
     }
 }
 
@@ -132,7 +139,8 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     };
     let settings = Arc::new(settings);
     let store = open_store(&settings)?;
-    let bus = open_bus(&settings)?;
+    let node_id = format!("node-{}", uuid::Uuid::new_v4().simple());
+    let bus = open_bus(&settings, &node_id).await?;
     let admission = Arc::new(Admission::new(settings.orders.max_in_flight));
     let (telemetry, _) = Actor::spawn(None, Telemetry, ()).await?;
 
@@ -177,6 +185,14 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         inbox,
         shutdown.child_token(),
     ));
+    let notifier: Notifier =
+        ractor::call_t!(root, RootMsg::Notifier, CONTROL_TIMEOUT.as_millis() as u64)?;
+    let updates = bus.order_updates().await?;
+    tasks.push(notifier::spawn_update_bridge(
+        notifier.clone(),
+        updates,
+        shutdown.child_token(),
+    ));
 
     let generated_accounts = crate::auth::ensure_bootstrap_accounts(&store, &settings).await?;
     let orders = OrderService::new(store.clone(), bus.clone(), admission);
@@ -192,6 +208,10 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         orders: orders.clone(),
         control: Arc::new(Control(context.clone())),
         metrics: metrics_handle(),
+        tracking: crate::http::ws::Tracking {
+            notifier,
+            shutdown: shutdown.child_token(),
+        },
     };
     let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let http_shutdown = shutdown.clone();

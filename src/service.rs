@@ -7,7 +7,9 @@
 
 use crate::bus::{OrderCommand, SharedBus};
 use crate::domain::saga::{self, SagaRejection};
-use crate::domain::{NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId};
+use crate::domain::{
+    NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId,
+};
 use crate::store::{Intake, OrderPage, OrderQuery, SharedStore, StoreError};
 use chrono::Utc;
 use std::sync::Arc;
@@ -121,9 +123,13 @@ impl OrderService {
         }
         let now = Utc::now();
         let (order, event) = Order::receive(OrderId::generate(now), customer.clone(), request, now);
-        match self.store.create_order(&order, &event, idempotency_key).await? {
+        match self
+            .store
+            .create_order(&order, &event, idempotency_key)
+            .await?
+        {
             Intake::Replayed(existing) => Ok(Placed {
-                order: existing,
+                order: *existing,
                 replayed: true,
             }),
             Intake::Created => {
@@ -155,7 +161,11 @@ impl OrderService {
         Ok((order, events))
     }
 
-    pub async fn list(&self, viewer: &Viewer, mut query: OrderQuery) -> Result<OrderPage, ServiceError> {
+    pub async fn list(
+        &self,
+        viewer: &Viewer,
+        mut query: OrderQuery,
+    ) -> Result<OrderPage, ServiceError> {
         if viewer.role != Role::Admin {
             query.customer = Some(viewer.user_id.clone());
         }
@@ -199,7 +209,9 @@ impl OrderService {
             let order = self.find(viewer, id).await?;
             let decision = saga::decide(&order, input(), Utc::now()).map_err(|e| match e {
                 SagaRejection::Conflict(m) => ServiceError::Conflict(m),
-                SagaRejection::Stale => ServiceError::Conflict("the order changed meanwhile".into()),
+                SagaRejection::Stale => {
+                    ServiceError::Conflict("the order changed meanwhile".into())
+                }
             })?;
             match commit(&self.store, &self.bus, &decision).await {
                 Ok(()) => {

@@ -29,7 +29,7 @@ const MAX_PARKED: usize = 100_000;
 
 pub enum AdapterMsg {
     Execute {
-        request: StepRequest,
+        request: Box<StepRequest>,
         ack: Acker,
     },
     Completed {
@@ -56,7 +56,7 @@ pub struct AdapterCore {
 
 struct CoreState {
     breaker: CircuitBreaker,
-    parked: VecDeque<(StepRequest, Acker)>,
+    parked: VecDeque<(Box<StepRequest>, Acker)>,
     total_calls: u64,
     total_failures: u64,
     last_error: Option<String>,
@@ -204,7 +204,7 @@ impl Actor for Adapter {
 }
 
 impl AdapterState {
-    fn admit(&self, myself: &ActorRef<AdapterMsg>, request: StepRequest, ack: Acker) {
+    fn admit(&self, myself: &ActorRef<AdapterMsg>, request: Box<StepRequest>, ack: Acker) {
         let mut inner = self.core.lock();
         if inner.breaker.try_acquire(Instant::now()) {
             drop(inner);
@@ -266,7 +266,7 @@ impl AdapterState {
         }
     }
 
-    fn dispatch(&self, myself: &ActorRef<AdapterMsg>, request: StepRequest, ack: Acker) {
+    fn dispatch(&self, myself: &ActorRef<AdapterMsg>, request: Box<StepRequest>, ack: Acker) {
         let core = self.core.clone();
         let bus = self.context.bus.clone();
         let myself = myself.clone();
@@ -309,7 +309,7 @@ impl AdapterState {
         });
     }
 
-    fn answer_now(&self, request: StepRequest, reply: StepReply, ack: Acker) {
+    fn answer_now(&self, request: Box<StepRequest>, reply: StepReply, ack: Acker) {
         let bus = self.context.bus.clone();
         tokio::spawn(async move { send_reply(&bus, &request, reply, ack).await });
     }

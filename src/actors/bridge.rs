@@ -35,7 +35,7 @@ pub fn spawn_step_bridge(
             };
             let Delivery { message, ack } = delivery;
             let mut pending = Some(AdapterMsg::Execute {
-                request: message,
+                request: Box::new(message),
                 ack: Acker::from(ack),
             });
             while let Some(message) = pending.take() {

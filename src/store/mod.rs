@@ -55,7 +55,7 @@ pub struct OrderPage {
 pub enum Intake {
     Created,
     /// The customer already placed an order with this idempotency key.
-    Replayed(Order),
+    Replayed(Box<Order>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
