@@ -3,6 +3,8 @@
 //! the end of its journey, and no external effect happened twice. The simulators run
 //! in their own process so that they outlive the crash and keep their ledgers.
 
+mod common;
+
 use serde_json::{Value, json};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -47,7 +49,11 @@ async fn start(args: &[&str], envs: &[(&str, String)], marker: &str) -> (Child, 
 /// The text after `label` up to the next space.
 fn field(line: &str, label: &str) -> String {
     let start = line.find(label).map(|i| i + label.len()).expect(label);
-    line[start..].split_whitespace().next().expect("value").to_owned()
+    line[start..]
+        .split_whitespace()
+        .next()
+        .expect("value")
+        .to_owned()
 }
 
 struct Node {
@@ -55,15 +61,18 @@ struct Node {
     url: String,
 }
 
-async fn start_node(data: &std::path::Path, sims: &str) -> Node {
-    let envs = [
+async fn start_node(data: &std::path::Path, sims: &str, backend: &[(&'static str, String)]) -> Node {
+    let mut envs = vec![
         ("SWIFT__HTTP__BIND", "127.0.0.1:0".to_owned()),
         ("SWIFT__STORE__PATH", data.display().to_string()),
         ("SWIFT__CMS__URL", field(sims, "CMS SOAP ")),
         ("SWIFT__ROS__URL", field(sims, "ROS REST ")),
         ("SWIFT__WMS__ADDR", field(sims, "WMS TCP ")),
         ("SWIFT__AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
-        ("SWIFT__AUTH__DRIVER_PASSWORD", "driver-password-for-tests".to_owned()),
+        (
+            "SWIFT__AUTH__DRIVER_PASSWORD",
+            "driver-password-for-tests".to_owned(),
+        ),
     ];
     let (child, banner) = start(&["serve", "--no-simulators"], &envs, "API and pages at").await;
     Node {
@@ -90,7 +99,10 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
     )
     .await;
     let control = field(&sims_line, "control API ");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     // Slow systems keep many orders mid-journey when the node dies.
     for system in ["cms", "wms", "ros"] {
         let response = http
@@ -103,7 +115,9 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
     }
 
     let data = tempfile::tempdir().unwrap();
-    let mut node = start_node(data.path(), &sims_line).await;
+    // One database and bus namespace for both lives of the node.
+    let backend = common::backend_env();
+    let mut node = start_node(data.path(), &sims_line, &backend).await;
     let registered = json(
         http.post(format!("{}/api/auth/register", node.url))
             .json(&json!({"name": "Crash Test", "email": "crash@example.com", "password": "correct-horse-battery"}))
@@ -117,7 +131,12 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut clients = Vec::new();
     for _ in 0..32 {
-        let (http, url, token, accepted) = (http.clone(), node.url.clone(), token.clone(), accepted.clone());
+        let (http, url, token, accepted) = (
+            http.clone(),
+            node.url.clone(),
+            token.clone(),
+            accepted.clone(),
+        );
         clients.push(tokio::spawn(async move {
             for _ in 0..20 {
                 let body = json!({
@@ -125,14 +144,25 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
                     "deliveryAddress": {"lat": 40.6, "lng": -73.9},
                     "packageDetails": {"weight": 1.0}
                 });
-                let Ok(response) = http.post(format!("{url}/api/orders")).bearer_auth(&token).json(&body).send().await else {
+                let Ok(response) = http
+                    .post(format!("{url}/api/orders"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                else {
                     return;
                 };
                 if response.status() != 202 {
                     return;
                 }
-                let Ok(body) = response.json::<Value>().await else { return };
-                accepted.lock().await.push(body["orderId"].as_str().unwrap().to_owned());
+                let Ok(body) = response.json::<Value>().await else {
+                    return;
+                };
+                accepted
+                    .lock()
+                    .await
+                    .push(body["orderId"].as_str().unwrap().to_owned());
             }
         }));
     }
@@ -141,14 +171,22 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), enough).await.expect("300 orders accepted");
+    tokio::time::timeout(Duration::from_secs(60), enough)
+        .await
+        .expect("300 orders accepted");
     node.child.start_kill().unwrap(); // SIGKILL: no shutdown code runs
     node.child.wait().await.unwrap();
     for client in clients {
         let _ = client.await;
     }
     let accepted = accepted.lock().await.clone();
-    let routes_at_kill = json(http.get(format!("{control}/effects/ros")).send().await.unwrap()).await["effects"]
+    let routes_at_kill = json(
+        http.get(format!("{control}/effects/ros"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await["effects"]
         .as_u64()
         .unwrap();
     assert!(
@@ -157,7 +195,7 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
         accepted.len()
     );
 
-    let node = start_node(data.path(), &sims_line).await;
+    let node = start_node(data.path(), &sims_line, &backend).await;
     let admin = json(
         http.post(format!("{}/api/auth/login", node.url))
             .json(&json!({"email": "admin@swiftlogistics.local", "password": ADMIN_PASSWORD}))
@@ -174,13 +212,21 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
     for order_id in &accepted {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let response = http.get(format!("{}/api/orders/{order_id}", node.url)).bearer_auth(&token).send().await.unwrap();
+            let response = http
+                .get(format!("{}/api/orders/{order_id}", node.url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status(), 200, "accepted order {order_id} was lost");
             let status = json(response).await["status"].as_str().unwrap().to_owned();
             if status == "READY_FOR_DELIVERY" {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{order_id} stuck at {status}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{order_id} stuck at {status}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -190,7 +236,10 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut request = http.get(format!("{}/api/orders", node.url)).bearer_auth(&admin).query(&[("limit", "100")]);
+        let mut request = http
+            .get(format!("{}/api/orders", node.url))
+            .bearer_auth(&admin)
+            .query(&[("limit", "100")]);
         if let Some(c) = &cursor {
             request = request.query(&[("cursor", c)]);
         }
@@ -208,7 +257,14 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
             let mut pending = 0;
             for order in &all {
                 let id = order["orderId"].as_str().unwrap();
-                let now = json(http.get(format!("{}/api/orders/{id}", node.url)).bearer_auth(&admin).send().await.unwrap()).await;
+                let now = json(
+                    http.get(format!("{}/api/orders/{id}", node.url))
+                        .bearer_auth(&admin)
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await;
                 if now["status"] != "READY_FOR_DELIVERY" {
                     pending += 1;
                 }
@@ -219,11 +275,19 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), finished).await.expect("every stored order finished");
+    tokio::time::timeout(Duration::from_secs(60), finished)
+        .await
+        .expect("every stored order finished");
 
     // Exactly one effect per order in each system: one reservation, one route.
     for (system, kind) in [("wms", "reservations"), ("ros", "routes")] {
-        let summary = json(http.get(format!("{control}/effects/{system}")).send().await.unwrap()).await;
+        let summary = json(
+            http.get(format!("{control}/effects/{system}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(summary["active"][kind], stored, "{system}: {summary}");
         assert_eq!(summary["effects"], stored, "{system}: {summary}");
     }

@@ -43,8 +43,43 @@ pub fn test_settings(data: &std::path::Path, overrides: Value) -> Settings {
         "saga": {"backoff_base_ms": 10, "backoff_max_ms": 100, "max_attempts": 4},
         "cms": {"timeout_ms": 2000}, "ros": {"timeout_ms": 2000}, "wms": {"timeout_ms": 2000}
     });
+    merge(&mut base, backend_overrides());
     merge(&mut base, overrides);
     Settings::defaults_with(base).expect("test settings are valid")
+}
+
+/// `SWIFT_TEST_BACKEND=real` runs the suite on MongoDB and RabbitMQ (URLs from
+/// `MONGODB_URI` and `RABBITMQ_URL`), each test in its own database and bus namespace.
+pub fn backend_overrides() -> Value {
+    if std::env::var("SWIFT_TEST_BACKEND").as_deref() != Ok("real") {
+        return json!({});
+    }
+    let required = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("SWIFT_TEST_BACKEND=real needs {name}"))
+    };
+    let isolation = format!("t{}", uuid::Uuid::new_v4().simple());
+    json!({
+        "store": {"kind": "mongo", "mongodb_uri": required("MONGODB_URI"), "database": isolation},
+        "bus": {"kind": "amqp", "rabbitmq_url": required("RABBITMQ_URL"), "namespace": isolation}
+    })
+}
+
+/// The environment variables that put a node started as a process on the same
+/// backend as `backend_overrides`.
+pub fn backend_env() -> Vec<(&'static str, String)> {
+    let overrides = backend_overrides();
+    let mut env = Vec::new();
+    if let Some(store) = overrides.get("store") {
+        env.push(("SWIFT__STORE__KIND", "mongo".to_owned()));
+        env.push(("SWIFT__STORE__MONGODB_URI", store["mongodb_uri"].as_str().unwrap_or_default().to_owned()));
+        env.push(("SWIFT__STORE__DATABASE", store["database"].as_str().unwrap_or_default().to_owned()));
+    }
+    if let Some(bus) = overrides.get("bus") {
+        env.push(("SWIFT__BUS__KIND", "amqp".to_owned()));
+        env.push(("SWIFT__BUS__RABBITMQ_URL", bus["rabbitmq_url"].as_str().unwrap_or_default().to_owned()));
+        env.push(("SWIFT__BUS__NAMESPACE", bus["namespace"].as_str().unwrap_or_default().to_owned()));
+    }
+    env
 }
 
 fn merge(base: &mut Value, overrides: Value) {
