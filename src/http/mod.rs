@@ -8,13 +8,16 @@
 //! limits.
 
 pub mod auth_routes;
+pub mod dead_letters;
 pub mod drivers;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod layers;
 pub mod orders;
+pub mod pages;
 pub mod services;
+pub mod ws;
 
 use crate::actors::RuntimeControl;
 use crate::auth::TokenKeys;
@@ -38,6 +41,7 @@ pub struct AppState {
     pub orders: OrderService,
     pub control: Arc<dyn RuntimeControl>,
     pub metrics: PrometheusHandle,
+    pub tracking: ws::Tracking,
 }
 
 /// The handlers' state: the application plus what only the HTTP layer needs.
@@ -66,7 +70,7 @@ impl FromRef<ApiState> for Arc<TokenKeys> {
     }
 }
 
-/// Every route of DESIGN section 5 except `/ws`, with the layers described above.
+/// Every route of DESIGN section 5, with the layers described above.
 pub fn router(state: AppState) -> Router {
     let http = state.settings.http.clone();
     let api = ApiState::new(state);
@@ -87,13 +91,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/services/health", get(services::health))
         .route("/api/services/{service}/recover", post(services::recover))
         .route("/api/telemetry/supervision", get(services::supervision))
+        .route("/api/admin/dlq", get(dead_letters::list))
+        .route("/api/admin/dlq/{queue}/redrive", post(dead_letters::redrive))
         .route("/health", get(health::live))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics));
-    // WebSocket tracking (DESIGN section 7) is added here, before the layers, so it
-    // gets the same tracing, metrics and panic handling:
-    //     let routes = routes.route("/ws", get(ws::track));
-    // with `ws::track` taking `State<ApiState>` and authenticating the token from the
-    // query or header with `extract::authenticate(&state.tokens, token)`.
+        .route("/metrics", get(health::metrics))
+        .route("/ws", get(ws::handler))
+        .merge(pages::router());
     layers::apply(routes, &http).with_state(api)
 }
