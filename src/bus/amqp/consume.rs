@@ -15,7 +15,7 @@ use lapin::{Acker, Channel};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// First retry delay after a rejection; doubled for every earlier delivery.
@@ -51,21 +51,40 @@ pub(super) fn retry_delay(deliveries_before: u64) -> Duration {
     RETRY_BASE.saturating_mul(1u32 << deliveries_before.min(10))
 }
 
-pub(super) fn inbox<T>(link: Arc<Link>, subscription: Subscription) -> Inbox<T>
+/// Returns once the broker has accepted the consumer (and bound the private queue),
+/// so that everything published after this returns reaches the inbox.
+pub(super) async fn inbox<T>(
+    link: Arc<Link>,
+    subscription: Subscription,
+) -> Result<Inbox<T>, BusError>
 where
     T: DeserializeOwned + Send + 'static,
 {
     let (sender, receiver) = mpsc::channel(usize::from(subscription.prefetch.max(1)));
-    tokio::spawn(feed(link, subscription, sender));
-    ReceiverStream::new(receiver).boxed()
+    let (ready, consuming) = oneshot::channel();
+    let limit = link.limit;
+    tokio::spawn(feed(link, subscription, sender, ready));
+    match tokio::time::timeout(limit, consuming).await {
+        Ok(Ok(())) => Ok(ReceiverStream::new(receiver).boxed()),
+        // Dropping the receiver stops the feeding task.
+        Ok(Err(_)) => Err(BusError::Unavailable("the bus is shut down".into())),
+        Err(_) => Err(BusError::Unavailable(format!(
+            "could not start consuming within {limit:?}"
+        ))),
+    }
 }
 
 /// Ends when the inbox is dropped or the bus shuts down.
-async fn feed<T>(link: Arc<Link>, subscription: Subscription, sender: mpsc::Sender<Delivery<T>>)
-where
+async fn feed<T>(
+    link: Arc<Link>,
+    subscription: Subscription,
+    sender: mpsc::Sender<Delivery<T>>,
+    ready: oneshot::Sender<()>,
+) where
     T: DeserializeOwned + Send + 'static,
 {
     let mut failures = 0u32;
+    let mut ready = Some(ready);
     loop {
         let session = tokio::select! {
             _ = link.shutdown.cancelled() => return,
@@ -75,7 +94,11 @@ where
                 Err(_) => return,
             },
         };
-        match consume(&link, &session, &subscription, &sender, &mut failures).await {
+        let mut started = Started {
+            failures: &mut failures,
+            ready: &mut ready,
+        };
+        match consume(&link, &session, &subscription, &sender, &mut started).await {
             Ok(()) => return,
             Err(error) => {
                 failures = failures.saturating_add(1);
@@ -90,6 +113,21 @@ where
     }
 }
 
+/// What a consumer does once the broker has accepted it.
+struct Started<'a> {
+    failures: &'a mut u32,
+    ready: &'a mut Option<oneshot::Sender<()>>,
+}
+
+impl Started<'_> {
+    fn consuming(&mut self) {
+        *self.failures = 0;
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
+    }
+}
+
 /// Consumes on one session. `Ok` means stop for good (inbox dropped or shutdown);
 /// `Err` means the session or channel failed and the caller should start over.
 async fn consume<T>(
@@ -97,7 +135,7 @@ async fn consume<T>(
     session: &Session,
     subscription: &Subscription,
     sender: &mpsc::Sender<Delivery<T>>,
-    failures: &mut u32,
+    started: &mut Started<'_>,
 ) -> Result<(), BusError>
 where
     T: DeserializeOwned + Send + 'static,
@@ -108,7 +146,7 @@ where
         session.connection.create_channel(),
     )
     .await?;
-    let result = consume_on(link, &channel, subscription, sender, failures).await;
+    let result = consume_on(link, &channel, subscription, sender, started).await;
     if channel.status().connected() {
         // Returns what we hold unacknowledged to the queue now, not at disconnect.
         let _ = within(
@@ -126,7 +164,7 @@ async fn consume_on<T>(
     channel: &Channel,
     subscription: &Subscription,
     sender: &mpsc::Sender<Delivery<T>>,
-    failures: &mut u32,
+    started: &mut Started<'_>,
 ) -> Result<(), BusError>
 where
     T: DeserializeOwned + Send + 'static,
@@ -169,7 +207,7 @@ where
                 .boxed(),
         );
     }
-    *failures = 0;
+    started.consuming();
     let mut deliveries = stream::select_all(consumers);
     let mut receipts = Receipts::new(subscription.prefetch);
     loop {

@@ -3,7 +3,7 @@
 //! a dead letter only once its republished copy is confirmed.
 
 use super::link::{Link, unavailable, within};
-use super::topology::WorkQueue;
+use super::topology::{DELIVERY_RETRIES, WorkQueue};
 use crate::bus::{BusError, DeadLetter};
 use chrono::DateTime;
 use lapin::options::{
@@ -61,6 +61,24 @@ fn latest_death(properties: &BasicProperties) -> Option<&FieldTable> {
     }
 }
 
+/// Deliveries that ended in dead-lettering, over every time the message went round
+/// (redrives included). The broker drops `x-delivery-count` when it dead-letters,
+/// but `x-death` counts the dead-letterings per queue and reason: one for the
+/// delivery limit stands for a first delivery plus every retry; one for a
+/// rejection, for the single delivery that was refused.
+fn attempts(reason: &str, death: Option<&FieldTable>, properties: &BasicProperties) -> u64 {
+    let deaths = death
+        .and_then(|d| d.inner().get("count"))
+        .and_then(integer)
+        .unwrap_or(1)
+        .max(1);
+    if reason == "delivery_limit" {
+        deaths.saturating_mul(DELIVERY_RETRIES + 1)
+    } else {
+        deaths.saturating_add(delivery_count(properties))
+    }
+}
+
 fn describe(work: &WorkQueue, delivery: &lapin::message::Delivery) -> DeadLetter {
     let properties = &delivery.properties;
     let death = latest_death(properties);
@@ -75,14 +93,7 @@ fn describe(work: &WorkQueue, delivery: &lapin::message::Delivery) -> DeadLetter
         .and_then(|secs| i64::try_from(secs).ok())
         .and_then(|secs| DateTime::from_timestamp(secs, 0))
         .map(|at| at.to_rfc3339());
-    // The quorum queue counts returns: a message refused on its first delivery has
-    // none; one returned after each of its N deliveries reaches the limit with N.
-    let returns = delivery_count(properties);
-    let attempts = if reason == "delivery_limit" {
-        returns.max(1)
-    } else {
-        returns + 1
-    };
+    let attempts = attempts(&reason, death, properties);
     let shown = &delivery.data[..delivery.data.len().min(MAX_BODY_BYTES)];
     DeadLetter {
         queue: work.logical.clone(),
@@ -323,6 +334,11 @@ mod tests {
             death.inner().get("reason").and_then(text).as_deref(),
             Some("delivery_limit")
         );
+        assert_eq!(
+            attempts("delivery_limit", Some(death), &props),
+            DELIVERY_RETRIES + 1
+        );
+        assert_eq!(attempts("rejected", None, &BasicProperties::default()), 1);
         let stripped = fresh_attempts(&props);
         assert_eq!(delivery_count(&stripped), 0);
         assert!(header(&stripped, "x-death").is_some());

@@ -90,7 +90,7 @@ impl AmqpBus {
             .await
     }
 
-    fn work_inbox<T>(&self, queues: Vec<String>) -> Inbox<T>
+    async fn work_inbox<T>(&self, queues: Vec<String>) -> Result<Inbox<T>, BusError>
     where
         T: serde::de::DeserializeOwned + Send + 'static,
     {
@@ -103,6 +103,7 @@ impl AmqpBus {
                 prefetch: self.prefetch,
             },
         )
+        .await
     }
 }
 
@@ -154,7 +155,7 @@ impl Bus for AmqpBus {
 
     async fn step_requests(&self, system: System) -> Result<Inbox<StepRequest>, BusError> {
         let queue = self.link.names().step_queue(system).name.clone();
-        Ok(self.work_inbox(vec![queue]))
+        self.work_inbox(vec![queue]).await
     }
 
     /// Consumes every shard; the broker makes this node the active consumer of the
@@ -167,13 +168,13 @@ impl Bus for AmqpBus {
             .iter()
             .map(|q| q.name.clone())
             .collect();
-        Ok(self.work_inbox(queues))
+        self.work_inbox(queues).await
     }
 
     async fn order_updates(&self) -> Result<Inbox<OrderEvent>, BusError> {
         let subscription = self.update_subscriptions.fetch_add(1, Ordering::Relaxed);
         let queue = self.link.names().events_queue(subscription);
-        Ok(consume::inbox(
+        consume::inbox(
             self.link.clone(),
             Subscription {
                 queues: vec![queue.clone()],
@@ -181,7 +182,8 @@ impl Bus for AmqpBus {
                 acking: Acking::OnReceipt,
                 prefetch: self.prefetch,
             },
-        ))
+        )
+        .await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
