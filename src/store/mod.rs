@@ -7,6 +7,7 @@
 //! writers can never both win; the loser reloads and decides again.
 
 pub mod embedded;
+pub mod mongo;
 
 use crate::domain::{Email, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
 use async_trait::async_trait;

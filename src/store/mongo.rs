@@ -1,0 +1,882 @@
+//! The MongoDB store (DESIGN section 8): several nodes share one database.
+//!
+//! Correctness rests on single-document atomic writes only: no multi-document
+//! transactions (a standalone `mongod` has none) and no `Client::bulk_write` (MongoDB
+//! 8 only). Each operation is shaped so that one document write is the commit point:
+//!
+//! * **An order and its event log are one document.** The `orders` document carries
+//!   its whole event log in an `events` array. `apply` is one `update_one` filtered on
+//!   the expected `version` (compare-and-set) that `$set`s the new order fields and
+//!   `$push`es the new events, so a transition and its events commit together or not
+//!   at all, whatever crashes when. `events()` reads this array: it is the
+//!   authoritative log, complete and gap-free by construction. An order's log is
+//!   short (one event per step, retry and compensation of one journey), far from the
+//!   16 MB document limit.
+//! * **`order_events` is a copy for operators** (one document per event, unique
+//!   `orderId + seq`, as DESIGN section 8 asks), inserted right after the commit.
+//!   Writing it first instead would leave events of transitions that then lose the
+//!   compare-and-set or die before it; writing it as the only log would leave
+//!   transitions without events after a crash between the two writes. So the copy
+//!   comes second and nothing in the runtime reads it: if a process dies between the
+//!   commit and the copy, or the copy fails, the copy lacks that transition's events
+//!   (logged as a warning) while the log that replay and the API serve stays whole.
+//! * **The idempotency key is a field of the order document** (`idempotencyKey`,
+//!   unique per customer through a partial unique index), so intake is one insert
+//!   that writes the order, its first event and its key together. A separate key
+//!   collection written before the order would leave a key without an order when the
+//!   creator dies in between, and taking such a key over is unsafe: a creator that
+//!   is merely slow, not dead, can still insert its order afterwards and the key
+//!   would then have two orders. With the key inside the order there is no such
+//!   window to handle.
+//!
+//! Dates that are queried or sorted on (and the other timestamps, so operators can
+//! query them too) are stored as BSON dates, which have millisecond precision:
+//! documents read back carry their times truncated to the millisecond. Everything
+//! else is stored as the domain types serialise it (camelCase), so the documents read
+//! like the API's JSON.
+//!
+//! Every call is bounded by the store timeout (`[store] timeout_secs`), both through
+//! the driver's server selection and connect timeouts and a `tokio` timeout around
+//! the whole call. A call that times out may still take effect afterwards: callers
+//! treat `Unavailable` as "outcome unknown", as with the embedded store.
+
+use super::{DriverLocation, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError};
+use crate::domain::{Email, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::TryStreamExt;
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::error::{Error as DbError, ErrorKind, InsertManyError, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+const ORDERS: &str = "orders";
+const ORDER_EVENTS: &str = "order_events";
+const USERS: &str = "users";
+const DRIVERS: &str = "drivers";
+
+/// The server's code for a unique index violation (`DuplicateKey`).
+const DUPLICATE_KEY: i32 = 11000;
+
+/// The embedded event log inside an order document.
+const EVENTS_FIELD: &str = "events";
+const IDEMPOTENCY_FIELD: &str = "idempotencyKey";
+
+/// The top-level fields an `Order` leaves out when they are `None`. `apply` sets the
+/// fields an order has and must unset these when the new order lacks them, or a value
+/// the order dropped (a finished compensation, say) would survive in the document.
+/// A unit test checks this list against the serialised `Order`.
+const ORDER_OPTIONAL_FIELDS: [&str; 8] = [
+    "scheduledPickupTime",
+    "specialInstructions",
+    "customer",
+    "warehouse",
+    "route",
+    "compensation",
+    "failureReason",
+    "driverId",
+];
+
+/// Timestamps stored as BSON dates, per kind of document.
+const ORDER_DATES: &[&str] = &["createdAt", "updatedAt", "scheduledPickupTime"];
+const EVENT_DATES: &[&str] = &["timestamp"];
+const USER_DATES: &[&str] = &["createdAt"];
+const DRIVER_DATES: &[&str] = &["updatedAt"];
+
+fn unavailable(e: impl Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// Whether the server refused a write because of a unique index. Matched by code,
+/// never by message text (which differs between servers and versions).
+fn is_duplicate_key(e: &DbError) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(errors),
+            write_concern_error: None,
+            ..
+        }) => !errors.is_empty() && errors.iter().all(|w| w.code == DUPLICATE_KEY),
+        _ => false,
+    }
+}
+
+/// Maps a driver error to the store's vocabulary: documents the driver cannot decode
+/// or the server refuses to store are `Corrupt` (retrying cannot help); everything
+/// else (network, server selection, timeouts, a stepping-down primary, write concern)
+/// is `Unavailable`.
+fn failure(e: DbError) -> StoreError {
+    match e.kind.as_ref() {
+        ErrorKind::BsonDeserialization(_) | ErrorKind::BsonSerialization(_) => {
+            corrupt(format!("cannot convert a document: {e}"))
+        }
+        ErrorKind::Write(WriteFailure::WriteError(w)) => corrupt(format!(
+            "the database refused the document (code {}): {}",
+            w.code, w.message
+        )),
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(errors),
+            ..
+        }) if !errors.is_empty() => corrupt(format!(
+            "the database refused a document (code {}): {}",
+            errors[0].code, errors[0].message
+        )),
+        _ => unavailable(format!("database call failed: {e}")),
+    }
+}
+
+fn bson_date(at: &DateTime<Utc>) -> Bson {
+    Bson::DateTime(bson::DateTime::from_millis(at.timestamp_millis()))
+}
+
+fn bson_int(value: u64) -> Result<Bson, StoreError> {
+    i64::try_from(value)
+        .map(Bson::Int64)
+        .map_err(|_| corrupt(format!("{value} does not fit a BSON integer")))
+}
+
+/// Serialises a domain value, turning the named RFC 3339 fields into BSON dates.
+fn encode<T: Serialize>(value: &T, dates: &[&str]) -> Result<Document, StoreError> {
+    let mut document = bson::to_document(value).map_err(corrupt)?;
+    for field in dates {
+        let parsed = match document.get(*field) {
+            Some(Bson::String(text)) => DateTime::parse_from_rfc3339(text)
+                .map_err(|e| corrupt(format!("{field}: {e}")))?
+                .with_timezone(&Utc),
+            _ => continue,
+        };
+        document.insert(*field, bson_date(&parsed));
+    }
+    Ok(document)
+}
+
+/// The inverse of [`encode`]: BSON dates back to the RFC 3339 text the domain types
+/// deserialise from.
+fn decode<T: DeserializeOwned>(mut document: Document, dates: &[&str]) -> Result<T, StoreError> {
+    for field in dates {
+        let millis = match document.get(*field) {
+            Some(Bson::DateTime(at)) => at.timestamp_millis(),
+            _ => continue,
+        };
+        let at = DateTime::<Utc>::from_timestamp_millis(millis)
+            .ok_or_else(|| corrupt(format!("{field}: date out of range")))?;
+        document.insert(*field, at.to_rfc3339_opts(SecondsFormat::Millis, true));
+    }
+    bson::from_document(document).map_err(corrupt)
+}
+
+fn encode_events(events: &[OrderEvent]) -> Result<Vec<Document>, StoreError> {
+    events.iter().map(|e| encode(e, EVENT_DATES)).collect()
+}
+
+/// Reads an order document without its log and key (which `Order` does not carry).
+fn order_projection() -> Document {
+    doc! { "_id": 0, EVENTS_FIELD: 0, IDEMPOTENCY_FIELD: 0 }
+}
+
+/// The part of a stored order that explains why a compare-and-set matched nothing.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderHead {
+    customer_id: UserId,
+    created_at: bson::DateTime,
+    version: u64,
+    seq: u64,
+}
+
+/// The MongoDB-backed [`Store`]. Cheap to clone (the driver's client is a handle to
+/// one shared connection pool).
+#[derive(Clone)]
+pub struct MongoStore {
+    db: Database,
+    orders: Collection<Document>,
+    order_events: Collection<Document>,
+    users: Collection<Document>,
+    drivers: Collection<Document>,
+    timeout: Duration,
+}
+
+impl MongoStore {
+    /// Connects to `uri`, uses `database`, and creates the collections' indexes if
+    /// they are missing (idempotent: every node runs this at start). `timeout` bounds
+    /// every later call and each step of connecting; a server that cannot be reached
+    /// within it gives `StoreError::Unavailable`.
+    pub async fn connect(uri: &str, database: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let mut options = tokio::time::timeout(timeout, ClientOptions::parse(uri))
+            .await
+            .map_err(|_| unavailable(format!("cannot resolve {uri:?} within {timeout:?}")))?
+            .map_err(|e| unavailable(format!("invalid MongoDB URI: {e}")))?;
+        options.server_selection_timeout = Some(timeout);
+        options.connect_timeout = Some(timeout);
+        options
+            .app_name
+            .get_or_insert_with(|| "swiftlogistics".to_owned());
+        let client = Client::with_options(options).map_err(failure)?;
+        let db = client.database(database);
+        let store = Self {
+            orders: db.collection(ORDERS),
+            order_events: db.collection(ORDER_EVENTS),
+            users: db.collection(USERS),
+            drivers: db.collection(DRIVERS),
+            db,
+            timeout,
+        };
+        store.bounded(store.create_indexes()).await?;
+        Ok(store)
+    }
+
+    /// The database this store writes to (tests drop it when they are done).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Runs one store call within the timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| unavailable(format!("no answer from MongoDB within {:?}", self.timeout)))?
+    }
+
+    async fn create_indexes(&self) -> Result<(), StoreError> {
+        let unique = || IndexOptions::builder().unique(true).build();
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        let unique_index =
+            |keys: Document| IndexModel::builder().keys(keys).options(unique()).build();
+        let idempotency = IndexModel::builder()
+            .keys(doc! { "customerId": 1, IDEMPOTENCY_FIELD: 1 })
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .partial_filter_expression(doc! { IDEMPOTENCY_FIELD: { "$exists": true } })
+                    .build(),
+            )
+            .build();
+        self.orders
+            .create_indexes([
+                unique_index(doc! { "orderId": 1 }),
+                // A customer's orders, newest first (GET /api/orders).
+                index(doc! { "customerId": 1, "createdAt": -1, "orderId": -1 }),
+                // Every order, newest first (admins).
+                index(doc! { "createdAt": -1, "orderId": -1 }),
+                // Admin listings by status, unfinished orders, counts.
+                index(doc! { "status": 1, "createdAt": -1, "orderId": -1 }),
+                idempotency,
+            ])
+            .await
+            .map_err(failure)?;
+        self.order_events
+            .create_index(unique_index(doc! { "orderId": 1, "seq": 1 }))
+            .await
+            .map_err(failure)?;
+        self.users
+            .create_indexes([
+                unique_index(doc! { "email": 1 }),
+                unique_index(doc! { "id": 1 }),
+            ])
+            .await
+            .map_err(failure)?;
+        self.drivers
+            .create_index(unique_index(doc! { "driverId": 1 }))
+            .await
+            .map_err(failure)?;
+        Ok(())
+    }
+
+    async fn find_order(&self, filter: Document) -> Result<Option<Order>, StoreError> {
+        self.orders
+            .find_one(filter)
+            .projection(order_projection())
+            .await
+            .map_err(failure)?
+            .map(|document| decode(document, ORDER_DATES))
+            .transpose()
+    }
+
+    async fn insert_user_once(&self, user: &User) -> Result<(), StoreError> {
+        let document = encode(user, USER_DATES)?;
+        match self.users.insert_one(document).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => {
+                let email_taken = self
+                    .users
+                    .find_one(doc! { "email": user.email.as_str() })
+                    .projection(doc! { "_id": 1 })
+                    .await
+                    .map_err(failure)?
+                    .is_some();
+                if email_taken {
+                    Err(StoreError::DuplicateEmail)
+                } else {
+                    Err(StoreError::Corrupt(format!(
+                        "a user with id {} already exists",
+                        user.id
+                    )))
+                }
+            }
+            Err(e) => Err(failure(e)),
+        }
+    }
+
+    /// The single insert that commits an order, its first event and its key.
+    async fn insert_order(
+        &self,
+        order: &Order,
+        first_event: &OrderEvent,
+        idempotency_key: Option<&str>,
+    ) -> Result<Intake, StoreError> {
+        let mut document = encode(order, ORDER_DATES)?;
+        document.insert(EVENTS_FIELD, vec![encode(first_event, EVENT_DATES)?]);
+        if let Some(key) = idempotency_key {
+            document.insert(IDEMPOTENCY_FIELD, key);
+        }
+        match self.orders.insert_one(document).await {
+            Ok(_) => Ok(Intake::Created),
+            Err(e) if is_duplicate_key(&e) => {
+                // Either the key was used before (its order exists: no order is ever
+                // deleted) or, far less likely, the generated order id collided.
+                if let Some(key) = idempotency_key {
+                    let filter = doc! {
+                        "customerId": order.customer_id.as_str(),
+                        IDEMPOTENCY_FIELD: key,
+                    };
+                    if let Some(earlier) = self.find_order(filter).await? {
+                        return Ok(Intake::Replayed(Box::new(earlier)));
+                    }
+                }
+                Err(StoreError::VersionConflict { expected: 0 })
+            }
+            Err(e) => Err(failure(e)),
+        }
+    }
+
+    /// The compare-and-set of [`Store::apply`]. The filter also pins what an update
+    /// may not change (customer, creation time) and where the new events must
+    /// continue the log, so the common case is one round trip; only a miss reads the
+    /// order to say why.
+    async fn compare_and_set(
+        &self,
+        order: &Order,
+        events: &[OrderEvent],
+    ) -> Result<(), StoreError> {
+        let id = order.order_id.as_str();
+        let expected = order.version - 1;
+        let log_end = match events.first() {
+            Some(first) => first
+                .seq
+                .checked_sub(1)
+                .ok_or_else(|| StoreError::Corrupt(format!("order {id}: event seqs start at 1")))?,
+            None => order.seq,
+        };
+        let filter = doc! {
+            "orderId": id,
+            "version": bson_int(expected)?,
+            "seq": bson_int(log_end)?,
+            "customerId": order.customer_id.as_str(),
+            "createdAt": bson_date(&order.created_at),
+        };
+        let fields = encode(order, ORDER_DATES)?;
+        let dropped: Document = ORDER_OPTIONAL_FIELDS
+            .iter()
+            .filter(|field| !fields.contains_key(**field))
+            .map(|field| ((*field).to_owned(), Bson::String(String::new())))
+            .collect();
+        let mut update = doc! { "$set": fields };
+        if !dropped.is_empty() {
+            update.insert("$unset", dropped);
+        }
+        if !events.is_empty() {
+            update.insert(
+                "$push",
+                doc! { EVENTS_FIELD: { "$each": encode_events(events)? } },
+            );
+        }
+        let result = self
+            .orders
+            .update_one(filter, update)
+            .await
+            .map_err(failure)?;
+        if result.matched_count == 1 {
+            return Ok(());
+        }
+        let head = self
+            .orders
+            .find_one(doc! { "orderId": id })
+            .projection(doc! { "_id": 0, "customerId": 1, "createdAt": 1, "version": 1, "seq": 1 })
+            .await
+            .map_err(failure)?;
+        let Some(head) = head else {
+            return Err(StoreError::NotFound(order.order_id.clone()));
+        };
+        let head: OrderHead = bson::from_document(head).map_err(corrupt)?;
+        if head.version != expected {
+            return Err(StoreError::VersionConflict { expected });
+        }
+        if head.customer_id != order.customer_id
+            || head.created_at.timestamp_millis() != order.created_at.timestamp_millis()
+        {
+            return Err(StoreError::Corrupt(format!(
+                "order {id}: an update may not change the customer or the creation time"
+            )));
+        }
+        Err(StoreError::Corrupt(format!(
+            "order {id}: events must continue the log after seq {}",
+            head.seq
+        )))
+    }
+
+    /// Copies committed events into `order_events` for operators. Never fails the
+    /// caller: the events are already committed in the order's own log, and an
+    /// error here only leaves the copy short (see the module documentation).
+    async fn copy_events(&self, events: &[OrderEvent]) {
+        let Some(first) = events.first() else {
+            return;
+        };
+        let copy = async {
+            let documents = encode_events(events)?;
+            match self
+                .order_events
+                .insert_many(documents)
+                .ordered(false)
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Already copied (a repeated call after an unknown outcome).
+                Err(e) if is_duplicate_key(&e) => Ok(()),
+                Err(e) => Err(failure(e)),
+            }
+        };
+        if let Err(e) = self.bounded(copy).await {
+            tracing::warn!(
+                order_id = %first.order_id,
+                from_seq = first.seq,
+                count = events.len(),
+                error = %e,
+                "events committed but not copied to order_events"
+            );
+        }
+    }
+
+    async fn put_driver_once(&self, document: Document, driver: &str) -> Result<(), StoreError> {
+        let filter = doc! { "driverId": driver };
+        match self
+            .drivers
+            .replace_one(filter.clone(), document.clone())
+            .upsert(true)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Two first reports of one driver raced to insert: the other one made the
+            // document, so this one now replaces it.
+            Err(e) if is_duplicate_key(&e) => self
+                .drivers
+                .replace_one(filter, document)
+                .await
+                .map(|_| ())
+                .map_err(failure),
+            Err(e) => Err(failure(e)),
+        }
+    }
+}
+
+fn validate_apply(order: &Order, events: &[OrderEvent]) -> Result<(), StoreError> {
+    if order.version == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "order {}: an update carries version 1 or more",
+            order.order_id
+        )));
+    }
+    let consecutive = events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+    let ends_at_order = events.last().is_none_or(|e| e.seq == order.seq);
+    let same_order = events.iter().all(|e| e.order_id == order.order_id);
+    if consecutive && ends_at_order && same_order {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "order {}: events must be its own, consecutive and end at seq {}",
+            order.order_id, order.seq
+        )))
+    }
+}
+
+fn order_id_of(document: &Document) -> Result<OrderId, StoreError> {
+    let raw = document
+        .get_str("orderId")
+        .map_err(|e| corrupt(format!("order without an id: {e}")))?;
+    OrderId::parse(raw).ok_or_else(|| StoreError::Corrupt(format!("malformed order id {raw:?}")))
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            self.db
+                .run_command(doc! { "ping": 1 })
+                .await
+                .map(|_| ())
+                .map_err(failure)
+        })
+        .await
+    }
+
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
+        self.bounded(self.insert_user_once(user)).await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        self.bounded(async {
+            self.users
+                .find_one(doc! { "email": email.as_str() })
+                .projection(doc! { "_id": 0 })
+                .await
+                .map_err(failure)?
+                .map(|document| decode(document, USER_DATES))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError> {
+        self.bounded(async {
+            self.users
+                .find_one(doc! { "id": id.as_str() })
+                .projection(doc! { "_id": 0 })
+                .await
+                .map_err(failure)?
+                .map(|document| decode(document, USER_DATES))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn create_order(
+        &self,
+        order: &Order,
+        first_event: &OrderEvent,
+        idempotency_key: Option<&str>,
+    ) -> Result<Intake, StoreError> {
+        if first_event.order_id != order.order_id || first_event.seq != order.seq {
+            return Err(StoreError::Corrupt(format!(
+                "order {}: the first event must belong to it and carry its seq",
+                order.order_id
+            )));
+        }
+        let intake = self
+            .bounded(self.insert_order(order, first_event, idempotency_key))
+            .await?;
+        if intake == Intake::Created {
+            self.copy_events(std::slice::from_ref(first_event)).await;
+        }
+        Ok(intake)
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        self.bounded(self.find_order(doc! { "orderId": id.as_str() }))
+            .await
+    }
+
+    async fn orders(&self, query: &OrderQuery) -> Result<OrderPage, StoreError> {
+        let limit = query.limit;
+        if limit == 0 {
+            return Ok(OrderPage {
+                orders: Vec::new(),
+                next: None,
+            });
+        }
+        let mut filter = Document::new();
+        if let Some(customer) = &query.customer {
+            filter.insert("customerId", customer.as_str());
+        }
+        if let Some(status) = query.status {
+            filter.insert("status", status.as_str());
+        }
+        if let Some(after) = &query.after {
+            let at = bson_date(&after.created_at);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "createdAt": { "$lt": at.clone() } },
+                    doc! { "createdAt": at, "orderId": { "$lt": after.order_id.as_str() } },
+                ],
+            );
+        }
+        // One more than a page tells whether another page follows.
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut orders: Vec<Order> = self
+            .bounded(async {
+                let cursor = self
+                    .orders
+                    .find(filter)
+                    .sort(doc! { "createdAt": -1, "orderId": -1 })
+                    .limit(fetch)
+                    .projection(order_projection())
+                    .await
+                    .map_err(failure)?;
+                let documents: Vec<Document> = cursor.try_collect().await.map_err(failure)?;
+                documents
+                    .into_iter()
+                    .map(|document| decode(document, ORDER_DATES))
+                    .collect()
+            })
+            .await?;
+        let more = orders.len() > limit;
+        orders.truncate(limit);
+        let next = match orders.last() {
+            Some(last) if more => Some(OrderCursor {
+                created_at: last.created_at,
+                order_id: last.order_id.clone(),
+            }),
+            _ => None,
+        };
+        Ok(OrderPage { orders, next })
+    }
+
+    async fn apply(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError> {
+        validate_apply(order, events)?;
+        self.bounded(self.compare_and_set(order, events)).await?;
+        self.copy_events(events).await;
+        Ok(())
+    }
+
+    async fn events(
+        &self,
+        id: &OrderId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OrderEvent>, StoreError> {
+        self.bounded(async {
+            let found = self
+                .orders
+                .find_one(doc! { "orderId": id.as_str() })
+                .projection(doc! { "_id": 0, EVENTS_FIELD: 1 })
+                .await
+                .map_err(failure)?;
+            let Some(mut found) = found else {
+                return Ok(Vec::new());
+            };
+            let log = match found.remove(EVENTS_FIELD) {
+                Some(Bson::Array(log)) => log,
+                _ => {
+                    return Err(StoreError::Corrupt(format!("order {id} has no event log")));
+                }
+            };
+            let mut events = Vec::new();
+            for entry in log {
+                if events.len() >= limit {
+                    break;
+                }
+                let Bson::Document(entry) = entry else {
+                    return Err(StoreError::Corrupt(format!(
+                        "order {id}: an event is not a document"
+                    )));
+                };
+                let event: OrderEvent = decode(entry, EVENT_DATES)?;
+                if event.seq > after {
+                    events.push(event);
+                }
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn unfinished_orders(&self) -> Result<Vec<OrderId>, StoreError> {
+        let processing: Vec<&str> = OrderStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_processing())
+            .map(OrderStatus::as_str)
+            .collect();
+        self.bounded(async {
+            let cursor = self
+                .orders
+                .find(doc! { "status": { "$in": processing } })
+                // Oldest first: they have waited longest.
+                .sort(doc! { "createdAt": 1, "orderId": 1 })
+                .projection(doc! { "_id": 0, "orderId": 1 })
+                .await
+                .map_err(failure)?;
+            let documents: Vec<Document> = cursor.try_collect().await.map_err(failure)?;
+            documents.iter().map(order_id_of).collect()
+        })
+        .await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError> {
+        let groups: Vec<Document> = self
+            .bounded(async {
+                let cursor = self
+                    .orders
+                    .aggregate([doc! { "$group": { "_id": "$status", "count": { "$sum": 1 } } }])
+                    .await
+                    .map_err(failure)?;
+                cursor.try_collect().await.map_err(failure)
+            })
+            .await?;
+        let mut counts = Vec::with_capacity(groups.len());
+        for group in groups {
+            let status = group
+                .get_str("_id")
+                .ok()
+                .and_then(OrderStatus::parse)
+                .ok_or_else(|| corrupt(format!("unknown order status in {group}")))?;
+            let count = match group.get("count") {
+                Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+                Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| corrupt(format!("bad status count in {group}")))?;
+            if count > 0 {
+                counts.push((status, count));
+            }
+        }
+        counts.sort_by_key(|(status, _)| OrderStatus::ALL.iter().position(|s| s == status));
+        Ok(counts)
+    }
+
+    async fn put_driver_location(&self, location: &DriverLocation) -> Result<(), StoreError> {
+        let document = encode(location, DRIVER_DATES)?;
+        self.bounded(self.put_driver_once(document, location.driver_id.as_str()))
+            .await
+    }
+
+    async fn driver_location(&self, driver: &UserId) -> Result<Option<DriverLocation>, StoreError> {
+        self.bounded(async {
+            self.drivers
+                .find_one(doc! { "driverId": driver.as_str() })
+                .projection(doc! { "_id": 0 })
+                .await
+                .map_err(failure)?
+                .map(|document| decode(document, DRIVER_DATES))
+                .transpose()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        Compensation, CustomerProfile, Location, NewOrder, Operation, PackageDetails, Reservation,
+        Route, Waypoint,
+    };
+    use chrono::TimeZone;
+    use std::collections::BTreeSet;
+
+    fn at_millis(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(ms).single().unwrap()
+    }
+
+    fn bare_order() -> Order {
+        let request = NewOrder {
+            pickup_location: Location {
+                lat: 1.0,
+                lng: 2.0,
+                address: None,
+            },
+            delivery_address: Location {
+                lat: 3.0,
+                lng: 4.0,
+                address: None,
+            },
+            package_details: PackageDetails {
+                weight: 1.5,
+                dimensions: None,
+                description: None,
+                fragile: false,
+            },
+            scheduled_pickup_time: None,
+            special_instructions: None,
+        };
+        let now = at_millis(1_770_000_000_123);
+        Order::receive(
+            OrderId::parse("ORD-20260204-AAAA").unwrap(),
+            UserId::from_trusted("usr_a"),
+            request,
+            now,
+        )
+        .0
+    }
+
+    /// An order with every optional field set. (When `Order` gains a field, set it
+    /// here so the check below sees it.)
+    fn full_order() -> Order {
+        Order {
+            scheduled_pickup_time: Some(at_millis(1_770_000_100_000)),
+            special_instructions: Some("ring twice".into()),
+            customer: Some(CustomerProfile {
+                name: "Ada".into(),
+                tier: "gold".into(),
+            }),
+            warehouse: Some(Reservation {
+                warehouse: "WH-1".into(),
+                picking_location: "A-1".into(),
+            }),
+            route: Some(Route {
+                route_id: "R-1".into(),
+                waypoints: vec![Waypoint { lat: 1.0, lng: 2.0 }],
+                distance: 3.5,
+                eta: "2026-02-04T18:00:00Z".into(),
+            }),
+            compensation: Some(Compensation {
+                outcome: OrderStatus::Failed,
+                reason: "no stock".into(),
+                remaining: vec![Operation::CancelCustomerOrder],
+            }),
+            failure_reason: Some("no stock".into()),
+            driver_id: Some(UserId::from_trusted("usr_d")),
+            ..bare_order()
+        }
+    }
+
+    fn keys(document: &Document) -> BTreeSet<String> {
+        document.keys().cloned().collect()
+    }
+
+    #[test]
+    fn optional_field_list_matches_the_order_document() {
+        let full = keys(&encode(&full_order(), ORDER_DATES).unwrap());
+        let bare = keys(&encode(&bare_order(), ORDER_DATES).unwrap());
+        let optional: BTreeSet<String> = full.difference(&bare).cloned().collect();
+        let listed: BTreeSet<String> = ORDER_OPTIONAL_FIELDS
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(optional, listed);
+        assert!(!full.contains(EVENTS_FIELD) && !full.contains(IDEMPOTENCY_FIELD));
+    }
+
+    #[test]
+    fn dates_are_bson_dates_and_read_back_equal() {
+        let order = full_order();
+        let document = encode(&order, ORDER_DATES).unwrap();
+        for field in ORDER_DATES {
+            assert!(
+                matches!(document.get(*field), Some(Bson::DateTime(_))),
+                "{field} is {:?}",
+                document.get(*field)
+            );
+        }
+        assert_eq!(document.get_str("status").unwrap(), "RECEIVED");
+        let back: Order = decode(document, ORDER_DATES).unwrap();
+        assert_eq!(back, order);
+    }
+
+    #[test]
+    fn undecodable_documents_are_corrupt() {
+        let result: Result<Order, _> = decode(doc! { "orderId": 7 }, ORDER_DATES);
+        assert!(matches!(result, Err(StoreError::Corrupt(_))));
+    }
+}
