@@ -22,6 +22,7 @@ use crate::service::{Admission, OrderService};
 use crate::simulators::{self, RunningSimulators};
 use crate::store::SharedStore;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::mongo::MongoStore;
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -66,7 +67,7 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
+async fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
     match settings.store.kind {
         StoreKind::Embedded => {
             let store = EmbeddedStore::open_with_timeout(
@@ -81,7 +82,16 @@ fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
             })?;
             Ok(Arc::new(store))
         }
-        StoreKind::Mongo => bail!("store.kind = \"mongo\" is not available in this build yet"),
+        StoreKind::Mongo => {
+            let store = MongoStore::connect(
+                &settings.store.mongodb_uri,
+                &settings.store.database,
+                Duration::from_secs(settings.store.timeout_secs),
+            )
+            .await
+            .context("cannot connect to MongoDB (store.mongodb_uri / MONGODB_URI)")?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
@@ -138,7 +148,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         None
     };
     let settings = Arc::new(settings);
-    let store = open_store(&settings)?;
+    let store = open_store(&settings).await?;
     let node_id = format!("node-{}", uuid::Uuid::new_v4().simple());
     let bus = open_bus(&settings, &node_id).await?;
     let admission = Arc::new(Admission::new(settings.orders.max_in_flight));

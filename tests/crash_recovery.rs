@@ -61,7 +61,11 @@ struct Node {
     url: String,
 }
 
-async fn start_node(data: &std::path::Path, sims: &str, backend: &[(&'static str, String)]) -> Node {
+async fn start_node(
+    data: &std::path::Path,
+    sims: &str,
+    backend: &[(&'static str, String)],
+) -> Node {
     let mut envs = vec![
         ("SWIFT__HTTP__BIND", "127.0.0.1:0".to_owned()),
         ("SWIFT__STORE__PATH", data.display().to_string()),
@@ -74,6 +78,7 @@ async fn start_node(data: &std::path::Path, sims: &str, backend: &[(&'static str
             "driver-password-for-tests".to_owned(),
         ),
     ];
+    envs.extend(backend.iter().cloned());
     let (child, banner) = start(&["serve", "--no-simulators"], &envs, "API and pages at").await;
     Node {
         child,

@@ -172,18 +172,27 @@ async fn transient_failures_are_retried_until_the_system_is_back() {
 
 #[tokio::test]
 async fn an_exhausted_retry_budget_compensates_and_fails_with_the_reason() {
-    let app = spawn_app_with(json!({"saga": {"max_attempts": 3}, "circuit": {"open_secs": 1}})).await;
+    let app =
+        spawn_app_with(json!({"saga": {"max_attempts": 3}, "circuit": {"open_secs": 1}})).await;
     let (token, _) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
     sims.wms.knobs().update(|k| k.outage = true);
     let order_id = app.place(&token).await;
     // The reservation may have happened before the failures, so it is released as
     // part of the undo; that waits for the warehouse system to come back.
-    app.wait_for_status(&token, &order_id, "COMPENSATING", JOURNEY).await;
+    app.wait_for_status(&token, &order_id, "COMPENSATING", JOURNEY)
+        .await;
     sims.wms.knobs().update(|k| k.outage = false);
-    app.wait_for_status(&token, &order_id, "FAILED", JOURNEY).await;
+    app.wait_for_status(&token, &order_id, "FAILED", JOURNEY)
+        .await;
     let order = app.order(&token, &order_id).await;
-    assert!(order["failureReason"].as_str().unwrap().contains("WMS unavailable"), "{order}");
+    assert!(
+        order["failureReason"]
+            .as_str()
+            .unwrap()
+            .contains("WMS unavailable"),
+        "{order}"
+    );
     assert_eq!(active(sims.cms.as_ref(), "cancelledOrders"), 1);
     assert_eq!(active(sims.wms.as_ref(), "reservations"), 0);
 }
@@ -290,7 +299,13 @@ async fn cms_health(app: &common::TestApp, admin: &str) -> Value {
         .json()
         .await
         .unwrap();
-    body["services"].as_array().unwrap().iter().find(|s| s["service"] == "cms").cloned().unwrap()
+    body["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "cms")
+        .cloned()
+        .unwrap()
 }
 
 #[tokio::test]

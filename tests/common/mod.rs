@@ -71,13 +71,25 @@ pub fn backend_env() -> Vec<(&'static str, String)> {
     let mut env = Vec::new();
     if let Some(store) = overrides.get("store") {
         env.push(("SWIFT__STORE__KIND", "mongo".to_owned()));
-        env.push(("SWIFT__STORE__MONGODB_URI", store["mongodb_uri"].as_str().unwrap_or_default().to_owned()));
-        env.push(("SWIFT__STORE__DATABASE", store["database"].as_str().unwrap_or_default().to_owned()));
+        env.push((
+            "SWIFT__STORE__MONGODB_URI",
+            store["mongodb_uri"].as_str().unwrap_or_default().to_owned(),
+        ));
+        env.push((
+            "SWIFT__STORE__DATABASE",
+            store["database"].as_str().unwrap_or_default().to_owned(),
+        ));
     }
     if let Some(bus) = overrides.get("bus") {
         env.push(("SWIFT__BUS__KIND", "amqp".to_owned()));
-        env.push(("SWIFT__BUS__RABBITMQ_URL", bus["rabbitmq_url"].as_str().unwrap_or_default().to_owned()));
-        env.push(("SWIFT__BUS__NAMESPACE", bus["namespace"].as_str().unwrap_or_default().to_owned()));
+        env.push((
+            "SWIFT__BUS__RABBITMQ_URL",
+            bus["rabbitmq_url"].as_str().unwrap_or_default().to_owned(),
+        ));
+        env.push((
+            "SWIFT__BUS__NAMESPACE",
+            bus["namespace"].as_str().unwrap_or_default().to_owned(),
+        ));
     }
     env
 }
