@@ -1115,3 +1115,130 @@ mod embedded_only {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------
+// The MongoDB store only: what operators see in the database, and a server that is
+// down or silent.
+
+mod mongo_only {
+    use super::*;
+    use mongodb::bson::{Bson, Document, doc};
+    use std::time::{Duration, Instant};
+
+    async fn with_mongo() -> Option<(MongoStore, Fixture)> {
+        let fixture = mongo_fixture().await?;
+        let store = fixture
+            ._keep
+            .downcast_ref::<DropDatabase>()
+            .map(|guard| guard.0.clone())
+            .expect("a MongoDB fixture");
+        Some((store, fixture))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operators_find_readable_orders_and_every_event_in_order_events() {
+        let Some((mongo, fixture)) = with_mongo().await else {
+            return;
+        };
+        let store = Arc::clone(&fixture.store);
+        let jane = customer();
+        let order = place(&store, &jane).await;
+        let order = advance(&store, validated(&order)).await;
+        let order = advance(&store, reserved(&order)).await;
+
+        let orders = mongo.database().collection::<Document>("orders");
+        let stored = orders
+            .find_one(doc! { "orderId": order.order_id.as_str() })
+            .await
+            .expect("read the order document")
+            .expect("the order document");
+        assert_eq!(stored.get_str("status"), Ok("INVENTORY_RESERVED"));
+        assert_eq!(stored.get_str("customerId"), Ok(jane.as_str()));
+        assert!(matches!(stored.get("createdAt"), Some(Bson::DateTime(_))));
+
+        let copies = mongo.database().collection::<Document>("order_events");
+        let mut copied: Vec<i64> = Vec::new();
+        let mut cursor = copies
+            .find(doc! { "orderId": order.order_id.as_str() })
+            .sort(doc! { "seq": 1 })
+            .await
+            .expect("query order_events");
+        while cursor.advance().await.expect("next event copy") {
+            let copy = cursor.deserialize_current().expect("an event copy");
+            assert!(matches!(copy.get("timestamp"), Some(Bson::DateTime(_))));
+            copied.push(copy.get_i64("seq").expect("seq"));
+        }
+        let logged = store
+            .events(&order.order_id, 0, usize::MAX)
+            .await
+            .expect("events");
+        let logged: Vec<i64> = logged.iter().map(|e| e.seq as i64).collect();
+        assert_eq!(copied, logged);
+        assert_eq!(copied.len() as u64, order.seq);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_field_the_order_drops_is_gone_from_the_document() {
+        let Some((_mongo, fixture)) = with_mongo().await else {
+            return;
+        };
+        let store = Arc::clone(&fixture.store);
+        let order = place(&store, &customer()).await;
+        let mut flagged = order.clone();
+        flagged.version += 1;
+        flagged.failure_reason = Some("warehouse on fire".into());
+        store.apply(&flagged, &[]).await.expect("set the field");
+        let mut cleared = flagged.clone();
+        cleared.version += 1;
+        cleared.failure_reason = None;
+        store.apply(&cleared, &[]).await.expect("drop the field");
+        assert_eq!(
+            store.order(&order.order_id).await.expect("read"),
+            Some(cleared)
+        );
+    }
+
+    /// A port with nothing listening: refused at once, reported as unavailable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_that_is_down_is_unavailable_within_the_timeout() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").port()
+        };
+        let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+        let started = Instant::now();
+        let result = MongoStore::connect(&uri, "unreachable", Duration::from_secs(1)).await;
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{:?}",
+            result.err()
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A server that accepts connections and never answers: the call still ends,
+    /// within the timeout, as unavailable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_server_is_unavailable_within_the_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+        let started = Instant::now();
+        let result = MongoStore::connect(&uri, "silent", Duration::from_secs(1)).await;
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{:?}",
+            result.err()
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        silent.abort();
+    }
+}
