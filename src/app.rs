@@ -211,6 +211,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", settings.http.bind))?;
     let http_addr = listener.local_addr()?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, crate::http::ws::tune_connection);
     let state = crate::http::AppState {
         settings: settings.clone(),
         store: store.clone(),

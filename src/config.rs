@@ -27,6 +27,7 @@ pub struct Settings {
     pub orders: OrderSettings,
     pub supervision: SupervisionSettings,
     pub simulators: SimulatorSettings,
+    pub websocket: WebSocketSettings,
     pub log: LogSettings,
 }
 
@@ -152,6 +153,15 @@ pub struct SimulatorSettings {
     pub control_bind: String,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSettings {
+    pub ping_interval_ms: u64,
+    pub pong_timeout_ms: u64,
+    pub session_buffer: usize,
+    pub max_subscriptions: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -241,6 +251,14 @@ impl Settings {
         }
         if self.orders.max_in_flight == 0 || self.circuit.failure_threshold == 0 {
             return invalid("orders.max_in_flight and circuit.failure_threshold must be positive");
+        }
+        let ws = &self.websocket;
+        if ws.ping_interval_ms == 0
+            || ws.pong_timeout_ms == 0
+            || ws.session_buffer == 0
+            || ws.max_subscriptions == 0
+        {
+            return invalid("every websocket setting must be positive");
         }
         Ok(())
     }

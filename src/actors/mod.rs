@@ -6,6 +6,7 @@
 //! ├── adapters     one_for_one, restart intensity limit and backoff
 //! │   ├── adapter-cms   ├── adapter-wms   └── adapter-ros
 //! ├── orders       one OrderActor per live order, on demand
+//! ├── notifier     fans order updates out to WebSocket sessions
 //! └── bridges      bus consumers feeding the adapters and the orders supervisor
 //! ```
 
@@ -14,6 +15,7 @@ pub mod adapters;
 pub mod bridge;
 pub mod circuit;
 pub mod control;
+pub mod notifier;
 pub mod order;
 pub mod orders;
 pub mod root;

@@ -5,6 +5,7 @@
 
 use super::Context;
 use super::adapters::{self, AdaptersArgs, AdaptersSupervisor};
+use super::notifier::{self, Notifier, NotifierArgs};
 use super::orders::{OrdersArgs, OrdersMsg, OrdersSupervisor};
 use super::supervision::{RestartDecision, RestartIntensity};
 use super::telemetry::{self, ActorInfo, Lifecycle, MailboxGauge};
@@ -17,6 +18,7 @@ pub const NAME: &str = "root";
 pub enum RootMsg {
     RestartAdapters,
     OrdersSupervisor(ractor::RpcReplyPort<ActorRef<OrdersMsg>>),
+    Notifier(ractor::RpcReplyPort<Notifier>),
 }
 
 pub struct RootArgs {
@@ -27,6 +29,7 @@ pub struct RootArgs {
 pub struct RootState {
     context: Arc<Context>,
     orders: ActorRef<OrdersMsg>,
+    notifier: Notifier,
     adapters: Option<ActorRef<adapters::AdaptersMsg>>,
     intensity: RestartIntensity,
 }
@@ -72,10 +75,17 @@ impl Actor for Root {
         };
         let (orders, _) =
             Actor::spawn_linked(None, OrdersSupervisor, orders_args, myself.get_cell()).await?;
+        let notifier_args = NotifierArgs {
+            telemetry: context.telemetry.clone(),
+            mailbox: MailboxGauge::default(),
+            parent: NAME.into(),
+        };
+        let notifier = notifier::spawn_linked(notifier_args, myself.get_cell()).await?;
         let mut state = RootState {
             intensity: RestartIntensity::new(&context.settings.supervision),
             context,
             orders,
+            notifier,
             adapters: None,
         };
         state.start_adapters(&myself).await?;
@@ -101,6 +111,9 @@ impl Actor for Root {
             RootMsg::OrdersSupervisor(reply) => {
                 let _ = reply.send(state.orders.clone());
             }
+            RootMsg::Notifier(reply) => {
+                let _ = reply.send(state.notifier.clone());
+            }
         }
         Ok(())
     }
@@ -121,7 +134,7 @@ impl Actor for Root {
             .as_ref()
             .is_some_and(|a| a.get_id() == cell.get_id());
         if !is_adapters {
-            // The orders supervisor and telemetry do not fail on input; if one ends,
+            // The orders supervisor, the notifier and telemetry do not fail on input; if one ends,
             // something is badly wrong and the node stops.
             return Err(format!("essential actor {} ended: {failure:?}", cell.get_id()).into());
         }
