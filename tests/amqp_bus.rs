@@ -754,7 +754,9 @@ async fn throughput() {
         let delivery = next(&mut wms).await;
         acks.push(delivery.ack());
         while acks.len() >= 256 {
-            acks.next().await.map(|acked| acked.expect("ack"));
+            if let Some(acked) = acks.next().await {
+                acked.expect("ack");
+            }
         }
     }
     while let Some(acked) = acks.next().await {

@@ -250,6 +250,23 @@ impl Link {
             Connection::connect_uri(self.uri.clone(), properties),
         )
         .await?;
+        match self.prepare(&connection).await {
+            Ok(publishers) => Ok(Arc::new(Session {
+                connection,
+                publishers,
+                next_publisher: AtomicUsize::new(0),
+                repairing: tokio::sync::Mutex::new(()),
+            })),
+            Err(error) => {
+                // Do not leave a half-set-up connection open on the broker.
+                let _ = within(self.limit, "closing", connection.close(200, "OK".into())).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Declares the topology and opens the publishing channels.
+    async fn prepare(&self, connection: &Connection) -> Result<Vec<RwLock<Channel>>, BusError> {
         let setup = within(self.limit, "opening a channel", connection.create_channel()).await?;
         within(
             self.limit,
@@ -266,14 +283,9 @@ impl Link {
         .await;
         let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
         for _ in 0..PUBLISH_CHANNELS {
-            publishers.push(RwLock::new(open_publisher(&connection, self.limit).await?));
+            publishers.push(RwLock::new(open_publisher(connection, self.limit).await?));
         }
-        Ok(Arc::new(Session {
-            connection,
-            publishers,
-            next_publisher: AtomicUsize::new(0),
-            repairing: tokio::sync::Mutex::new(()),
-        }))
+        Ok(publishers)
     }
 
     async fn supervise(self: Arc<Self>, mut session: Arc<Session>) {
