@@ -236,6 +236,15 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     }));
 
     resume_unfinished(&store, &bus).await?;
+    if settings.bus.kind == BusKind::Amqp {
+        let sweep = Duration::from_secs(settings.orders.resume_sweep_secs);
+        tasks.push(spawn_resume_sweep(
+            store.clone(),
+            bus.clone(),
+            sweep,
+            shutdown.child_token(),
+        ));
+    }
     Ok(Runtime {
         settings,
         http_addr,
@@ -261,6 +270,28 @@ async fn resume_unfinished(store: &SharedStore, bus: &SharedBus) -> anyhow::Resu
         bus.send_to_order(OrderCommand::Wake { order_id }).await?;
     }
     Ok(())
+}
+
+/// In a cluster, orders of a shard taken over from a dead node, and orders whose
+/// wake-up could not be published, are found by sweeping the store now and then.
+/// Waking an order that is already moving costs one read and changes nothing.
+fn spawn_resume_sweep(
+    store: SharedStore,
+    bus: SharedBus,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = resume_unfinished(&store, &bus).await {
+                tracing::warn!(error = %e, "resume sweep failed; trying again later");
+            }
+        }
+    })
 }
 
 impl Runtime {

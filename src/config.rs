@@ -132,6 +132,7 @@ pub struct SagaSettings {
 pub struct OrderSettings {
     pub max_in_flight: usize,
     pub passivate_after_secs: u64,
+    pub resume_sweep_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

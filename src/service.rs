@@ -134,7 +134,11 @@ impl OrderService {
             }),
             Intake::Created => {
                 self.announce(&[event]).await;
-                self.wake(&order.order_id).await?;
+                // The order is durable: it is accepted even if its actor cannot be
+                // woken now; the resume sweep picks it up when the bus is back.
+                if let Err(e) = self.wake(&order.order_id).await {
+                    tracing::warn!(order_id = %order.order_id, error = %e, "order accepted; wake-up deferred to the resume sweep");
+                }
                 Ok(Placed {
                     order,
                     replayed: false,

@@ -3,12 +3,17 @@
 //! The actor only executes what `domain::saga::decide` says. It owns the things a pure
 //! function cannot: which call is in flight, retries with backoff, the watchdog for
 //! replies that never come, persistence (compare-and-set, reloading when someone else
-//! wrote) and passivation when it is waiting on nobody.
+//! wrote), riding out store and bus outages, and passivation when it is waiting on
+//! nobody.
+//!
+//! Deliveries are acknowledged only once their effect is persisted: while the store is
+//! down their acknowledgements are held (which also holds back the broker through the
+//! prefetch window), and a fatal error hands them back to the broker.
 
 use super::orders::OrdersMsg;
 use super::supervision::step_backoff;
 use super::{Acker, Context};
-use crate::bus::{StepReply, StepRequest};
+use crate::bus::{BusError, StepReply, StepRequest};
 use crate::domain::saga::{self, SagaRejection};
 use crate::domain::{Operation, OperationOutcome, Order, OrderId, SagaInput};
 use crate::service::commit;
@@ -21,8 +26,11 @@ use std::time::Duration;
 use tracing::Instrument;
 
 /// Times a reply is re-decided on a freshly loaded order after losing a
-/// compare-and-set race, before the actor gives up and reloads on the next message.
+/// compare-and-set race before the actor gives up on it.
 const MAX_CAS_ATTEMPTS: usize = 8;
+/// Backoff while the store or the bus is unavailable.
+const OUTAGE_BACKOFF_BASE: Duration = Duration::from_millis(100);
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub enum OrderMsg {
     /// Reload from the store and drive on.
@@ -33,18 +41,38 @@ pub enum OrderMsg {
         reply: StepReply,
         ack: Acker,
     },
-    /// The backoff after a transient failure is over.
+    /// The backoff after a transient failure of a step is over.
     RetryDue { operation: Operation },
     /// No reply came for this attempt in time.
     Watchdog { operation: Operation, attempt: u32 },
     /// Nothing happened for a while: maybe stop to free memory.
     IdleCheck { generation: u64 },
+    /// The store or the bus failed; try again what could not be done.
+    Retry,
 }
 
 pub struct OrderActorArgs {
     pub order_id: OrderId,
     pub context: Arc<Context>,
     pub router: ActorRef<OrdersMsg>,
+}
+
+/// Why the actor could not do its work now.
+#[derive(Debug, thiserror::Error)]
+enum OrderError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl OrderError {
+    /// Outages are waited out; nothing is lost meanwhile.
+    fn is_transient(&self) -> bool {
+        matches!(self, Self::Store(StoreError::Unavailable(_)) | Self::Bus(_))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +90,13 @@ pub struct OrderState {
     /// Last attempt number used, so every request is distinguishable.
     last_attempt: u32,
     backing_off: bool,
+    /// A settled outcome not persisted yet (the store was down): kept until it is.
+    pending: Option<(Operation, OperationOutcome)>,
+    /// Acknowledgements of deliveries whose effect is not persisted yet.
+    held: Vec<Acker>,
+    /// Consecutive store or bus failures, for the outage backoff.
+    failures: u32,
+    retry_scheduled: bool,
     /// Whether this actor holds one of the node's admission slots.
     admitted: bool,
     /// Messages received from the router, for the passivation handshake.
@@ -96,6 +131,10 @@ impl Actor for OrderActor {
             attempts: 0,
             last_attempt: 0,
             backing_off: false,
+            pending: None,
+            held: Vec::new(),
+            failures: 0,
+            retry_scheduled: false,
             admitted: false,
             received: 0,
             generation: 0,
@@ -112,6 +151,10 @@ impl Actor for OrderActor {
     ) -> Result<(), ActorProcessingErr> {
         state.release_admission();
         state.cancel_timer();
+        // Anything still held goes back to the broker for another attempt.
+        for ack in state.held.drain(..) {
+            ack.reject("order actor stopped before persisting").await;
+        }
         Ok(())
     }
 
@@ -133,11 +176,43 @@ impl OrderState {
         myself: &ActorRef<OrderMsg>,
         message: OrderMsg,
     ) -> Result<(), ActorProcessingErr> {
+        match self.process(myself, message).await {
+            Ok(()) => {
+                self.failures = 0;
+                for ack in self.held.drain(..) {
+                    ack.ack().await;
+                }
+                Ok(())
+            }
+            Err(error) if error.is_transient() => {
+                self.failures += 1;
+                let delay = step_backoff(self.failures, OUTAGE_BACKOFF_BASE, OUTAGE_BACKOFF_MAX);
+                tracing::warn!(%error, ?delay, "cannot proceed now; will retry");
+                if !self.retry_scheduled {
+                    self.retry_scheduled = true;
+                    myself.send_after(delay, || OrderMsg::Retry);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                for ack in self.held.drain(..) {
+                    ack.reject(&error.to_string()).await;
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn process(
+        &mut self,
+        myself: &ActorRef<OrderMsg>,
+        message: OrderMsg,
+    ) -> Result<(), OrderError> {
         match message {
             OrderMsg::Wake { ack } => {
                 self.received += 1;
+                self.held.push(ack);
                 self.reload().await?;
-                ack.ack().await;
             }
             OrderMsg::StepResult {
                 operation,
@@ -146,11 +221,11 @@ impl OrderState {
                 ack,
             } => {
                 self.received += 1;
+                self.held.push(ack);
                 if self.order.is_none() {
                     self.reload().await?;
                 }
-                self.on_reply(myself, operation, attempt, reply).await?;
-                ack.ack().await;
+                self.on_reply(myself, operation, attempt, reply);
             }
             OrderMsg::RetryDue { operation } => {
                 if self.backing_off && self.next_operation() == Some(operation) {
@@ -161,12 +236,15 @@ impl OrderState {
                 if self.in_flight == Some(InFlight { operation, attempt }) {
                     tracing::warn!(operation = operation.name(), attempt, "no reply in time");
                     let reason = "no reply within the step watchdog".to_owned();
-                    self.on_reply(myself, operation, attempt, StepReply::Transient { reason })
-                        .await?;
+                    self.on_reply(myself, operation, attempt, StepReply::Transient { reason });
                 }
             }
+            OrderMsg::Retry => {
+                self.retry_scheduled = false;
+                self.reload().await?;
+            }
             OrderMsg::IdleCheck { generation } => {
-                if generation == self.generation - 1 && self.is_quiet() {
+                if generation + 1 == self.generation && self.is_quiet() {
                     let _ = self.router.cast(OrdersMsg::Passivate {
                         order_id: self.order_id.clone(),
                         received: self.received,
@@ -175,6 +253,7 @@ impl OrderState {
                 return Ok(());
             }
         }
+        self.persist_pending().await?;
         self.drive(myself).await
     }
 
@@ -183,10 +262,14 @@ impl OrderState {
     }
 
     fn is_quiet(&self) -> bool {
-        self.in_flight.is_none() && !self.backing_off && self.next_operation().is_none()
+        self.in_flight.is_none()
+            && !self.backing_off
+            && self.pending.is_none()
+            && self.held.is_empty()
+            && self.next_operation().is_none()
     }
 
-    async fn reload(&mut self) -> Result<(), ActorProcessingErr> {
+    async fn reload(&mut self) -> Result<(), OrderError> {
         let order = self.context.store.order(&self.order_id).await?;
         if order.is_none() {
             tracing::warn!("woken for an order that does not exist");
@@ -195,13 +278,14 @@ impl OrderState {
         Ok(())
     }
 
-    async fn on_reply(
+    /// Classifies a reply; an outcome to persist is left in `pending`.
+    fn on_reply(
         &mut self,
         myself: &ActorRef<OrderMsg>,
         operation: Operation,
         attempt: u32,
         reply: StepReply,
-    ) -> Result<(), ActorProcessingErr> {
+    ) {
         let expected = self.next_operation() == Some(operation);
         match reply {
             // A settled reply is good whichever attempt it answers: the calls are
@@ -214,17 +298,17 @@ impl OrderState {
                 if expected {
                     self.attempts = 0;
                     self.backing_off = false;
-                    self.settle(operation, outcome).await?;
+                    self.pending = Some((operation, outcome));
                 }
             }
             StepReply::Transient { reason } => {
                 if self.in_flight != Some(InFlight { operation, attempt }) {
-                    return Ok(());
+                    return;
                 }
                 self.in_flight = None;
                 self.cancel_timer();
                 if !expected {
-                    return Ok(());
+                    return;
                 }
                 self.attempts += 1;
                 metrics::counter!("swift_step_retries_total", "system" => operation.system().as_str())
@@ -232,8 +316,7 @@ impl OrderState {
                 if self.attempts >= self.context.settings.saga.max_attempts {
                     tracing::warn!(operation = operation.name(), %reason, "retry budget exhausted");
                     self.attempts = 0;
-                    self.settle(operation, OperationOutcome::Exhausted { reason })
-                        .await?;
+                    self.pending = Some((operation, OperationOutcome::Exhausted { reason }));
                 } else {
                     let saga = &self.context.settings.saga;
                     let delay = step_backoff(
@@ -247,6 +330,13 @@ impl OrderState {
                 }
             }
         }
+    }
+
+    async fn persist_pending(&mut self) -> Result<(), OrderError> {
+        if let Some((operation, outcome)) = self.pending.clone() {
+            self.settle(operation, outcome).await?;
+            self.pending = None;
+        }
         Ok(())
     }
 
@@ -256,7 +346,7 @@ impl OrderState {
         &mut self,
         operation: Operation,
         outcome: OperationOutcome,
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<(), OrderError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let Some(order) = &self.order else {
                 return Ok(());
@@ -275,11 +365,14 @@ impl OrderState {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(format!("order {} kept changing under us", self.order_id).into())
+        Err(OrderError::Fatal(format!(
+            "order {} kept changing under us",
+            self.order_id
+        )))
     }
 
     /// Starts whatever the order waits on, or stops/passivates when it waits on nothing.
-    async fn drive(&mut self, myself: &ActorRef<OrderMsg>) -> Result<(), ActorProcessingErr> {
+    async fn drive(&mut self, myself: &ActorRef<OrderMsg>) -> Result<(), OrderError> {
         let Some(status) = self.order.as_ref().map(|o| o.status) else {
             myself.stop(Some("order not found".into()));
             return Ok(());
@@ -316,7 +409,7 @@ impl OrderState {
         &mut self,
         myself: &ActorRef<OrderMsg>,
         operation: Operation,
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<(), OrderError> {
         let Some(order) = &self.order else {
             return Ok(());
         };
