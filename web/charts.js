@@ -41,9 +41,14 @@ function niceCeiling(value) {
   return 10 * magnitude;
 }
 
-/** Splits a series into runs without gaps, as polyline point lists. */
-function segments(values, ceiling) {
-  const step = WIDTH / Math.max(1, values.length - 1);
+/**
+ * Splits a series into runs without gaps, as polyline point lists. The x axis always
+ * spans `capacity` samples with the newest at the right edge, so a young history
+ * grows in from the right instead of stretching.
+ */
+function segments(values, capacity, ceiling) {
+  const step = WIDTH / Math.max(1, capacity - 1);
+  const offset = capacity - values.length;
   const y = (v) => PAD_TOP + (HEIGHT - PAD_TOP) * (1 - Math.min(v, ceiling) / ceiling);
   const runs = [];
   let run = [];
@@ -52,7 +57,7 @@ function segments(values, ceiling) {
       if (run.length) runs.push(run);
       run = [];
     } else {
-      run.push([i * step, y(v)]);
+      run.push([(offset + i) * step, y(v)]);
     }
   });
   if (run.length) runs.push(run);
@@ -60,14 +65,15 @@ function segments(values, ceiling) {
 }
 
 /**
- * Draws `history` into `figure` (a <figure>): a caption with the title and the latest
- * value of the first series, the lines, and a legend when there are several series.
+ * Draws `history` into `figure` (a <figure>): a caption with the title and `headline`
+ * (by default the latest value of the first series), the lines, and a legend when
+ * there are several series.
  * The SVG is described in text for screen readers.
  */
-export function drawChart(figure, { title, unit, history, format, area = false }) {
+export function drawChart(figure, { title, unit, history, format, area = false, headline }) {
   const all = history.values.flat().filter((v) => v !== null);
   const ceiling = niceCeiling(Math.max(0, ...all));
-  const latest = history.latest(0);
+  const latest = headline === undefined ? history.latest(0) : headline;
   const svg = s(
     "svg",
     { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, preserveAspectRatio: "none", role: "img", "aria-label": `${title}: ${latest === null ? "no data yet" : `${format(latest)} ${unit}`}` },
@@ -75,7 +81,7 @@ export function drawChart(figure, { title, unit, history, format, area = false }
     s("line", { class: "chart-grid", x1: 0, x2: WIDTH, y1: (HEIGHT + PAD_TOP) / 2, y2: (HEIGHT + PAD_TOP) / 2 }),
   );
   history.values.forEach((values, i) => {
-    for (const run of segments(values, ceiling)) {
+    for (const run of segments(values, history.capacity, ceiling)) {
       const points = run.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
       if (area && i === 0 && run.length > 1) {
         const first = run[0][0].toFixed(1);
@@ -84,7 +90,7 @@ export function drawChart(figure, { title, unit, history, format, area = false }
       }
       if (run.length === 1) {
         const [x, y] = run[0];
-        svg.append(s("line", { class: `chart-line series-${i}`, x1: x, x2: x + 0.5, y1: y, y2: y }));
+        svg.append(s("line", { class: `chart-line chart-dot series-${i}`, x1: x - 0.5, x2: x, y1: y, y2: y }));
       } else {
         svg.append(s("polyline", { class: `chart-line series-${i}`, points }));
       }

@@ -26,6 +26,8 @@ const state = {
   throughput: new History(["settled"], HISTORY),
   latency: new History(SYSTEMS.map((s) => s.toUpperCase()), HISTORY),
   inflight: new History(["in flight"], HISTORY),
+  /** Mean step latency over all systems in the last interval that had calls. */
+  latencyOverall: null,
 };
 
 // ---------------------------------------------------------------------------
@@ -298,6 +300,11 @@ function renderMetrics(text) {
     const seconds = (now - previous.at) / 1000;
     const rate = seconds > 0 ? Math.max(0, settled - previous.settled) / seconds : null;
     state.throughput.push([rate]);
+    const total = (sample, part) => SYSTEMS.reduce((n, system) => n + (sample[system][part] || 0), 0);
+    const calls = total(latency, "count") - total(previous.latency, "count");
+    if (calls > 0) {
+      state.latencyOverall = ((total(latency, "sum") - total(previous.latency, "sum")) / calls) * 1000;
+    }
     state.latency.push(
       SYSTEMS.map((system) => {
         // A series appears with its first observation: absent before means zero.
@@ -341,7 +348,13 @@ function formatMs(value) {
 
 function drawCharts() {
   drawChart(byId("chart-throughput"), { title: "Throughput", unit: "orders/s", history: state.throughput, format: formatRate, area: true });
-  drawChart(byId("chart-latency"), { title: "Step latency (mean)", unit: "ms", history: state.latency, format: formatMs });
+  drawChart(byId("chart-latency"), {
+    title: "Step latency (mean)",
+    unit: "ms",
+    history: state.latency,
+    format: formatMs,
+    headline: state.latencyOverall,
+  });
   drawChart(byId("chart-inflight"), { title: "Orders in flight", unit: "", history: state.inflight, format: (v) => v.toFixed(0), area: true });
 }
 
@@ -402,13 +415,13 @@ function renderDeadLetters(result) {
         h("td", { text: letter.queue }),
         h("td", { text: letter.reason }),
         h("td", { class: "num", text: String(letter.attempts ?? "") }),
-        h("td", { text: letter.deadLetteredAt ? formatDateTime(letter.deadLetteredAt) : "—" }),
+        h("td", { class: "nowrap", text: letter.deadLetteredAt ? formatDateTime(letter.deadLetteredAt) : "—" }),
         h(
           "td",
-          {},
+          { class: "dead-message" },
           body.length > 120
-            ? h("details", {}, h("summary", { text: short }), h("pre", { class: "dead-body", text: body }))
-            : h("pre", { class: "dead-body", text: short }),
+            ? h("details", {}, h("summary", { class: "dead-body", text: short }), h("pre", { class: "dead-body", text: body }))
+            : h("pre", { class: "dead-body", text: body }),
         ),
       );
     }),
@@ -420,8 +433,9 @@ async function redrive(queue, button) {
   try {
     const { data } = await api(`/api/admin/dlq/${encodeURIComponent(queue)}/redrive`, { method: "POST", token: state.token });
     const moved = data && typeof data.redriven === "number" ? data.redriven : data && typeof data.moved === "number" ? data.moved : null;
-    announce(moved === null ? `Redrove ${queue}.` : `Redrove ${moved} message${moved === 1 ? "" : "s"} from ${queue}.`);
-    byId("dlq-message").textContent = moved === null ? `Redrove ${queue}.` : `Redrove ${moved} message${moved === 1 ? "" : "s"} from ${queue}.`;
+    const notice = byId("dlq-notice");
+    notice.textContent = moved === null ? `Redrove ${queue}.` : `Redrove ${moved} message${moved === 1 ? "" : "s"} from ${queue}.`;
+    notice.hidden = false;
     await poll();
   } catch (err) {
     if (!endSessionOn(err)) byId("dlq-error").textContent = `Could not redrive ${queue}: ${err.message}`;

@@ -86,23 +86,31 @@ test("an admin sees the live supervisor tree, the circuits, orders by status and
     const ready = page.locator('.status-bar[data-status="READY_FOR_DELIVERY"] .status-bar-count');
     await ready.waitFor();
     const readyBefore = Number(await ready.textContent());
+    // A steady trickle for a few sampling intervals, so the charts draw lines.
     const token = await customerToken();
-    for (let i = 0; i < 3; i += 1) assert.equal((await placeOrder(token)).status, 202);
+    const waves = 6;
+    for (let wave = 0; wave < waves; wave += 1) {
+      const placed = await Promise.all([placeOrder(token), placeOrder(token)]);
+      for (const { status } of placed) assert.equal(status, 202);
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
     await eventually(
-      async () => Number(await ready.textContent()) >= readyBefore + 3,
+      async () => Number(await ready.textContent()) >= readyBefore + 2 * waves,
       30_000,
-      "three more orders counted as ready",
+      "the new orders counted as ready",
     );
     await eventually(
-      async () => (await page.locator("#chart-throughput .chart-value").textContent()) !== "— orders/s",
+      async () => (await page.locator("#chart-throughput polyline.chart-line").count()) > 0,
       10_000,
-      "a throughput sample",
+      "throughput drawn as a line",
     );
+    assert.notEqual(await page.locator("#chart-throughput .chart-value").textContent(), "— orders/s");
     await eventually(
       async () => (await page.locator("#chart-latency .chart-line").count()) > 0,
       10_000,
       "a step latency sample",
     );
+    assert.match(await page.locator("#chart-latency .chart-value").textContent(), /^\d/);
     assert.equal(await page.locator("#freshness").getAttribute("data-state"), "ok");
     assert.match(await page.locator("#dlq-message").textContent(), /not available|No dead letters/);
     await screenshot(page, "sre-1280");
@@ -136,6 +144,42 @@ test("an open circuit shows as OPEN and the recover button closes it", async () 
   } finally {
     await setKnobs("wms", {});
   }
+});
+
+test("dead letters are listed as text and a queue can be redriven", async () => {
+  // The in-process bus of the test node keeps no dead letters (RabbitMQ does), so the
+  // two dead-letter endpoints are answered here, in the shape the node gives them.
+  await withPage(browser, "sre-dead-letters", undefined, async (page) => {
+    const hostile = '<img src=x onerror="window.pwned=1">{"orderId":"ORD-1"}';
+    const redriven = [];
+    await page.route(/\/api\/admin\/dlq\?/, (route) =>
+      route.fulfill({
+        json: {
+          deadLetters: [
+            { queue: "orders.shard.3", reason: "rejected", attempts: 1, body: hostile, deadLetteredAt: "2026-02-04T16:20:30Z" },
+            { queue: "steps.wms", reason: "delivery_limit", attempts: 5, body: "x".repeat(400), deadLetteredAt: null },
+          ],
+        },
+      }),
+    );
+    await page.route(/\/api\/admin\/dlq\/[^/]+\/redrive$/, (route) => {
+      redriven.push(decodeURIComponent(new URL(route.request().url()).pathname.split("/")[4]));
+      return route.fulfill({ json: { queue: "orders.shard.3", redriven: 1 } });
+    });
+    await signIn(page, ADMIN_EMAIL, ADMIN_PASSWORD);
+    const rows = page.locator("#dlq-rows tr");
+    await rows.first().waitFor();
+    assert.equal(await rows.count(), 2);
+    assert.equal(await rows.first().locator("td").first().textContent(), "orders.shard.3");
+    assert.equal(await rows.first().locator(".dead-body").textContent(), hostile);
+    assert.equal(await page.locator("#dlq-rows img").count(), 0);
+    assert.equal(await page.evaluate(() => window.pwned), undefined);
+    await screenshot(page, "sre-dead-letters-1280");
+    await page.getByRole("button", { name: "Redrive orders.shard.3" }).click();
+    await page.locator("#dlq-notice", { hasText: "Redrove 1 message from orders.shard.3" }).waitFor();
+    assert.deepEqual(redriven, ["orders.shard.3"]);
+    expectNoProblems(page);
+  });
 });
 
 test("a customer account is refused on the SRE page", async () => {

@@ -188,6 +188,45 @@ test("after the socket drops, the page reconnects and catches up with since", as
   }
 });
 
+test("behind a proxy that blocks WebSockets the page polls and still follows the order", async () => {
+  await setKnobs("ros", { latencyMs: 800 });
+  try {
+    await withPage(browser, "polling-1280", undefined, async (page) => {
+      let refused = 0;
+      // Every socket the page opens is closed at once, as such a proxy would.
+      await page.routeWebSocket(/\/ws(\?|$)/, (socket) => {
+        refused += 1;
+        socket.close({ code: 4001, reason: "blocked by the test" });
+      });
+      await registerThroughPage(page, "Proxy User");
+      await page.locator('#connection[data-state="polling"]').waitFor();
+      assert.equal((await page.locator("#connection").textContent()).trim(), "Polling");
+      await placeOrderThroughPage(page, "Parcel seen by polling");
+      await statusPill(page, "READY_FOR_DELIVERY").waitFor({ timeout: ORDER_TIMEOUT_MS });
+      assert.deepEqual(await historyStatuses(page), MAIN_LINE);
+      assert.ok(refused >= 1, "the page tried the socket");
+      expectNoProblems(page);
+    });
+  } finally {
+    await setKnobs("ros", {});
+  }
+});
+
+test("text from the server is shown as text, never run as markup", async () => {
+  await withPage(browser, "markup-1280", undefined, async (page) => {
+    await registerThroughPage(page, "Mallory");
+    const hostile = '<img src=x onerror="window.pwned=1"><b>bold</b>';
+    await page.getByLabel("Address").first().fill(`${hostile} Main St`);
+    await placeOrderThroughPage(page, hostile);
+    await statusPill(page, "READY_FOR_DELIVERY").waitFor({ timeout: ORDER_TIMEOUT_MS });
+    const facts = page.locator("#facts");
+    assert.match(await facts.textContent(), /<img src=x onerror="window.pwned=1"><b>bold<\/b> Main St/);
+    assert.equal(await page.locator("#facts img, #facts b, #orders img").count(), 0);
+    assert.equal(await page.evaluate(() => window.pwned), undefined);
+    expectNoProblems(page);
+  });
+});
+
 test("the tracking page fits a phone screen", async () => {
   await withPage(browser, "phone", PHONE, async (page) => {
     await page.goto("/");
