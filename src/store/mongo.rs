@@ -19,7 +19,8 @@
 //!   transitions without events after a crash between the two writes. So the copy
 //!   comes second and nothing in the runtime reads it: if a process dies between the
 //!   commit and the copy, or the copy fails, the copy lacks that transition's events
-//!   (logged as a warning) while the log that replay and the API serve stays whole.
+//!   (logged as a warning, counted in `swift_store_event_copy_failures_total`) while
+//!   the log that replay and the API serve stays whole.
 //! * **The idempotency key is a field of the order document** (`idempotencyKey`,
 //!   unique per customer through a partial unique index), so intake is one insert
 //!   that writes the order, its first event and its key together. A separate key
@@ -37,7 +38,8 @@
 //!
 //! Every call is bounded by the store timeout (`[store] timeout_secs`), both through
 //! the driver's server selection and connect timeouts and a `tokio` timeout around
-//! the whole call. A call that times out may still take effect afterwards: callers
+//! the whole call (the copy into `order_events` after a commit has a bound of its
+//! own and never fails the call). A call that times out may still take effect afterwards: callers
 //! treat `Unavailable` as "outcome unknown", as with the embedded store.
 
 use super::{DriverLocation, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError};
@@ -372,7 +374,7 @@ impl MongoStore {
         events: &[OrderEvent],
     ) -> Result<(), StoreError> {
         let id = order.order_id.as_str();
-        let expected = order.version - 1;
+        let expected = order.version.saturating_sub(1);
         let log_end = match events.first() {
             Some(first) => first
                 .seq
@@ -459,6 +461,7 @@ impl MongoStore {
             }
         };
         if let Err(e) = self.bounded(copy).await {
+            metrics::counter!("swift_store_event_copy_failures_total").increment(1);
             tracing::warn!(
                 order_id = %first.order_id,
                 from_seq = first.seq,
@@ -498,7 +501,9 @@ fn validate_apply(order: &Order, events: &[OrderEvent]) -> Result<(), StoreError
             order.order_id
         )));
     }
-    let consecutive = events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+    let consecutive = events
+        .windows(2)
+        .all(|w| w[0].seq.checked_add(1) == Some(w[1].seq));
     let ends_at_order = events.last().is_none_or(|e| e.seq == order.seq);
     let same_order = events.iter().all(|e| e.order_id == order.order_id);
     if consecutive && ends_at_order && same_order {
