@@ -133,7 +133,14 @@ fn parse_package(value: Option<&Value>, errors: &mut ValidationErrors) -> Packag
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= 100 => Some(Value::String(s.clone())),
         Some(Value::Object(dims))
-            if dims.len() <= 8 && dims.values().all(|v| v.as_f64().is_some_and(|n| n >= 0.0)) =>
+            if dims.len() <= 8
+                && dims.iter().all(|(k, v)| {
+                    // Plain names only: `$` or `.` in a key is an operator to MongoDB.
+                    !k.is_empty()
+                        && k.len() <= 32
+                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        && v.as_f64().is_some_and(|n| n >= 0.0)
+                }) =>
         {
             Some(Value::Object(dims.clone()))
         }
@@ -416,6 +423,19 @@ mod tests {
                 "packageDetails.fragile",
                 "scheduledPickupTime"
             ]
+        );
+    }
+
+    #[test]
+    fn dimension_names_must_be_plain() {
+        let body = json!({
+            "pickupLocation": {"lat": 1, "lng": 1},
+            "deliveryAddress": {"lat": 1, "lng": 1},
+            "packageDetails": {"weight": 1, "dimensions": {"$gt": 1}}
+        });
+        assert_eq!(
+            fields(NewOrder::parse(&body).unwrap_err()),
+            ["packageDetails.dimensions"]
         );
     }
 
