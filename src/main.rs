@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use swiftlogistics::config::{LogFormat, Settings};
-use swiftlogistics::{app, bench, simulators};
+use swiftlogistics::{app, bench, bench_ws, simulators};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -41,6 +41,9 @@ enum Command {
     Simulate,
     /// Load a running node and report throughput, latency and memory
     Bench(bench::BenchArgs),
+    /// Hold many WebSocket sessions on a running node while orders flow; report
+    /// update delivery latency and memory per idle session
+    BenchWs(bench_ws::BenchWsArgs),
 }
 
 fn init_logging(settings: &Settings) {
@@ -97,6 +100,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             init_logging(&settings);
             bench::run(args).await
+        }
+        Command::BenchWs(args) => {
+            init_logging(&settings);
+            bench_ws::run(args).await
         }
     }
 }
