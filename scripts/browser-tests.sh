@@ -8,7 +8,8 @@
 # ./screenshots) and stops the node. The exit code is the tests' result.
 #
 # Environment: CARGO_TARGET_DIR (default /var/tmp/swiftlogistics-target),
-# SCREENSHOT_DIR, SWIFT_BIN (use this binary instead of building one).
+# SCREENSHOT_DIR, SWIFT_BIN (use this binary instead of building one). Arguments go
+# to `node --test`, e.g. `scripts/browser-tests.sh --test-name-pattern=phone`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -47,7 +48,10 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/swift-browser-tests.XXXXXX")
 node_log="$work/node.log"
 node_pid=""
-stop_node() {
+# Runs from the EXIT trap: stops the node (TERM, then KILL after 10 s) and removes
+# its data.
+# shellcheck disable=SC2317
+cleanup() {
     if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
         kill -TERM "$node_pid" 2>/dev/null || true
         for _ in $(seq 1 100); do
@@ -57,10 +61,6 @@ stop_node() {
         kill -KILL "$node_pid" 2>/dev/null || true
         wait "$node_pid" 2>/dev/null || true
     fi
-    node_pid=""
-}
-cleanup() {
-    stop_node
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -129,7 +129,7 @@ status=0
         SIM_CONTROL_URL="http://$control" \
         SCREENSHOT_DIR="$SCREENSHOT_DIR" \
         CHROMIUM_PATH=/usr/bin/chromium \
-        node --test --test-concurrency=1 --test-reporter=spec --test-timeout=180000 \
+        node --test --test-concurrency=1 --test-reporter=spec --test-timeout=180000 "$@" \
         tracking.test.mjs sre.test.mjs
 ) || status=$?
 

@@ -64,6 +64,11 @@ const state = {
   selectedId: null,
   /** The selected order: its document, its events by seq, and the steps last read. */
   detail: null,
+  /**
+   * Events pushed for each followed order, by seq. Kept whether or not the order is
+   * on screen, so an update that lands while its document is being fetched is not lost.
+   */
+  events: new Map(),
   orderKey: null,
   live: null,
   timers: [],
@@ -391,6 +396,7 @@ function stopWorkspace() {
   state.nextCursor = null;
   state.selectedId = null;
   state.detail = null;
+  state.events.clear();
   byId("orders").replaceChildren();
   byId("detail-body").hidden = true;
   byId("detail-empty").hidden = false;
@@ -593,21 +599,31 @@ async function selectOrder(orderId, { scroll }) {
   }
 }
 
+/** The order and seq the document was last read again for (see refreshDetail). */
+let rereadFor = null;
+
 /** Reads the order document (with its history) and shows it. */
 async function refreshDetail(orderId) {
   try {
     const { data } = await call(`/api/orders/${encodeURIComponent(orderId)}`);
     if (state.selectedId !== orderId) return;
-    const previous = state.detail && state.detail.order.orderId === orderId ? state.detail : null;
     // Updates pushed while the document was on its way are kept: events are merged
     // by seq, and the newest event decides the status shown.
-    const events = new Map(previous ? previous.events : []);
+    const events = eventsOf(orderId);
     for (const event of data.history || []) events.set(event.seq, event);
     state.detail = { order: data, events, steps: stepsFromDocument(data) };
     rememberOrder(data);
     if (state.live) state.live.watch(orderId, data.seq || 0);
     renderOrders();
     renderDetail();
+    // The document is older than what the socket said: read it again for the steps,
+    // the warehouse and the route that came with the newer events.
+    // Once per seq, so a document that never catches up cannot keep the page polling.
+    const newest = currentEvent(state.detail);
+    if (newest && newest.seq > (data.seq || 0) && rereadFor !== `${orderId}:${newest.seq}`) {
+      rereadFor = `${orderId}:${newest.seq}`;
+      refreshDetailSoon(orderId);
+    }
   } catch (err) {
     if (err.status === 404) {
       state.selectedId = null;
@@ -635,21 +651,30 @@ function applyUpdate(update) {
     state.orders.set(update.orderId, { ...summary, status: update.status, seq: update.seq, updatedAt: update.timestamp });
     renderOrders();
   }
-  const detail = state.detail;
-  if (detail && detail.order.orderId === update.orderId) {
-    const before = currentEvent(detail);
-    detail.events.set(update.seq, {
-      seq: update.seq,
-      status: update.status,
-      message: update.message,
-      timestamp: update.timestamp,
-      data: update.data,
-    });
+  const detail = state.detail && state.detail.order.orderId === update.orderId ? state.detail : null;
+  const before = detail ? currentEvent(detail) : null;
+  eventsOf(update.orderId).set(update.seq, {
+    seq: update.seq,
+    status: update.status,
+    message: update.message,
+    timestamp: update.timestamp,
+    data: update.data,
+  });
+  if (detail) {
     renderDetail();
     if (!before || before.status !== update.status) announce(`Order ${update.orderId}: ${statusLabel(update.status)}.`);
     // Steps off the main line, the warehouse and the route come with the document.
     refreshDetailSoon(update.orderId);
   }
+}
+
+function eventsOf(orderId) {
+  let events = state.events.get(orderId);
+  if (!events) {
+    events = new Map();
+    state.events.set(orderId, events);
+  }
+  return events;
 }
 
 /** The newest event known for the selected order. */

@@ -188,6 +188,38 @@ test("after the socket drops, the page reconnects and catches up with since", as
   }
 });
 
+test("updates pushed while the order's document is on its way are not lost", async (t) => {
+  if (!webSocketOffered) {
+    t.skip("this node does not offer /ws yet");
+    return;
+  }
+  await setKnobs("ros", { latencyMs: 800 });
+  try {
+    await withPage(browser, "late-document-1280", undefined, async (page) => {
+      await registerThroughPage(page, "Late Reader");
+      let held = 0;
+      // The first read of the order's document is taken early and handed to the page
+      // only after the socket has told it the rest.
+      await page.route(/\/api\/orders\/ORD-[^/?]+$/, async (route) => {
+        held += 1;
+        if (held > 1) return route.continue();
+        const early = await route.fetch();
+        const body = await early.json();
+        assert.notEqual(body.status, "READY_FOR_DELIVERY", "the held document is an early one");
+        await page.locator('.order-row .pill[data-status="READY_FOR_DELIVERY"]').waitFor({ timeout: ORDER_TIMEOUT_MS });
+        return route.fulfill({ response: early, json: body });
+      });
+      await placeOrderThroughPage(page, "Parcel with a late document");
+      await statusPill(page, "READY_FOR_DELIVERY").waitFor({ timeout: ORDER_TIMEOUT_MS });
+      assert.deepEqual(await historyStatuses(page), MAIN_LINE);
+      await page.locator("#facts", { hasText: "Route" }).waitFor();
+      expectNoProblems(page);
+    });
+  } finally {
+    await setKnobs("ros", {});
+  }
+});
+
 test("behind a proxy that blocks WebSockets the page polls and still follows the order", async () => {
   await setKnobs("ros", { latencyMs: 800 });
   try {
