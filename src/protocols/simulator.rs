@@ -72,7 +72,8 @@ impl SimulatorKnobs {
             tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
         }
         if settings.outage
-            || (settings.failure_rate > 0.0 && rand::rng().random_bool(settings.failure_rate.clamp(0.0, 1.0)))
+            || (settings.failure_rate > 0.0
+                && rand::rng().random_bool(settings.failure_rate.clamp(0.0, 1.0)))
         {
             return Verdict::Fail;
         }
@@ -205,7 +206,10 @@ mod tests {
             applied += 1;
             "other".into()
         });
-        assert_eq!((first.as_str(), second.as_str(), applied), ("ACK|WH-001", "ACK|WH-001", 1));
+        assert_eq!(
+            (first.as_str(), second.as_str(), applied),
+            ("ACK|WH-001", "ACK|WH-001", 1)
+        );
         let summary = ledger.summary(HashMap::new());
         assert_eq!((summary.effects, summary.replays), (1, 1));
     }
