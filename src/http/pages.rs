@@ -9,7 +9,9 @@
 //! (and WebSocket connections), so even a string that slipped into the DOM could not
 //! load or run anything from elsewhere.
 
+use super::error::ApiError;
 use axum::Router;
+use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -57,6 +59,7 @@ macro_rules! asset {
     ($file:literal, $content_type:expr) => {{
         const BODY: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/", $file));
         const TAG: [u8; 18] = etag_bytes(fnv1a(BODY));
+        // Evaluated while compiling: a failure stops the build, never a request.
         const ETAG: &str = match std::str::from_utf8(&TAG) {
             Ok(tag) => tag,
             Err(_) => panic!("an ETag is ASCII"),
@@ -95,20 +98,24 @@ fn static_asset(name: &str) -> Option<Asset> {
 /// are traced, counted and bounded like every other request.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/", get(|headers: HeaderMap| async move { serve(&TRACKING_PAGE, &headers) }))
-        .route("/sre", get(|headers: HeaderMap| async move { serve(&SRE_PAGE, &headers) }))
-        .route(
-            "/static/{file}",
-            get(
-                |axum::extract::Path(file): axum::extract::Path<String>, headers: HeaderMap| async move {
-                    match static_asset(&file) {
-                        Some(asset) => serve(&asset, &headers),
-                        None => super::error::ApiError::NotFound("no such file".into())
-                            .into_response(),
-                    }
-                },
-            ),
-        )
+        .route("/", get(tracking_page))
+        .route("/sre", get(sre_page))
+        .route("/static/{file}", get(static_file))
+}
+
+async fn tracking_page(headers: HeaderMap) -> Response {
+    serve(&TRACKING_PAGE, &headers)
+}
+
+async fn sre_page(headers: HeaderMap) -> Response {
+    serve(&SRE_PAGE, &headers)
+}
+
+async fn static_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    match static_asset(&file) {
+        Some(asset) => serve(&asset, &headers),
+        None => ApiError::NotFound("no such file".into()).into_response(),
+    }
 }
 
 /// `If-None-Match` holds one or more validators, or `*`.
