@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use report::{Intake, Journey, Latency, Memory, Summary, latency_histogram, per_second};
+use report::{Cpu, Intake, Journey, Latency, Memory, Summary, latency_histogram, per_second};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -138,6 +138,8 @@ pub async fn bench(args: &BenchArgs, shutdown: CancellationToken) -> anyhow::Res
         None => None,
     };
 
+    let started = Instant::now();
+    let (node_cpu_before, bench_cpu_before) = cpu_now(args.server_pid).await;
     let intake = place_orders(&http, &base, &clients, args, &shutdown).await?;
     let accepted = intake.placed.len() as u64;
     let timed_out = follow(
@@ -149,6 +151,8 @@ pub async fn bench(args: &BenchArgs, shutdown: CancellationToken) -> anyhow::Res
         &shutdown,
     )
     .await?;
+    let (node_cpu_after, bench_cpu_after) = cpu_now(args.server_pid).await;
+    let wall_secs = started.elapsed().as_secs_f64();
     let rss_after = match memory_source {
         Some(source) => source.read(&http, &base).await,
         None => None,
@@ -185,7 +189,36 @@ pub async fn bench(args: &BenchArgs, shutdown: CancellationToken) -> anyhow::Res
         },
         journey,
         memory,
+        cpu: cpu_summary(
+            wall_secs,
+            accepted,
+            (node_cpu_before, node_cpu_after),
+            (bench_cpu_before, bench_cpu_after),
+        ),
     })
+}
+
+async fn cpu_now(server_pid: Option<u32>) -> (Option<f64>, Option<f64>) {
+    let node = match server_pid {
+        Some(pid) => scrape::process_cpu_seconds(Some(pid)).await,
+        None => None,
+    };
+    (node, scrape::process_cpu_seconds(None).await)
+}
+
+type Span = (Option<f64>, Option<f64>);
+
+fn cpu_summary(wall_secs: f64, accepted: u64, node: Span, bench: Span) -> Cpu {
+    let used = |(before, after): Span| Some(after? - before?);
+    let node_secs = used(node);
+    Cpu {
+        wall_secs,
+        node_secs,
+        node_micros_per_order: node_secs
+            .filter(|_| accepted > 0)
+            .map(|secs| secs * 1_000_000.0 / accepted as f64),
+        bench_secs: used(bench),
+    }
 }
 
 fn bar(len: u64, message: &'static str) -> ProgressBar {
@@ -598,8 +631,13 @@ mod tests {
         assert!(summary.journey.latency.p50_micros > 0);
         assert!(summary.journey.throughput_per_sec > 0.0);
         // This test process is the node, so /proc/self answers for it.
-        let memory = summary.memory.expect("memory is read from /proc");
+        let memory = summary.memory.as_ref().expect("memory is read from /proc");
         assert!(memory.before_bytes > 0 && memory.after_bytes > 0);
+        assert!(
+            summary.cpu.node_secs.is_some_and(|s| s > 0.0),
+            "{summary:?}"
+        );
+        assert!(summary.cpu.node_micros_per_order.is_some());
         runtime.shutdown().await;
     }
 

@@ -110,6 +110,20 @@ pub struct Memory {
     pub per_live_order_bytes: Option<i64>,
 }
 
+/// CPU spent while the orders were placed and followed (not while registering or
+/// reading event logs afterwards): on a machine shared with other work, CPU per order
+/// is the figure that does not depend on what else ran.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cpu {
+    pub wall_secs: f64,
+    /// The node's user plus system time, when it runs on this host (`--server-pid`).
+    pub node_secs: Option<f64>,
+    pub node_micros_per_order: Option<f64>,
+    /// The bench's own time: load generation is not free on a shared machine either.
+    pub bench_secs: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
@@ -121,6 +135,7 @@ pub struct Summary {
     pub intake: Intake,
     pub journey: Journey,
     pub memory: Option<Memory>,
+    pub cpu: Cpu,
 }
 
 /// `count` events spread over `secs`, per second; zero when no time passed.
@@ -217,6 +232,25 @@ impl Summary {
                 );
             }
         }
+        let cpu = &self.cpu;
+        let node = match (cpu.node_secs, cpu.node_micros_per_order) {
+            (Some(secs), Some(per_order)) => {
+                format!(
+                    "node {secs:.1} s ({} per order)",
+                    duration(per_order as u64)
+                )
+            }
+            (Some(secs), None) => format!("node {secs:.1} s"),
+            _ => "node unknown (pass --server-pid)".to_owned(),
+        };
+        let bench = cpu
+            .bench_secs
+            .map_or_else(|| "bench unknown".to_owned(), |s| format!("bench {s:.1} s"));
+        let _ = writeln!(
+            text,
+            "cpu      {node}, {bench}, over {:.1} s of placing and following",
+            cpu.wall_secs
+        );
         text
     }
 }
@@ -294,10 +328,17 @@ mod tests {
                 latency: Latency::default(),
             },
             memory: None,
+            cpu: Cpu {
+                wall_secs: 0.3,
+                node_secs: Some(0.5),
+                node_micros_per_order: Some(62_500.0),
+                bench_secs: None,
+            },
         };
         let text = summary.render();
         assert!(text.contains("other answers: 503 x 2"), "{text}");
         assert!(text.contains("open loop at 100 orders/s"), "{text}");
         assert!(text.contains("pass --server-pid"), "{text}");
+        assert!(text.contains("node 0.5 s (62.5 ms per order)"), "{text}");
     }
 }

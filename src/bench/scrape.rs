@@ -80,6 +80,32 @@ pub fn vm_rss_bytes(status: &str) -> Option<u64> {
     }
 }
 
+/// Linux reports process times in clock ticks of `USER_HZ`, 100 on every mainstream
+/// architecture (a fixed part of the kernel ABI).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User plus system CPU seconds of all threads of a process, from its
+/// `/proc/<pid>/stat` document.
+pub fn cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may itself contain spaces or
+    // parentheses; the fields after the last `)` start with the state (field 3).
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) as f64 / TICKS_PER_SECOND)
+}
+
+/// CPU seconds used so far by the process `pid` (`None`: this process).
+pub async fn process_cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = tokio::fs::read_to_string(path).await.ok()?;
+    cpu_seconds(&stat)
+}
+
 /// The node's `/metrics` page.
 pub async fn metrics(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
     let response = http
@@ -185,6 +211,13 @@ process_resident_memory_bytes 52428800 1700000000000
     fn settled_orders_add_ready_failed_and_cancelled_but_not_in_progress() {
         assert_eq!(settled_orders(PAGE), 1207);
         assert_eq!(settled_orders("garbage {\n}}} 12\n"), 0);
+    }
+
+    #[test]
+    fn cpu_time_adds_user_and_system_ticks_after_the_command_name() {
+        let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(cpu_seconds(stat), Some(3.25));
+        assert_eq!(cpu_seconds("4242 (short) S 1"), None);
     }
 
     #[test]
