@@ -283,8 +283,9 @@ impl Session {
         tokio::pin!(heartbeat);
         let mut awaiting_pong = false;
         loop {
+            // Not biased: a steady stream of updates must not keep the session from
+            // reading the client's pongs.
             let step = tokio::select! {
-                biased;
                 _ = self.cut.cancelled() => Err(self.cut_reason()),
                 update = updates.recv() => match update {
                     Some(update) => self.forward(&update).await,
