@@ -67,8 +67,8 @@ pub struct BenchArgs {
     /// Seconds to wait, once every order is placed, for the journeys to settle.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout_secs: u64,
-    /// Pid of the node when it runs on this host, to read its memory from /proc if it
-    /// exports no process_resident_memory_bytes gauge.
+    /// Pid of the node when it runs on this host: its CPU time is read from /proc, and
+    /// its memory too when it exports no process_resident_memory_bytes gauge.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Also print the summary as one JSON line.
