@@ -92,7 +92,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/services/{service}/recover", post(services::recover))
         .route("/api/telemetry/supervision", get(services::supervision))
         .route("/api/admin/dlq", get(dead_letters::list))
-        .route("/api/admin/dlq/{queue}/redrive", post(dead_letters::redrive))
+        .route(
+            "/api/admin/dlq/{queue}/redrive",
+            post(dead_letters::redrive),
+        )
         .route("/health", get(health::live))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
