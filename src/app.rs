@@ -236,15 +236,13 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     }));
 
     resume_unfinished(&store, &bus).await?;
-    if settings.bus.kind == BusKind::Amqp {
-        let sweep = Duration::from_secs(settings.orders.resume_sweep_secs);
-        tasks.push(spawn_resume_sweep(
-            store.clone(),
-            bus.clone(),
-            sweep,
-            shutdown.child_token(),
-        ));
-    }
+    let sweep = Duration::from_secs(settings.orders.resume_sweep_secs);
+    tasks.push(spawn_resume_sweep(
+        store.clone(),
+        bus.clone(),
+        sweep,
+        shutdown.child_token(),
+    ));
     Ok(Runtime {
         settings,
         http_addr,
@@ -272,9 +270,11 @@ async fn resume_unfinished(store: &SharedStore, bus: &SharedBus) -> anyhow::Resu
     Ok(())
 }
 
-/// In a cluster, orders of a shard taken over from a dead node, and orders whose
-/// wake-up could not be published, are found by sweeping the store now and then.
-/// Waking an order that is already moving costs one read and changes nothing.
+/// Orders nobody is driving are found by sweeping the store now and then: in a
+/// cluster, orders of a shard taken over from a dead node; anywhere, orders whose
+/// wake-up was lost (a bus outage) or whose intake write landed although the store
+/// reported a failure. Waking an order that is already moving costs one read and
+/// changes nothing.
 fn spawn_resume_sweep(
     store: SharedStore,
     bus: SharedBus,

@@ -11,7 +11,7 @@
 //! prefetch window), and a fatal error hands them back to the broker.
 
 use super::orders::OrdersMsg;
-use super::supervision::step_backoff;
+use super::supervision::{jittered, step_backoff};
 use super::{Acker, Context};
 use crate::bus::{BusError, StepReply, StepRequest};
 use crate::domain::saga::{self, SagaRejection};
@@ -186,7 +186,11 @@ impl OrderState {
             }
             Err(error) if error.is_transient() => {
                 self.failures += 1;
-                let delay = step_backoff(self.failures, OUTAGE_BACKOFF_BASE, OUTAGE_BACKOFF_MAX);
+                let delay = jittered(step_backoff(
+                    self.failures,
+                    OUTAGE_BACKOFF_BASE,
+                    OUTAGE_BACKOFF_MAX,
+                ));
                 tracing::warn!(%error, ?delay, "cannot proceed now; will retry");
                 if !self.retry_scheduled {
                     self.retry_scheduled = true;
@@ -319,11 +323,11 @@ impl OrderState {
                     self.pending = Some((operation, OperationOutcome::Exhausted { reason }));
                 } else {
                     let saga = &self.context.settings.saga;
-                    let delay = step_backoff(
+                    let delay = jittered(step_backoff(
                         self.attempts,
                         Duration::from_millis(saga.backoff_base_ms),
                         Duration::from_millis(saga.backoff_max_ms),
-                    );
+                    ));
                     tracing::debug!(operation = operation.name(), %reason, ?delay, "retrying later");
                     self.backing_off = true;
                     myself.send_after(delay, move || OrderMsg::RetryDue { operation });

@@ -63,6 +63,12 @@ pub fn step_backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     base.saturating_mul(2u32.saturating_pow(exponent)).min(max)
 }
 
+/// Spreads a delay over [delay/2, delay], so that orders failing together (a
+/// system going down under load) do not all come back in the same instant.
+pub fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random_range(0.5..=1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +115,17 @@ mod tests {
                 after: Duration::from_millis(50)
             }
         );
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_whole() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_millis(100));
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(100),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]
