@@ -35,7 +35,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Registrations hash passwords with argon2id (tens of MiB each on the node).
-const REGISTRATION_CONCURRENCY: usize = 4;
 /// Order placements waiting for an answer at once.
 const PLACEMENT_CONCURRENCY: usize = 256;
 /// After the last order, updates are awaited until none arrives for this long.
@@ -46,7 +45,6 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 const CLIENT_READ_BUFFER: usize = 4096;
 /// Updates of one order on its way to READY_FOR_DELIVERY.
 const UPDATES_PER_JOURNEY: u64 = 5;
-const BENCH_PASSWORD: &str = "bench-password-not-secret";
 const ORDER_BODY: &str = r#"{"pickupLocation":{"lat":40.7128,"lng":-74.0060,"address":"123 Main St"},"deliveryAddress":{"lat":40.7589,"lng":-73.9851,"address":"456 Oak Ave"},"packageDetails":{"weight":5.5,"description":"Electronics","fragile":true}}"#;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -237,7 +235,12 @@ pub async fn bench(args: &BenchWsArgs, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("cannot reach the node at {base}; is it running?"))?;
     let memory_source = scrape::memory_source(&http, &base, args.server_pid).await;
 
-    let accounts = register(&http, &base, args.users, &shutdown).await?;
+    let accounts: Vec<Account> =
+        crate::bench::register_accounts(&http, &base, args.users, "bench-ws", &shutdown)
+            .await?
+            .into_iter()
+            .map(|token| Account { token })
+            .collect();
     let before = read_memory(memory_source, &http, &base).await;
 
     let mut fleet = Fleet {
@@ -343,53 +346,6 @@ async fn settle(secs: u64, shutdown: &CancellationToken) -> anyhow::Result<()> {
     tokio::select! {
         _ = shutdown.cancelled() => bail!("bench interrupted"),
         _ = tokio::time::sleep(Duration::from_secs(secs)) => Ok(()),
-    }
-}
-
-async fn register(
-    http: &reqwest::Client,
-    base: &str,
-    users: u32,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Vec<Account>> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let signups = futures::stream::iter(0..users)
-        .map(|n| {
-            let body = json!({
-                "name": format!("Bench Follower {n}"),
-                "email": format!("bench-ws-{run}-{n}@example.com"),
-                "password": BENCH_PASSWORD,
-            });
-            async move {
-                let response = http
-                    .post(format!("{base}/api/auth/register"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .context("cannot register a bench client")?;
-                let status = response.status();
-                if status != reqwest::StatusCode::CREATED {
-                    let detail = response.text().await.unwrap_or_default();
-                    bail!("registering a bench client answered {status}: {detail}");
-                }
-                #[derive(Deserialize)]
-                struct Registered {
-                    token: String,
-                }
-                let registered: Registered = response
-                    .json()
-                    .await
-                    .context("registration answer without a token")?;
-                Ok(Account {
-                    token: registered.token.into(),
-                })
-            }
-        })
-        .buffer_unordered(REGISTRATION_CONCURRENCY)
-        .collect::<Vec<_>>();
-    tokio::select! {
-        _ = shutdown.cancelled() => bail!("bench interrupted while registering clients"),
-        accounts = signups => accounts.into_iter().collect(),
     }
 }
 

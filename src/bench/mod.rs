@@ -132,7 +132,11 @@ pub async fn bench(args: &BenchArgs, shutdown: CancellationToken) -> anyhow::Res
     let baseline = scrape::settled_orders(&page);
     let memory_source = scrape::memory_source(&http, &base, args.server_pid).await;
 
-    let clients = register(&http, &base, args.users, &shutdown).await?;
+    let clients: Vec<Client> = register_accounts(&http, &base, args.users, "bench", &shutdown)
+        .await?
+        .into_iter()
+        .map(|token| Client { token })
+        .collect();
     let rss_before = match memory_source {
         Some(source) => source.read(&http, &base).await,
         None => None,
@@ -231,18 +235,21 @@ fn bar(len: u64, message: &'static str) -> ProgressBar {
     bar
 }
 
-async fn register(
+/// Registers `users` fresh client accounts named after `label` and returns their
+/// tokens; both load generators start this way.
+pub(crate) async fn register_accounts(
     http: &reqwest::Client,
     base: &str,
     users: u32,
+    label: &str,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Vec<Client>> {
+) -> anyhow::Result<Vec<Arc<str>>> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let signups = futures::stream::iter(0..users)
         .map(|n| {
             let body = json!({
-                "name": format!("Bench Client {n}"),
-                "email": format!("bench-{run}-{n}@example.com"),
+                "name": format!("Bench {label} {n}"),
+                "email": format!("{label}-{run}-{n}@example.com"),
                 "password": BENCH_PASSWORD,
             });
             async move {
@@ -265,16 +272,14 @@ async fn register(
                     .json()
                     .await
                     .context("registration answer without a token")?;
-                Ok(Client {
-                    token: registered.token.into(),
-                })
+                Ok(Arc::<str>::from(registered.token))
             }
         })
         .buffer_unordered(REGISTRATION_CONCURRENCY)
         .collect::<Vec<_>>();
     tokio::select! {
         _ = shutdown.cancelled() => bail!("bench interrupted while registering clients"),
-        clients = signups => clients.into_iter().collect(),
+        tokens = signups => tokens.into_iter().collect(),
     }
 }
 
