@@ -1,11 +1,12 @@
-//! The `swiftlogistics` binary: `serve` (the default), `simulate`, `bench`.
+//! The `swiftlogistics` binary: `serve` (the default), `simulate`, and the `bench`,
+//! `bench-ws` and `bench-db` load generators.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use swiftlogistics::config::{LogFormat, Settings};
-use swiftlogistics::{app, bench, bench_ws, simulators};
+use swiftlogistics::{app, bench, bench_db, bench_ws, simulators};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -44,6 +45,8 @@ enum Command {
     /// Hold many WebSocket sessions on a running node while orders flow; report
     /// update delivery latency and memory per idle session
     BenchWs(bench_ws::BenchWsArgs),
+    /// Measure a MongoDB server's write ceiling with the documents the store writes
+    BenchDb(bench_db::BenchDbArgs),
 }
 
 fn init_logging(settings: &Settings) {
@@ -104,6 +107,10 @@ async fn main() -> anyhow::Result<()> {
         Command::BenchWs(args) => {
             init_logging(&settings);
             bench_ws::run(args).await
+        }
+        Command::BenchDb(args) => {
+            init_logging(&settings);
+            bench_db::run(args).await
         }
     }
 }

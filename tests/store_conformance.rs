@@ -1156,23 +1156,31 @@ mod mongo_only {
         assert_eq!(stored.get_str("customerId"), Ok(jane.as_str()));
         assert!(matches!(stored.get("createdAt"), Some(Bson::DateTime(_))));
 
-        let copies = mongo.database().collection::<Document>("order_events");
-        let mut copied: Vec<i64> = Vec::new();
-        let mut cursor = copies
-            .find(doc! { "orderId": order.order_id.as_str() })
-            .sort(doc! { "seq": 1 })
-            .await
-            .expect("query order_events");
-        while cursor.advance().await.expect("next event copy") {
-            let copy = cursor.deserialize_current().expect("an event copy");
-            assert!(matches!(copy.get("timestamp"), Some(Bson::DateTime(_))));
-            copied.push(copy.get_i64("seq").expect("seq"));
-        }
         let logged = store
             .events(&order.order_id, 0, usize::MAX)
             .await
             .expect("events");
         let logged: Vec<i64> = logged.iter().map(|e| e.seq as i64).collect();
+        // The copies are written behind the commits, batched across orders.
+        let copies = mongo.database().collection::<Document>("order_events");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let copied = loop {
+            let mut copied: Vec<i64> = Vec::new();
+            let mut cursor = copies
+                .find(doc! { "orderId": order.order_id.as_str() })
+                .sort(doc! { "seq": 1 })
+                .await
+                .expect("query order_events");
+            while cursor.advance().await.expect("next event copy") {
+                let copy = cursor.deserialize_current().expect("an event copy");
+                assert!(matches!(copy.get("timestamp"), Some(Bson::DateTime(_))));
+                copied.push(copy.get_i64("seq").expect("seq"));
+            }
+            if copied == logged || Instant::now() > deadline {
+                break copied;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(copied, logged);
         assert_eq!(copied.len() as u64, order.seq);
     }

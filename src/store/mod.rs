@@ -6,6 +6,7 @@
 //! `version` that writes the new order document and its new events atomically. Two
 //! writers can never both win; the loser reloads and decides again.
 
+mod batch;
 pub mod embedded;
 pub mod mongo;
 
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the order was changed by someone else (expected version {expected})")]
     VersionConflict { expected: u64 },

@@ -30,6 +30,18 @@
 //!   would then have two orders. With the key inside the order there is no such
 //!   window to handle.
 //!
+//! * **Concurrent orders share round trips.** Inserts of new orders, compare-and-set
+//!   updates, lookups by order id and the `order_events` copies each go through a
+//!   group-commit queue (`store::batch`): what callers ask for while earlier calls are
+//!   in flight travels in the next call, as one `insert_many`, one `update` command
+//!   with many statements, or one `find` with `$in`. Every statement stays a
+//!   single-document write with its own filter, so batching changes how many round
+//!   trips a load needs, not what commits together. The `update` command reports
+//!   only how many statements matched; when fewer matched than were sent, the store
+//!   finds the winners by the random `commit` id each compare-and-set stamps on the
+//!   first event it appends (events are never rewritten, so the stamp stays), and
+//!   explains each miss as before.
+//!
 //! Dates that are queried or sorted on (and the other timestamps, so operators can
 //! query them too) are stored as BSON dates, which have millisecond precision:
 //! documents read back carry their times truncated to the millisecond. Everything
@@ -42,6 +54,7 @@
 //! own and never fails the call). A call that times out may still take effect afterwards: callers
 //! treat `Unavailable` as "outcome unknown", as with the embedded store.
 
+use super::batch::Batcher;
 use super::{DriverLocation, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError};
 use crate::domain::{Email, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
 use async_trait::async_trait;
@@ -53,8 +66,10 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 const ORDERS: &str = "orders";
@@ -68,6 +83,16 @@ const DUPLICATE_KEY: i32 = 11000;
 /// The embedded event log inside an order document.
 const EVENTS_FIELD: &str = "events";
 const IDEMPOTENCY_FIELD: &str = "idempotencyKey";
+/// The random id a compare-and-set stamps on the first event it appends.
+const COMMIT_FIELD: &str = "commit";
+
+/// Requests one batched call carries at most (a few hundred KB of orders).
+const MAX_BATCH: usize = 256;
+/// Batched calls of one kind in flight at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Connections the driver may open unless the URI says otherwise: every batch queue's
+/// calls in flight, plus room for the unbatched calls (listings, users, event logs).
+const MIN_POOL_SIZE: u32 = 32;
 
 /// The top-level fields an `Order` leaves out when they are `None`. `apply` sets the
 /// fields an order has and must unset these when the new order lacks them, or a value
@@ -202,10 +227,307 @@ struct OrderHead {
 pub struct MongoStore {
     db: Database,
     orders: Collection<Document>,
-    order_events: Collection<Document>,
     users: Collection<Document>,
     drivers: Collection<Document>,
     timeout: Duration,
+    batches: Arc<Batches>,
+}
+
+/// The group-commit queues, shared by every clone of the store; their tasks end when
+/// the last clone is dropped.
+struct Batches {
+    inserts: Batcher<Document, Inserted>,
+    updates: Batcher<CasWrite, CasOutcome>,
+    reads: Batcher<String, Option<Document>>,
+    copies: Batcher<Vec<Document>, ()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inserted {
+    Created,
+    /// A unique index refused the order: its idempotency key (or id) is taken.
+    Duplicate,
+}
+
+/// One compare-and-set statement of a batched `update` command.
+struct CasWrite {
+    order_id: String,
+    filter: Document,
+    update: Document,
+    commit: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CasOutcome {
+    Applied,
+    /// The filter matched nothing; `explain_miss` says why.
+    Missed,
+}
+
+impl Batches {
+    fn start(db: &Database, timeout: Duration) -> Self {
+        let orders: Collection<Document> = db.collection(ORDERS);
+        let order_events: Collection<Document> = db.collection(ORDER_EVENTS);
+        let inserts = {
+            let orders = orders.clone();
+            Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |documents| {
+                insert_orders(orders.clone(), timeout, documents)
+            })
+        };
+        let updates = {
+            let db = db.clone();
+            Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |writes| {
+                compare_and_set_many(db.clone(), timeout, writes)
+            })
+        };
+        let reads = {
+            let orders = orders.clone();
+            Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |ids| {
+                read_orders(orders.clone(), timeout, ids)
+            })
+        };
+        let copies = Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |logs| {
+            copy_events(order_events.clone(), timeout, logs)
+        });
+        Self {
+            inserts,
+            updates,
+            reads,
+            copies,
+        }
+    }
+}
+
+fn no_answer(timeout: Duration) -> StoreError {
+    unavailable(format!("no answer from MongoDB within {timeout:?}"))
+}
+
+/// The same result for every request of a batch.
+fn for_each<T: Clone>(count: usize, result: Result<T, StoreError>) -> Vec<Result<T, StoreError>> {
+    vec![result; count]
+}
+
+/// One `insert_many` for many new orders; a unique index refusing one of them does
+/// not stop the others (`ordered: false`) and is reported for that order only.
+async fn insert_orders(
+    orders: Collection<Document>,
+    timeout: Duration,
+    documents: Vec<Document>,
+) -> Vec<Result<Inserted, StoreError>> {
+    let count = documents.len();
+    let result = tokio::time::timeout(timeout, orders.insert_many(documents).ordered(false)).await;
+    let error = match result {
+        Err(_) => return for_each(count, Err(no_answer(timeout))),
+        Ok(Ok(_)) => return for_each(count, Ok(Inserted::Created)),
+        Ok(Err(error)) => error,
+    };
+    match error.kind.as_ref() {
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(refused),
+            write_concern_error: None,
+            ..
+        }) => {
+            let mut results = for_each(count, Ok(Inserted::Created));
+            for refusal in refused {
+                if let Some(result) = results.get_mut(refusal.index) {
+                    *result = if refusal.code == DUPLICATE_KEY {
+                        Ok(Inserted::Duplicate)
+                    } else {
+                        Err(corrupt(format!(
+                            "the database refused the order (code {}): {}",
+                            refusal.code, refusal.message
+                        )))
+                    };
+                }
+            }
+            results
+        }
+        _ => for_each(count, Err(failure(error))),
+    }
+}
+
+/// One `update` command carrying many compare-and-set statements. The reply counts
+/// the statements that matched; when that falls short, one read finds which ones did
+/// by their commit stamps.
+async fn compare_and_set_many(
+    db: Database,
+    timeout: Duration,
+    writes: Vec<CasWrite>,
+) -> Vec<Result<CasOutcome, StoreError>> {
+    let count = writes.len();
+    let mut stamps = Vec::with_capacity(count);
+    let mut statements = Vec::with_capacity(count);
+    for write in writes {
+        stamps.push((write.order_id, write.commit));
+        statements.push(doc! { "q": write.filter, "u": write.update });
+    }
+    let command = doc! { "update": ORDERS, "updates": statements, "ordered": false };
+    let reply = match tokio::time::timeout(timeout, db.run_command(command)).await {
+        Err(_) => return for_each(count, Err(no_answer(timeout))),
+        Ok(Err(error)) => return for_each(count, Err(failure(error))),
+        Ok(Ok(reply)) => reply,
+    };
+    if reply.contains_key("writeConcernError") {
+        return for_each(
+            count,
+            Err(unavailable(format!("write concern failed: {reply}"))),
+        );
+    }
+    let mut results: Vec<Option<Result<CasOutcome, StoreError>>> = vec![None; count];
+    if let Ok(refused) = reply.get_array("writeErrors") {
+        for refusal in refused.iter().filter_map(Bson::as_document) {
+            let index = integer(refusal, "index").and_then(|i| usize::try_from(i).ok());
+            if let Some(result) = index.and_then(|i| results.get_mut(i)) {
+                *result = Some(Err(corrupt(format!(
+                    "the database refused the update (code {}): {}",
+                    integer(refusal, "code").unwrap_or_default(),
+                    refusal.get_str("errmsg").unwrap_or_default()
+                ))));
+            }
+        }
+    }
+    let sent = results.iter().filter(|r| r.is_none()).count();
+    let matched = integer(&reply, "n").and_then(|n| usize::try_from(n).ok());
+    if matched == Some(sent) {
+        return results
+            .into_iter()
+            .map(|r| r.unwrap_or(Ok(CasOutcome::Applied)))
+            .collect();
+    }
+    let unsettled: Vec<Document> = results
+        .iter()
+        .zip(&stamps)
+        .filter(|(result, _)| result.is_none())
+        .map(|(_, (id, commit))| doc! { "orderId": id, format!("{EVENTS_FIELD}.{COMMIT_FIELD}"): commit })
+        .collect();
+    let stamped = async {
+        let cursor = db
+            .collection::<Document>(ORDERS)
+            .find(doc! { "$or": unsettled })
+            .projection(
+                doc! { "_id": 0, "orderId": 1, format!("{EVENTS_FIELD}.{COMMIT_FIELD}"): 1 },
+            )
+            .await?;
+        cursor.try_collect::<Vec<Document>>().await
+    };
+    // Two statements of one batch may race for the same order: the winner is the one
+    // whose stamp is in the log, not merely the order.
+    let winners: HashSet<(String, i64)> = match tokio::time::timeout(timeout, stamped).await {
+        Err(_) => return fill(results, Err(no_answer(timeout))),
+        Ok(Err(error)) => return fill(results, Err(failure(error))),
+        Ok(Ok(found)) => found.iter().flat_map(commit_stamps).collect(),
+    };
+    results
+        .into_iter()
+        .zip(stamps)
+        .map(|(result, stamp)| {
+            result.unwrap_or(Ok(if winners.contains(&stamp) {
+                CasOutcome::Applied
+            } else {
+                CasOutcome::Missed
+            }))
+        })
+        .collect()
+}
+
+/// The `(orderId, commit)` pairs of an order document's stamped events.
+fn commit_stamps(order: &Document) -> Vec<(String, i64)> {
+    let Ok(id) = order.get_str("orderId") else {
+        return Vec::new();
+    };
+    let Ok(events) = order.get_array(EVENTS_FIELD) else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .filter_map(Bson::as_document)
+        .filter_map(|event| event.get_i64(COMMIT_FIELD).ok())
+        .map(|commit| (id.to_owned(), commit))
+        .collect()
+}
+
+/// Settles every still-open result with `outcome`.
+fn fill<T: Clone>(
+    results: Vec<Option<Result<T, StoreError>>>,
+    outcome: Result<T, StoreError>,
+) -> Vec<Result<T, StoreError>> {
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| outcome.clone()))
+        .collect()
+}
+
+/// A reply's integer field, whichever width the server chose.
+fn integer(document: &Document, field: &str) -> Option<i64> {
+    match document.get(field) {
+        Some(Bson::Int32(n)) => Some(i64::from(*n)),
+        Some(Bson::Int64(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+/// One `find` with `$in` for many orders looked up by id.
+async fn read_orders(
+    orders: Collection<Document>,
+    timeout: Duration,
+    ids: Vec<String>,
+) -> Vec<Result<Option<Document>, StoreError>> {
+    let read = async {
+        let cursor = orders
+            .find(doc! { "orderId": { "$in": &ids } })
+            .projection(order_projection())
+            .await?;
+        cursor.try_collect::<Vec<Document>>().await
+    };
+    let found = match tokio::time::timeout(timeout, read).await {
+        Err(_) => return for_each(ids.len(), Err(no_answer(timeout))),
+        Ok(Err(error)) => return for_each(ids.len(), Err(failure(error))),
+        Ok(Ok(found)) => found,
+    };
+    let mut by_id: HashMap<String, Document> = found
+        .into_iter()
+        .filter_map(|d| Some((d.get_str("orderId").ok()?.to_owned(), d)))
+        .collect();
+    let mut results = Vec::with_capacity(ids.len());
+    for (at, id) in ids.iter().enumerate() {
+        // The same order asked for twice in one batch gets a copy the first time.
+        let asked_again = ids[at + 1..].contains(id);
+        let document = if asked_again {
+            by_id.get(id).cloned()
+        } else {
+            by_id.remove(id)
+        };
+        results.push(Ok(document));
+    }
+    results
+}
+
+/// Copies committed events into `order_events` for operators, many orders' events in
+/// one `insert_many`. Never fails anyone: the events are already committed in their
+/// orders' own logs, and an error here only leaves the copy short (see the module
+/// documentation).
+async fn copy_events(
+    order_events: Collection<Document>,
+    timeout: Duration,
+    logs: Vec<Vec<Document>>,
+) -> Vec<Result<(), StoreError>> {
+    let count = logs.len();
+    let documents: Vec<Document> = logs.into_iter().flatten().collect();
+    let copied = documents.len();
+    let result =
+        tokio::time::timeout(timeout, order_events.insert_many(documents).ordered(false)).await;
+    let error = match result {
+        Ok(Ok(_)) => None,
+        // Already copied (a repeated call after an unknown outcome).
+        Ok(Err(e)) if is_duplicate_key(&e) => None,
+        Ok(Err(e)) => Some(failure(e)),
+        Err(_) => Some(no_answer(timeout)),
+    };
+    if let Some(error) = error {
+        metrics::counter!("swift_store_event_copy_failures_total").increment(copied as u64);
+        tracing::warn!(events = copied, %error, "events committed but not copied to order_events");
+    }
+    for_each(count, Ok(()))
 }
 
 impl MongoStore {
@@ -223,13 +545,14 @@ impl MongoStore {
         options
             .app_name
             .get_or_insert_with(|| "swiftlogistics".to_owned());
+        options.max_pool_size.get_or_insert(MIN_POOL_SIZE);
         let client = Client::with_options(options).map_err(failure)?;
         let db = client.database(database);
         let store = Self {
             orders: db.collection(ORDERS),
-            order_events: db.collection(ORDER_EVENTS),
             users: db.collection(USERS),
             drivers: db.collection(DRIVERS),
+            batches: Arc::new(Batches::start(&db, timeout)),
             db,
             timeout,
         };
@@ -249,7 +572,7 @@ impl MongoStore {
     ) -> Result<T, StoreError> {
         tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| unavailable(format!("no answer from MongoDB within {:?}", self.timeout)))?
+            .map_err(|_| no_answer(self.timeout))?
     }
 
     async fn create_indexes(&self) -> Result<(), StoreError> {
@@ -279,7 +602,8 @@ impl MongoStore {
             ])
             .await
             .map_err(failure)?;
-        self.order_events
+        self.db
+            .collection::<Document>(ORDER_EVENTS)
             .create_index(unique_index(doc! { "orderId": 1, "seq": 1 }))
             .await
             .map_err(failure)?;
@@ -332,7 +656,8 @@ impl MongoStore {
         }
     }
 
-    /// The single insert that commits an order, its first event and its key.
+    /// The single insert that commits an order, its first event and its key (batched
+    /// with other new orders).
     async fn insert_order(
         &self,
         order: &Order,
@@ -344,9 +669,9 @@ impl MongoStore {
         if let Some(key) = idempotency_key {
             document.insert(IDEMPOTENCY_FIELD, key);
         }
-        match self.orders.insert_one(document).await {
-            Ok(_) => Ok(Intake::Created),
-            Err(e) if is_duplicate_key(&e) => {
+        match self.batches.inserts.submit(document).await? {
+            Inserted::Created => Ok(Intake::Created),
+            Inserted::Duplicate => {
                 // Either the key was used before (its order exists: no order is ever
                 // deleted) or, far less likely, the generated order id collided.
                 if let Some(key) = idempotency_key {
@@ -360,14 +685,14 @@ impl MongoStore {
                 }
                 Err(StoreError::VersionConflict { expected: 0 })
             }
-            Err(e) => Err(failure(e)),
         }
     }
 
     /// The compare-and-set of [`Store::apply`]. The filter also pins what an update
     /// may not change (customer, creation time) and where the new events must
-    /// continue the log, so the common case is one round trip; only a miss reads the
-    /// order to say why.
+    /// continue the log, so the common case is one statement in a batched call; only a
+    /// miss reads the order to say why. An update without events (which the batch
+    /// could not tell apart from a lost race) goes alone as `update_one`.
     async fn compare_and_set(
         &self,
         order: &Order,
@@ -399,69 +724,86 @@ impl MongoStore {
         if !dropped.is_empty() {
             update.insert("$unset", dropped);
         }
-        if !events.is_empty() {
-            update.insert(
-                "$push",
-                doc! { EVENTS_FIELD: { "$each": encode_events(events)? } },
-            );
+        let mut appended = encode_events(events)?;
+        let outcome = match appended.first_mut() {
+            None => {
+                let result = self
+                    .orders
+                    .update_one(filter, update)
+                    .await
+                    .map_err(failure)?;
+                if result.matched_count == 1 {
+                    CasOutcome::Applied
+                } else {
+                    CasOutcome::Missed
+                }
+            }
+            Some(first) => {
+                let commit: i64 = rand::random();
+                first.insert(COMMIT_FIELD, commit);
+                update.insert("$push", doc! { EVENTS_FIELD: { "$each": appended } });
+                let write = CasWrite {
+                    order_id: id.to_owned(),
+                    filter,
+                    update,
+                    commit,
+                };
+                self.batches.updates.submit(write).await?
+            }
+        };
+        match outcome {
+            CasOutcome::Applied => Ok(()),
+            CasOutcome::Missed => Err(self.explain_miss(order, expected).await),
         }
-        let result = self
-            .orders
-            .update_one(filter, update)
-            .await
-            .map_err(failure)?;
-        if result.matched_count == 1 {
-            return Ok(());
-        }
-        let head = self
+    }
+
+    /// Why a compare-and-set on `order` (expecting stored version `expected`)
+    /// matched nothing.
+    async fn explain_miss(&self, order: &Order, expected: u64) -> StoreError {
+        let id = order.order_id.as_str();
+        let head = match self
             .orders
             .find_one(doc! { "orderId": id })
             .projection(doc! { "_id": 0, "customerId": 1, "createdAt": 1, "version": 1, "seq": 1 })
             .await
-            .map_err(failure)?;
-        let Some(head) = head else {
-            return Err(StoreError::NotFound(order.order_id.clone()));
+        {
+            Ok(Some(head)) => head,
+            Ok(None) => return StoreError::NotFound(order.order_id.clone()),
+            Err(e) => return failure(e),
         };
-        let head: OrderHead = bson::from_document(head).map_err(corrupt)?;
+        let head: OrderHead = match bson::from_document(head) {
+            Ok(head) => head,
+            Err(e) => return corrupt(e),
+        };
         if head.version != expected {
-            return Err(StoreError::VersionConflict { expected });
+            return StoreError::VersionConflict { expected };
         }
         if head.customer_id != order.customer_id
             || head.created_at.timestamp_millis() != order.created_at.timestamp_millis()
         {
-            return Err(StoreError::Corrupt(format!(
+            return StoreError::Corrupt(format!(
                 "order {id}: an update may not change the customer or the creation time"
-            )));
+            ));
         }
-        Err(StoreError::Corrupt(format!(
+        StoreError::Corrupt(format!(
             "order {id}: events must continue the log after seq {}",
             head.seq
-        )))
+        ))
     }
 
-    /// Copies committed events into `order_events` for operators. Never fails the
-    /// caller: the events are already committed in the order's own log, and an
-    /// error here only leaves the copy short (see the module documentation).
+    /// Queues committed events for the `order_events` copy. Never fails the caller:
+    /// the events are already committed in the order's own log.
     async fn copy_events(&self, events: &[OrderEvent]) {
         let Some(first) = events.first() else {
             return;
         };
-        let copy = async {
-            let documents = encode_events(events)?;
-            match self
-                .order_events
-                .insert_many(documents)
-                .ordered(false)
-                .await
-            {
-                Ok(_) => Ok(()),
-                // Already copied (a repeated call after an unknown outcome).
-                Err(e) if is_duplicate_key(&e) => Ok(()),
-                Err(e) => Err(failure(e)),
-            }
+        let queued = match encode_events(events) {
+            Ok(documents) => self.bounded(self.batches.copies.send(documents)).await,
+            Err(e) => Err(e),
         };
-        if let Err(e) = self.bounded(copy).await {
-            metrics::counter!("swift_store_event_copy_failures_total").increment(1);
+        if let Err(e) = queued {
+            metrics::counter!("swift_store_event_copy_failures_total")
+                .increment(events.len() as u64);
             tracing::warn!(
                 order_id = %first.order_id,
                 from_seq = first.seq,
@@ -588,8 +930,10 @@ impl Store for MongoStore {
     }
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
-        self.bounded(self.find_order(doc! { "orderId": id.as_str() }))
-            .await
+        self.bounded(self.batches.reads.submit(id.as_str().to_owned()))
+            .await?
+            .map(|document| decode(document, ORDER_DATES))
+            .transpose()
     }
 
     async fn orders(&self, query: &OrderQuery) -> Result<OrderPage, StoreError> {

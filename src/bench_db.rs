@@ -1,0 +1,315 @@
+//! `swiftlogistics bench-db`: the write ceiling of a MongoDB server, measured with
+//! the driver and the document shapes the runtime uses, so that an order journey's
+//! throughput can be stated as a share of what the database allows.
+//!
+//! Each phase writes into a scratch database (dropped at the end) at a fixed number
+//! of calls in flight: single-document inserts of new orders, compare-and-set
+//! updates that push one event (what a saga step costs), lookups by order id, and
+//! the same inserts and updates sent many to a call, which is how the store batches
+//! writes of concurrent orders.
+
+use crate::bench::report::{Latency, duration, latency_histogram};
+use crate::domain::{NewOrder, Order, OrderId, OrderStatus, UserId};
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+use hdrhistogram::Histogram;
+use mongodb::bson::{self, Document, doc};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection, Database};
+use serde::Serialize;
+use serde_json::Value;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_DOCUMENTS: u64 = 1_000_000;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchDbArgs {
+    /// The server to measure (put `retryWrites=false` in it, as for the node).
+    #[arg(long, env = "MONGODB_URI")]
+    pub uri: String,
+    /// Scratch database, dropped before and after the run.
+    #[arg(long, default_value = "swiftlogistics_bench_db")]
+    pub database: String,
+    /// Documents written per phase.
+    #[arg(long, default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_DOCUMENTS))]
+    pub documents: u64,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// Documents per call in the batched phases.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch: u32,
+    /// Also print the results as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One phase's outcome.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Phase {
+    pub name: &'static str,
+    pub documents: u64,
+    pub documents_per_call: u64,
+    pub seconds: f64,
+    pub documents_per_second: f64,
+    pub call_latency: Latency,
+}
+
+pub async fn run(args: BenchDbArgs) -> anyhow::Result<()> {
+    let mut options = ClientOptions::parse(&args.uri)
+        .await
+        .context("invalid MongoDB URI")?;
+    options.server_selection_timeout = Some(Duration::from_secs(10));
+    options.app_name = Some("swiftlogistics-bench-db".into());
+    options.max_pool_size = Some(args.concurrency.max(10));
+    let client = Client::with_options(options)?;
+    let db = client.database(&args.database);
+    db.drop().await.context("cannot reach the server")?;
+    let bench = Bench::new(&db, &args).await?;
+    let ids: Arc<Vec<String>> = Arc::new((0..args.documents).map(order_id).collect());
+    let batch = u64::from(args.batch);
+
+    let mut phases = Vec::new();
+    let single = bench.clone();
+    phases.push(
+        bench
+            .phase("insert_one", ids.clone(), 1, move |ids| {
+                let bench = single.clone();
+                async move {
+                    bench.orders.insert_one(bench.order(&ids[0])?).await?;
+                    Ok(())
+                }
+            })
+            .await?,
+    );
+    let single = bench.clone();
+    phases.push(
+        bench
+            .phase("update_one (compare-and-set)", ids.clone(), 1, move |ids| {
+                let bench = single.clone();
+                async move {
+                    let (filter, update) = bench.step(&ids[0], 1)?;
+                    let result = bench.orders.update_one(filter, update).await?;
+                    expect_matched(result.matched_count, 1)
+                }
+            })
+            .await?,
+    );
+    let single = bench.clone();
+    phases.push(
+        bench
+            .phase("find_one by orderId", ids.clone(), 1, move |ids| {
+                let bench = single.clone();
+                async move {
+                    bench
+                        .orders
+                        .find_one(doc! { "orderId": &ids[0] })
+                        .await?
+                        .context("order missing")?;
+                    Ok(())
+                }
+            })
+            .await?,
+    );
+    bench.orders.delete_many(doc! {}).await?;
+    let batched = bench.clone();
+    phases.push(
+        bench
+            .phase("insert_many", ids.clone(), batch, move |ids| {
+                let bench = batched.clone();
+                async move {
+                    let documents = ids
+                        .iter()
+                        .map(|id| bench.order(id))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    bench.orders.insert_many(documents).ordered(false).await?;
+                    Ok(())
+                }
+            })
+            .await?,
+    );
+    let batched = bench.clone();
+    phases.push(
+        bench
+            .phase("update command, compare-and-set", ids, batch, move |ids| {
+                let bench = batched.clone();
+                async move {
+                    let mut updates = Vec::with_capacity(ids.len());
+                    for id in &ids {
+                        let (filter, update) = bench.step(id, 1)?;
+                        updates.push(doc! { "q": filter, "u": update });
+                    }
+                    let reply = bench
+                        .db
+                        .run_command(
+                            doc! { "update": "orders", "updates": updates, "ordered": false },
+                        )
+                        .await?;
+                    let matched = reply.get_i32("n").map(i64::from).or(reply.get_i64("n"))?;
+                    expect_matched(u64::try_from(matched)?, ids.len() as u64)
+                }
+            })
+            .await?,
+    );
+    db.drop().await?;
+
+    println!(
+        "MongoDB write ceiling: {} documents per phase, {} calls in flight",
+        args.documents, args.concurrency
+    );
+    for phase in &phases {
+        println!(
+            "  {:<34} {:>9.0} documents/s  ({} per call; call p50 {}  p99 {})",
+            phase.name,
+            phase.documents_per_second,
+            phase.documents_per_call,
+            duration(phase.call_latency.p50_micros),
+            duration(phase.call_latency.p99_micros),
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&phases)?);
+    }
+    Ok(())
+}
+
+fn order_id(n: u64) -> String {
+    format!("ORD-20260101-{n:010}")
+}
+
+fn expect_matched(matched: u64, expected: u64) -> anyhow::Result<()> {
+    if matched == expected {
+        Ok(())
+    } else {
+        bail!("{matched} of {expected} compare-and-set updates matched")
+    }
+}
+
+#[derive(Clone)]
+struct Bench {
+    db: Database,
+    orders: Collection<Document>,
+    /// A received order as the node stores it, with its first event in its log.
+    template: Arc<Document>,
+    event: Arc<Document>,
+    concurrency: usize,
+}
+
+impl Bench {
+    async fn new(db: &Database, args: &BenchDbArgs) -> anyhow::Result<Self> {
+        let orders = db.collection::<Document>("orders");
+        orders
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! { "orderId": 1 })
+                    .options(
+                        mongodb::options::IndexOptions::builder()
+                            .unique(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+        let request = NewOrder::parse(&serde_json::json!({
+            "pickupLocation": {"lat": 40.7128, "lng": -74.0060, "address": "123 Main St"},
+            "deliveryAddress": {"lat": 40.7589, "lng": -73.9851, "address": "456 Oak Ave"},
+            "packageDetails": {"weight": 5.5, "description": "Electronics", "fragile": true}
+        }))
+        .map_err(|e| anyhow::anyhow!("bench order: {e:?}"))?;
+        let id = OrderId::parse(&order_id(0)).context("bench order id")?;
+        let (order, event) =
+            Order::receive(id, UserId::from_trusted("usr_bench"), request, Utc::now());
+        let mut template = bson::to_document(&order)?;
+        template.insert("events", vec![bson::to_document(&event)?]);
+        let mut next = order.clone();
+        next.status = OrderStatus::CmsValidated;
+        let event = next.event(
+            2,
+            "Customer order validated by CMS",
+            Value::Null,
+            Utc::now(),
+        );
+        Ok(Self {
+            db: db.clone(),
+            orders,
+            template: Arc::new(template),
+            event: Arc::new(bson::to_document(&event)?),
+            concurrency: usize::try_from(args.concurrency)?,
+        })
+    }
+
+    fn order(&self, id: &str) -> anyhow::Result<Document> {
+        let mut document = (*self.template).clone();
+        document.insert("orderId", id);
+        Ok(document)
+    }
+
+    /// The compare-and-set of one saga step: version `from` to `from + 1`, one event.
+    fn step(&self, id: &str, from: i64) -> anyhow::Result<(Document, Document)> {
+        let mut event = (*self.event).clone();
+        event.insert("orderId", id);
+        let filter = doc! { "orderId": id, "version": from };
+        let update = doc! {
+            "$set": { "version": from + 1, "status": "CMS_VALIDATED", "updatedAt": bson::DateTime::now() },
+            "$push": { "events": event },
+        };
+        Ok((filter, update))
+    }
+
+    /// Runs `call` over `ids` in chunks of `per_call`, `concurrency` calls at once.
+    async fn phase<F, Fut>(
+        &self,
+        name: &'static str,
+        ids: Arc<Vec<String>>,
+        per_call: u64,
+        call: F,
+    ) -> anyhow::Result<Phase>
+    where
+        F: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let chunk = usize::try_from(per_call)?;
+        let mut chunks = ids.chunks(chunk).map(<[String]>::to_vec);
+        let call = Arc::new(call);
+        let mut calls = JoinSet::new();
+        let mut histogram: Histogram<u64> = latency_histogram()?;
+        let started = Instant::now();
+        let launch = |calls: &mut JoinSet<anyhow::Result<Duration>>, ids: Vec<String>| {
+            let call = call.clone();
+            calls.spawn(async move {
+                let at = Instant::now();
+                tokio::time::timeout(CALL_TIMEOUT, call(ids))
+                    .await
+                    .context("call timed out")??;
+                Ok(at.elapsed())
+            });
+        };
+        for ids in chunks.by_ref().take(self.concurrency) {
+            launch(&mut calls, ids);
+        }
+        while let Some(done) = calls.join_next().await {
+            let took = done.context("call panicked")??;
+            histogram.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+            if let Some(ids) = chunks.next() {
+                launch(&mut calls, ids);
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let documents = ids.len() as u64;
+        Ok(Phase {
+            name,
+            documents,
+            documents_per_call: per_call,
+            seconds,
+            documents_per_second: crate::bench::report::per_second(documents, seconds),
+            call_latency: Latency::of(&histogram),
+        })
+    }
+}
