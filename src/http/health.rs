@@ -14,6 +14,8 @@ use std::time::Duration;
 /// A dependency slower than this counts as down: a probe must answer quickly.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const SERVICE_NAME: &str = "swiftlogistics";
+/// How stale the order gauges of `/metrics` may be.
+const ORDER_COUNTS_MAX_AGE: Duration = Duration::from_secs(1);
 
 pub async fn live() -> Response {
     axum::Json(json!({
@@ -63,20 +65,10 @@ pub async fn ready(State(state): State<ApiState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Order gauges are refreshed from the store on each scrape, so every node reports
-/// the cluster-wide counts; in-flight is this node's admission count.
+/// Order gauges come from the store, so every node reports the cluster-wide counts;
+/// in-flight is this node's admission count.
 pub async fn metrics(State(state): State<ApiState>) -> Response {
-    match tokio::time::timeout(PROBE_TIMEOUT, state.app.store.count_by_status()).await {
-        Ok(Ok(counts)) => {
-            let counts: HashMap<OrderStatus, u64> = counts.into_iter().collect();
-            for status in OrderStatus::ALL {
-                let count = counts.get(&status).copied().unwrap_or(0);
-                metrics::gauge!("swift_orders", "status" => status.as_str()).set(count as f64);
-            }
-        }
-        Ok(Err(e)) => tracing::warn!(error = %e, "order counts unavailable for metrics"),
-        Err(_) => tracing::warn!("order counts timed out for metrics"),
-    }
+    refresh_order_counts(&state).await;
     let in_flight = state.app.orders.admission().in_flight();
     metrics::gauge!("swift_orders_in_flight").set(in_flight as f64);
     if let Some(bytes) = resident_memory_bytes() {
@@ -90,6 +82,28 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
         state.app.metrics.render(),
     )
         .into_response()
+}
+
+/// Counting orders by status reads every order (on MongoDB, an index scan as long as
+/// the collection), so scrapes share one count per `ORDER_COUNTS_MAX_AGE`: dashboards
+/// and load generators polling many times a second cost the database one count.
+async fn refresh_order_counts(state: &ApiState) {
+    let mut read_at = state.order_counts_read_at.lock().await;
+    if read_at.is_some_and(|at| at.elapsed() < ORDER_COUNTS_MAX_AGE) {
+        return;
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, state.app.store.count_by_status()).await {
+        Ok(Ok(counts)) => {
+            let counts: HashMap<OrderStatus, u64> = counts.into_iter().collect();
+            for status in OrderStatus::ALL {
+                let count = counts.get(&status).copied().unwrap_or(0);
+                metrics::gauge!("swift_orders", "status" => status.as_str()).set(count as f64);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "order counts unavailable for metrics"),
+        Err(_) => tracing::warn!("order counts timed out for metrics"),
+    }
+    *read_at = Some(tokio::time::Instant::now());
 }
 
 /// Resident set size of this process, from /proc (Linux); the benchmarks divide it

@@ -50,6 +50,8 @@ pub struct ApiState {
     pub app: AppState,
     pub tokens: Arc<TokenKeys>,
     pub login_limiter: Arc<LoginLimiter>,
+    /// When the order gauges were last read from the store (see `health::metrics`).
+    pub order_counts_read_at: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl ApiState {
@@ -60,6 +62,7 @@ impl ApiState {
             app,
             tokens,
             login_limiter,
+            order_counts_read_at: Arc::default(),
         }
     }
 }
