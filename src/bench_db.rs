@@ -2,14 +2,15 @@
 //! the driver and the document shapes the runtime uses, so that an order journey's
 //! throughput can be stated as a share of what the database allows.
 //!
-//! Each phase writes into a scratch database (dropped at the end) at a fixed number
-//! of calls in flight: single-document inserts of new orders, compare-and-set
+//! Each phase writes into a scratch database (dropped at the end) that has the store's
+//! collections and indexes, at a fixed number of calls in flight: single-document inserts of new orders, compare-and-set
 //! updates that push one event (what a saga step costs), lookups by order id, and
 //! the same inserts and updates sent many to a call, which is how the store batches
 //! writes of concurrent orders.
 
 use crate::bench::report::{Latency, duration, latency_histogram};
 use crate::domain::{NewOrder, Order, OrderId, OrderStatus, UserId};
+use crate::store::mongo::{IMMUTABLE_FIELDS, MongoStore};
 use anyhow::{Context as _, bail};
 use chrono::Utc;
 use hdrhistogram::Histogram;
@@ -72,7 +73,7 @@ pub async fn run(args: BenchDbArgs) -> anyhow::Result<()> {
     let client = Client::with_options(options)?;
     let db = client.database(&args.database);
     db.drop().await.context("cannot reach the server")?;
-    let bench = Bench::new(&db, &args).await?;
+    let bench = Bench::new(&args.uri, &db, &args).await?;
     let ids: Arc<Vec<String>> = Arc::new((0..args.documents).map(order_id).collect());
     let batch = u64::from(args.batch);
 
@@ -198,25 +199,20 @@ struct Bench {
     orders: Collection<Document>,
     /// A received order as the node stores it, with its first event in its log.
     template: Arc<Document>,
+    /// The order's fields after a step, without those an update never rewrites.
+    advanced: Arc<Document>,
     event: Arc<Document>,
     concurrency: usize,
 }
 
 impl Bench {
-    async fn new(db: &Database, args: &BenchDbArgs) -> anyhow::Result<Self> {
+    /// The scratch database gets the store's own collections and indexes (made by
+    /// connecting a `MongoStore` to it), so every write maintains what the node's do.
+    async fn new(uri: &str, db: &Database, args: &BenchDbArgs) -> anyhow::Result<Self> {
+        MongoStore::connect(uri, db.name(), Duration::from_secs(30))
+            .await
+            .context("cannot create the store's indexes")?;
         let orders = db.collection::<Document>("orders");
-        orders
-            .create_index(
-                mongodb::IndexModel::builder()
-                    .keys(doc! { "orderId": 1 })
-                    .options(
-                        mongodb::options::IndexOptions::builder()
-                            .unique(true)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .await?;
         let request = NewOrder::parse(&serde_json::json!({
             "pickupLocation": {"lat": 40.7128, "lng": -74.0060, "address": "123 Main St"},
             "deliveryAddress": {"lat": 40.7589, "lng": -73.9851, "address": "456 Oak Ave"},
@@ -236,10 +232,15 @@ impl Bench {
             Value::Null,
             Utc::now(),
         );
+        let mut advanced = bson::to_document(&next)?;
+        for fixed in IMMUTABLE_FIELDS {
+            advanced.remove(fixed);
+        }
         Ok(Self {
             db: db.clone(),
             orders,
             template: Arc::new(template),
+            advanced: Arc::new(advanced),
             event: Arc::new(bson::to_document(&event)?),
             concurrency: usize::try_from(args.concurrency)?,
         })
@@ -251,15 +252,17 @@ impl Bench {
         Ok(document)
     }
 
-    /// The compare-and-set of one saga step: version `from` to `from + 1`, one event.
+    /// The compare-and-set of one saga step as the store writes it: the order's
+    /// fields `$set` (version `from` to `from + 1`), one event pushed.
     fn step(&self, id: &str, from: i64) -> anyhow::Result<(Document, Document)> {
         let mut event = (*self.event).clone();
         event.insert("orderId", id);
-        let filter = doc! { "orderId": id, "version": from };
-        let update = doc! {
-            "$set": { "version": from + 1, "status": "CMS_VALIDATED", "updatedAt": bson::DateTime::now() },
-            "$push": { "events": event },
-        };
+        let mut fields = (*self.advanced).clone();
+        fields.insert("version", from + 1);
+        fields.insert("seq", from + 1);
+        fields.insert("updatedAt", bson::DateTime::now());
+        let filter = doc! { "orderId": id, "version": from, "seq": from };
+        let update = doc! { "$set": fields, "$push": { "events": { "$each": [event] } } };
         Ok((filter, update))
     }
 

@@ -86,10 +86,16 @@ const IDEMPOTENCY_FIELD: &str = "idempotencyKey";
 /// The random id a compare-and-set stamps on the first event it appends.
 const COMMIT_FIELD: &str = "commit";
 
-/// Requests one batched call carries at most (a few hundred KB of orders).
-const MAX_BATCH: usize = 256;
-/// Batched calls of one kind in flight at once.
-const BATCHES_IN_FLIGHT: usize = 4;
+/// Requests one batched call carries at most, and such calls in flight at once. A
+/// database server works through a call as a whole, so a call is also how long
+/// everyone else's next call may wait behind it: batches are kept short enough that
+/// an order placed while the server is busy is not stuck behind seconds of other
+/// orders' transitions, and numerous enough to keep the server busy.
+const BATCH: usize = 64;
+const BATCHES_IN_FLIGHT: usize = 2;
+/// Event copies are cheap per document and nobody waits for them: fewer, larger calls.
+const COPY_BATCH: usize = 128;
+const COPIES_IN_FLIGHT: usize = 1;
 /// Connections the driver may open unless the URI says otherwise: every batch queue's
 /// calls in flight, plus room for the unbatched calls (listings, users, event logs).
 const MIN_POOL_SIZE: u32 = 32;
@@ -111,7 +117,7 @@ const ORDER_OPTIONAL_FIELDS: [&str; 8] = [
 
 /// Fields fixed when an order is placed: an update never rewrites them, so an update
 /// cannot change an order's identity, owner or age whatever its caller sends.
-const IMMUTABLE_FIELDS: [&str; 3] = ["orderId", "customerId", "createdAt"];
+pub const IMMUTABLE_FIELDS: [&str; 3] = ["orderId", "customerId", "createdAt"];
 
 /// Timestamps stored as BSON dates, per kind of document.
 const ORDER_DATES: &[&str] = &["createdAt", "updatedAt", "scheduledPickupTime"];
@@ -272,23 +278,23 @@ impl Batches {
         let order_events: Collection<Document> = db.collection(ORDER_EVENTS);
         let inserts = {
             let orders = orders.clone();
-            Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |documents| {
+            Batcher::spawn(BATCH, BATCHES_IN_FLIGHT, move |documents| {
                 insert_orders(orders.clone(), timeout, documents)
             })
         };
         let updates = {
             let db = db.clone();
-            Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |writes| {
+            Batcher::spawn(BATCH, BATCHES_IN_FLIGHT, move |writes| {
                 compare_and_set_many(db.clone(), timeout, writes)
             })
         };
         let reads = {
             let orders = orders.clone();
-            Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |ids| {
+            Batcher::spawn(BATCH, BATCHES_IN_FLIGHT, move |ids| {
                 read_orders(orders.clone(), timeout, ids)
             })
         };
-        let copies = Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |logs| {
+        let copies = Batcher::spawn(COPY_BATCH, COPIES_IN_FLIGHT, move |logs| {
             copy_events(order_events.clone(), timeout, logs)
         });
         Self {
