@@ -25,6 +25,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
@@ -235,7 +236,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         }
     }));
 
-    resume_unfinished(&store, &bus).await?;
+    resume_unfinished(&store, &bus, None).await?;
     let sweep = Duration::from_secs(settings.orders.resume_sweep_secs);
     tasks.push(spawn_resume_sweep(
         store.clone(),
@@ -258,9 +259,13 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
 }
 
 /// After a restart every order still being processed picks up where its last
-/// persisted transition left it.
-async fn resume_unfinished(store: &SharedStore, bus: &SharedBus) -> anyhow::Result<()> {
-    let unfinished = store.unfinished_orders().await?;
+/// persisted transition left it; a sweep wakes those unchanged since `unchanged_since`.
+async fn resume_unfinished(
+    store: &SharedStore,
+    bus: &SharedBus,
+    unchanged_since: Option<DateTime<Utc>>,
+) -> anyhow::Result<()> {
+    let unfinished = store.unfinished_orders(unchanged_since).await?;
     if !unfinished.is_empty() {
         tracing::info!(count = unfinished.len(), "resuming unfinished orders");
     }
@@ -273,8 +278,9 @@ async fn resume_unfinished(store: &SharedStore, bus: &SharedBus) -> anyhow::Resu
 /// Orders nobody is driving are found by sweeping the store now and then: in a
 /// cluster, orders of a shard taken over from a dead node; anywhere, orders whose
 /// wake-up was lost (a bus outage) or whose intake write landed although the store
-/// reported a failure. Waking an order that is already moving costs one read and
-/// changes nothing.
+/// reported a failure. Only orders unchanged for a whole sweep interval are woken:
+/// waking one that is moving changes nothing but costs a message and a read, and
+/// under a backlog of thousands of moving orders those would crowd out the work.
 fn spawn_resume_sweep(
     store: SharedStore,
     bus: SharedBus,
@@ -287,7 +293,10 @@ fn spawn_resume_sweep(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            if let Err(e) = resume_unfinished(&store, &bus).await {
+            let unchanged_since = chrono::TimeDelta::from_std(every)
+                .ok()
+                .and_then(|every| Utc::now().checked_sub_signed(every));
+            if let Err(e) = resume_unfinished(&store, &bus, unchanged_since).await {
                 tracing::warn!(error = %e, "resume sweep failed; trying again later");
             }
         }

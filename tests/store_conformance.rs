@@ -698,15 +698,34 @@ async fn unfinished_orders_are_those_still_processing(store: SharedStore) {
     assert_eq!(ready.status, OrderStatus::ReadyForDelivery);
 
     let unfinished: HashSet<OrderId> = store
-        .unfinished_orders()
+        .unfinished_orders(None)
         .await
         .expect("unfinished")
         .into_iter()
         .collect();
-    let expected: HashSet<OrderId> = [waiting.order_id, validated_order.order_id]
+    let expected: HashSet<OrderId> = [waiting.order_id.clone(), validated_order.order_id.clone()]
         .into_iter()
         .collect();
     assert_eq!(unfinished, expected);
+
+    // A sweep asks only for orders left unchanged since a moment.
+    let after_both =
+        validated_order.updated_at.max(waiting.updated_at) + TimeDelta::milliseconds(1);
+    let idle: HashSet<OrderId> = store
+        .unfinished_orders(Some(after_both))
+        .await
+        .expect("unfinished")
+        .into_iter()
+        .collect();
+    assert_eq!(idle, expected);
+    let before_both = validated_order.updated_at.min(waiting.updated_at);
+    assert!(
+        store
+            .unfinished_orders(Some(before_both))
+            .await
+            .expect("unfinished")
+            .is_empty()
+    );
 }
 
 async fn counts_follow_every_transition(store: SharedStore) {
@@ -804,7 +823,11 @@ async fn two_thousand_concurrent_creates_all_commit(store: SharedStore) {
         vec![(OrderStatus::Received, 2000)]
     );
     assert_eq!(
-        store.unfinished_orders().await.expect("unfinished").len(),
+        store
+            .unfinished_orders(None)
+            .await
+            .expect("unfinished")
+            .len(),
         2000
     );
 }
@@ -863,7 +886,11 @@ async fn conflicts_in_a_burst_do_not_fail_their_neighbours(store: SharedStore) {
     expected.sort_by_key(|(s, _)| s.as_str());
     assert_eq!(counts, expected);
     assert_eq!(
-        store.unfinished_orders().await.expect("unfinished").len() as u64,
+        store
+            .unfinished_orders(None)
+            .await
+            .expect("unfinished")
+            .len() as u64,
         validated_winners
     );
 }
@@ -944,7 +971,11 @@ mod embedded_only {
             vec![(OrderStatus::CmsValidated, 1), (OrderStatus::Received, 1)]
         );
         assert_eq!(
-            store.unfinished_orders().await.expect("unfinished").len(),
+            store
+                .unfinished_orders(None)
+                .await
+                .expect("unfinished")
+                .len(),
             2
         );
         // And it goes on where it stopped.

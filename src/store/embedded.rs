@@ -704,9 +704,13 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn unfinished_orders(&self) -> Result<Vec<OrderId>, StoreError> {
-        self.read(|txn| {
+    async fn unfinished_orders(
+        &self,
+        unchanged_since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        self.read(move |txn| {
             let by_status = txn.open_table(BY_STATUS).map_err(unavailable)?;
+            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
             let mut ids = Vec::new();
             for status in OrderStatus::ALL.into_iter().filter(|s| s.is_processing()) {
                 let (from, to) = status_bounds(status);
@@ -717,7 +721,17 @@ impl Store for EmbeddedStore {
                     .map_err(unavailable)?;
                 for entry in range {
                     let (key, _) = entry.map_err(unavailable)?;
-                    ids.push(stored_id(key.value().3)?);
+                    let id = key.value().3;
+                    if let Some(at) = unchanged_since {
+                        let Some(document) = orders.get(id).map_err(unavailable)? else {
+                            continue;
+                        };
+                        let order: Order = decode(document.value())?;
+                        if order.updated_at >= at {
+                            continue;
+                        }
+                    }
+                    ids.push(stored_id(id)?);
                 }
             }
             Ok(ids)

@@ -108,8 +108,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<OrderEvent>, StoreError>;
 
     /// Orders still being processed (see `OrderStatus::is_processing`): resumed after
-    /// a restart or a shard take-over.
-    async fn unfinished_orders(&self) -> Result<Vec<OrderId>, StoreError>;
+    /// a restart or a shard take-over. With `unchanged_since`, only those whose last
+    /// change is older than that: the ones nobody seems to be driving.
+    async fn unfinished_orders(
+        &self,
+        unchanged_since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<OrderId>, StoreError>;
 
     async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError>;
 

@@ -1044,16 +1044,23 @@ impl Store for MongoStore {
         .await
     }
 
-    async fn unfinished_orders(&self) -> Result<Vec<OrderId>, StoreError> {
+    async fn unfinished_orders(
+        &self,
+        unchanged_since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<OrderId>, StoreError> {
         let processing: Vec<&str> = OrderStatus::ALL
             .into_iter()
             .filter(|s| s.is_processing())
             .map(OrderStatus::as_str)
             .collect();
+        let mut filter = doc! { "status": { "$in": processing } };
+        if let Some(at) = unchanged_since {
+            filter.insert("updatedAt", doc! { "$lt": bson_date(&at) });
+        }
         self.bounded(async {
             let cursor = self
                 .orders
-                .find(doc! { "status": { "$in": processing } })
+                .find(filter)
                 // Oldest first: they have waited longest.
                 .sort(doc! { "createdAt": 1, "orderId": 1 })
                 .projection(doc! { "_id": 0, "orderId": 1 })
