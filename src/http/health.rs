@@ -8,8 +8,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::json;
-use std::collections::HashMap;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// A dependency slower than this counts as down: a probe must answer quickly.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,24 +86,27 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
 
 /// Counting orders by status reads every order (on MongoDB, an index scan as long as
 /// the collection), so scrapes share one count per `ORDER_COUNTS_MAX_AGE`: dashboards
-/// and load generators polling many times a second cost the database one count.
+/// and load generators polling many times a second cost the database one count. Every
+/// scrape still sets the gauges from this node's last count, as the metrics recorder
+/// is process-wide.
 async fn refresh_order_counts(state: &ApiState) {
-    let mut read_at = state.order_counts_read_at.lock().await;
-    if read_at.is_some_and(|at| at.elapsed() < ORDER_COUNTS_MAX_AGE) {
-        return;
-    }
-    match tokio::time::timeout(PROBE_TIMEOUT, state.app.store.count_by_status()).await {
-        Ok(Ok(counts)) => {
-            let counts: HashMap<OrderStatus, u64> = counts.into_iter().collect();
-            for status in OrderStatus::ALL {
-                let count = counts.get(&status).copied().unwrap_or(0);
-                metrics::gauge!("swift_orders", "status" => status.as_str()).set(count as f64);
-            }
+    let mut last = state.order_counts.lock().await;
+    let stale = last
+        .as_ref()
+        .is_none_or(|(read_at, _)| read_at.elapsed() >= ORDER_COUNTS_MAX_AGE);
+    if stale {
+        match tokio::time::timeout(PROBE_TIMEOUT, state.app.store.count_by_status()).await {
+            Ok(Ok(counts)) => *last = Some((Instant::now(), counts.into_iter().collect())),
+            Ok(Err(e)) => tracing::warn!(error = %e, "order counts unavailable for metrics"),
+            Err(_) => tracing::warn!("order counts timed out for metrics"),
         }
-        Ok(Err(e)) => tracing::warn!(error = %e, "order counts unavailable for metrics"),
-        Err(_) => tracing::warn!("order counts timed out for metrics"),
     }
-    *read_at = Some(tokio::time::Instant::now());
+    if let Some((_, counts)) = last.as_ref() {
+        for status in OrderStatus::ALL {
+            let count = counts.get(&status).copied().unwrap_or(0);
+            metrics::gauge!("swift_orders", "status" => status.as_str()).set(count as f64);
+        }
+    }
 }
 
 /// Resident set size of this process, from /proc (Linux); the benchmarks divide it

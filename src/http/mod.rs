@@ -44,14 +44,20 @@ pub struct AppState {
     pub tracking: ws::Tracking,
 }
 
+/// Orders by status, and when they were counted.
+pub type OrderCounts = (
+    tokio::time::Instant,
+    std::collections::HashMap<crate::domain::OrderStatus, u64>,
+);
+
 /// The handlers' state: the application plus what only the HTTP layer needs.
 #[derive(Clone)]
 pub struct ApiState {
     pub app: AppState,
     pub tokens: Arc<TokenKeys>,
     pub login_limiter: Arc<LoginLimiter>,
-    /// When the order gauges were last read from the store (see `health::metrics`).
-    pub order_counts_read_at: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// The last order count by status and when it was read (see `health::metrics`).
+    pub order_counts: Arc<tokio::sync::Mutex<Option<OrderCounts>>>,
 }
 
 impl ApiState {
@@ -62,7 +68,7 @@ impl ApiState {
             app,
             tokens,
             login_limiter,
-            order_counts_read_at: Arc::default(),
+            order_counts: Arc::default(),
         }
     }
 }
