@@ -64,6 +64,29 @@ pub struct Phase {
 }
 
 pub async fn run(args: BenchDbArgs) -> anyhow::Result<()> {
+    let phases = measure(&args).await?;
+    println!(
+        "MongoDB write ceiling: {} documents per phase, {} calls in flight",
+        args.documents, args.concurrency
+    );
+    for phase in &phases {
+        println!(
+            "  {:<34} {:>9.0} documents/s  ({} per call; call p50 {}  p99 {})",
+            phase.name,
+            phase.documents_per_second,
+            phase.documents_per_call,
+            duration(phase.call_latency.p50_micros),
+            duration(phase.call_latency.p99_micros),
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&phases)?);
+    }
+    Ok(())
+}
+
+/// Runs every phase in the scratch database, which is dropped before and after.
+pub async fn measure(args: &BenchDbArgs) -> anyhow::Result<Vec<Phase>> {
     let mut options = ClientOptions::parse(&args.uri)
         .await
         .context("invalid MongoDB URI")?;
@@ -73,7 +96,7 @@ pub async fn run(args: BenchDbArgs) -> anyhow::Result<()> {
     let client = Client::with_options(options)?;
     let db = client.database(&args.database);
     db.drop().await.context("cannot reach the server")?;
-    let bench = Bench::new(&args.uri, &db, &args).await?;
+    let bench = Bench::new(&args.uri, &db, args).await?;
     let ids: Arc<Vec<String>> = Arc::new((0..args.documents).map(order_id).collect());
     let batch = u64::from(args.batch);
 
@@ -160,25 +183,7 @@ pub async fn run(args: BenchDbArgs) -> anyhow::Result<()> {
             .await?,
     );
     db.drop().await?;
-
-    println!(
-        "MongoDB write ceiling: {} documents per phase, {} calls in flight",
-        args.documents, args.concurrency
-    );
-    for phase in &phases {
-        println!(
-            "  {:<34} {:>9.0} documents/s  ({} per call; call p50 {}  p99 {})",
-            phase.name,
-            phase.documents_per_second,
-            phase.documents_per_call,
-            duration(phase.call_latency.p50_micros),
-            duration(phase.call_latency.p99_micros),
-        );
-    }
-    if args.json {
-        println!("{}", serde_json::to_string(&phases)?);
-    }
-    Ok(())
+    Ok(phases)
 }
 
 fn order_id(n: u64) -> String {
