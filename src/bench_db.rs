@@ -97,79 +97,61 @@ pub async fn measure(args: &BenchDbArgs) -> anyhow::Result<Vec<Phase>> {
     let db = client.database(&args.database);
     db.drop().await.context("cannot reach the server")?;
     let bench = Bench::new(&args.uri, &db, args).await?;
-    let ids: Arc<Vec<String>> = Arc::new((0..args.documents).map(order_id).collect());
+    let ids: Vec<String> = (0..args.documents).map(order_id).collect();
     let batch = u64::from(args.batch);
 
-    let mut phases = Vec::new();
-    let single = bench.clone();
-    phases.push(
+    let phases = vec![
         bench
-            .phase("insert_one", ids.clone(), 1, move |ids| {
-                let bench = single.clone();
-                async move {
-                    bench.orders.insert_one(bench.order(&ids[0])?).await?;
-                    Ok(())
-                }
+            .phase("insert_one", &ids, 1, |bench, ids| async move {
+                bench.orders.insert_one(bench.order(&ids[0])).await?;
+                Ok(())
             })
             .await?,
-    );
-    let single = bench.clone();
-    phases.push(
         bench
-            .phase("update_one (compare-and-set)", ids.clone(), 1, move |ids| {
-                let bench = single.clone();
-                async move {
-                    let (filter, update) = bench.step(&ids[0], 1)?;
+            .phase(
+                "update_one (compare-and-set)",
+                &ids,
+                1,
+                |bench, ids| async move {
+                    let (filter, update) = bench.step(&ids[0], 1);
                     let result = bench.orders.update_one(filter, update).await?;
                     expect_matched(result.matched_count, 1)
-                }
+                },
+            )
+            .await?,
+        bench
+            .phase("find_one by orderId", &ids, 1, |bench, ids| async move {
+                bench
+                    .orders
+                    .find_one(doc! { "orderId": &ids[0] })
+                    .await?
+                    .context("order missing")?;
+                Ok(())
             })
             .await?,
-    );
-    let single = bench.clone();
-    phases.push(
-        bench
-            .phase("find_one by orderId", ids.clone(), 1, move |ids| {
-                let bench = single.clone();
-                async move {
-                    bench
-                        .orders
-                        .find_one(doc! { "orderId": &ids[0] })
-                        .await?
-                        .context("order missing")?;
-                    Ok(())
-                }
-            })
-            .await?,
-    );
-    bench.orders.delete_many(doc! {}).await?;
-    let batched = bench.clone();
-    phases.push(
-        bench
-            .phase("insert_many", ids.clone(), batch, move |ids| {
-                let bench = batched.clone();
-                async move {
-                    let documents = ids
-                        .iter()
-                        .map(|id| bench.order(id))
-                        .collect::<anyhow::Result<Vec<_>>>()?;
+        {
+            bench.orders.delete_many(doc! {}).await?;
+            bench
+                .phase("insert_many", &ids, batch, |bench, ids| async move {
+                    let documents: Vec<Document> = ids.iter().map(|id| bench.order(id)).collect();
                     bench.orders.insert_many(documents).ordered(false).await?;
                     Ok(())
-                }
-            })
-            .await?,
-    );
-    let batched = bench.clone();
-    phases.push(
+                })
+                .await?
+        },
         bench
-            .phase("update command, compare-and-set", ids, batch, move |ids| {
-                let bench = batched.clone();
-                async move {
-                    let mut updates = Vec::with_capacity(ids.len());
-                    for id in &ids {
-                        let (filter, update) = bench.step(id, 1)?;
-                        updates.push(doc! { "q": filter, "u": update });
-                    }
+            .phase(
+                "update command, compare-and-set",
+                &ids,
+                batch,
+                |bench, ids| async move {
+                    let updates: Vec<Document> = ids
+                        .iter()
+                        .map(|id| {
+                            let (filter, update) = bench.step(id, 1);
+                            doc! { "q": filter, "u": update }
+                        })
+                        .collect();
                     let reply = bench
                         .db
                         .run_command(
@@ -178,10 +160,10 @@ pub async fn measure(args: &BenchDbArgs) -> anyhow::Result<Vec<Phase>> {
                         .await?;
                     let matched = reply.get_i32("n").map(i64::from).or(reply.get_i64("n"))?;
                     expect_matched(u64::try_from(matched)?, ids.len() as u64)
-                }
-            })
+                },
+            )
             .await?,
-    );
+    ];
     db.drop().await?;
     Ok(phases)
 }
@@ -251,15 +233,15 @@ impl Bench {
         })
     }
 
-    fn order(&self, id: &str) -> anyhow::Result<Document> {
+    fn order(&self, id: &str) -> Document {
         let mut document = (*self.template).clone();
         document.insert("orderId", id);
-        Ok(document)
+        document
     }
 
     /// The compare-and-set of one saga step as the store writes it: the order's
     /// fields `$set` (version `from` to `from + 1`), one event pushed.
-    fn step(&self, id: &str, from: i64) -> anyhow::Result<(Document, Document)> {
+    fn step(&self, id: &str, from: i64) -> (Document, Document) {
         let mut event = (*self.event).clone();
         event.insert("orderId", id);
         let mut fields = (*self.advanced).clone();
@@ -268,19 +250,20 @@ impl Bench {
         fields.insert("updatedAt", bson::DateTime::now());
         let filter = doc! { "orderId": id, "version": from, "seq": from };
         let update = doc! { "$set": fields, "$push": { "events": { "$each": [event] } } };
-        Ok((filter, update))
+        (filter, update)
     }
 
-    /// Runs `call` over `ids` in chunks of `per_call`, `concurrency` calls at once.
+    /// Runs `call` over `ids` in chunks of `per_call`, `concurrency` calls at once,
+    /// each call with a handle of its own.
     async fn phase<F, Fut>(
         &self,
         name: &'static str,
-        ids: Arc<Vec<String>>,
+        ids: &[String],
         per_call: u64,
         call: F,
     ) -> anyhow::Result<Phase>
     where
-        F: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
+        F: Fn(Bench, Vec<String>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let chunk = usize::try_from(per_call)?;
@@ -291,9 +274,10 @@ impl Bench {
         let started = Instant::now();
         let launch = |calls: &mut JoinSet<anyhow::Result<Duration>>, ids: Vec<String>| {
             let call = call.clone();
+            let bench = self.clone();
             calls.spawn(async move {
                 let at = Instant::now();
-                tokio::time::timeout(CALL_TIMEOUT, call(ids))
+                tokio::time::timeout(CALL_TIMEOUT, call(bench, ids))
                     .await
                     .context("call timed out")??;
                 Ok(at.elapsed())

@@ -68,7 +68,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -310,8 +310,22 @@ fn no_answer(timeout: Duration) -> StoreError {
     unavailable(format!("no answer from MongoDB within {timeout:?}"))
 }
 
+/// A driver call bounded by `timeout`, its failure in the store's vocabulary.
+async fn within<T>(
+    timeout: Duration,
+    call: impl IntoFuture<Output = Result<T, DbError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, call.into_future())
+        .await
+        .map_err(|_| no_answer(timeout))?
+        .map_err(failure)
+}
+
 /// The same result for every request of a batch.
-fn for_each<T: Clone>(count: usize, result: Result<T, StoreError>) -> Vec<Result<T, StoreError>> {
+fn same_for_all<T: Clone>(
+    count: usize,
+    result: Result<T, StoreError>,
+) -> Vec<Result<T, StoreError>> {
     vec![result; count]
 }
 
@@ -325,8 +339,8 @@ async fn insert_orders(
     let count = documents.len();
     let result = tokio::time::timeout(timeout, orders.insert_many(documents).ordered(false)).await;
     let error = match result {
-        Err(_) => return for_each(count, Err(no_answer(timeout))),
-        Ok(Ok(_)) => return for_each(count, Ok(Inserted::Created)),
+        Err(_) => return same_for_all(count, Err(no_answer(timeout))),
+        Ok(Ok(_)) => return same_for_all(count, Ok(Inserted::Created)),
         Ok(Err(error)) => error,
     };
     match error.kind.as_ref() {
@@ -335,7 +349,7 @@ async fn insert_orders(
             write_concern_error: None,
             ..
         }) => {
-            let mut results = for_each(count, Ok(Inserted::Created));
+            let mut results = same_for_all(count, Ok(Inserted::Created));
             for refusal in refused {
                 if let Some(result) = results.get_mut(refusal.index) {
                     *result = if refusal.code == DUPLICATE_KEY {
@@ -350,7 +364,7 @@ async fn insert_orders(
             }
             results
         }
-        _ => for_each(count, Err(failure(error))),
+        _ => same_for_all(count, Err(failure(error))),
     }
 }
 
@@ -370,13 +384,12 @@ async fn compare_and_set_many(
         statements.push(doc! { "q": write.filter, "u": write.update });
     }
     let command = doc! { "update": ORDERS, "updates": statements, "ordered": false };
-    let reply = match tokio::time::timeout(timeout, db.run_command(command)).await {
-        Err(_) => return for_each(count, Err(no_answer(timeout))),
-        Ok(Err(error)) => return for_each(count, Err(failure(error))),
-        Ok(Ok(reply)) => reply,
+    let reply = match within(timeout, db.run_command(command)).await {
+        Ok(reply) => reply,
+        Err(error) => return same_for_all(count, Err(error)),
     };
     if reply.contains_key("writeConcernError") {
-        return for_each(
+        return same_for_all(
             count,
             Err(unavailable(format!("write concern failed: {reply}"))),
         );
@@ -420,10 +433,9 @@ async fn compare_and_set_many(
     };
     // Two statements of one batch may race for the same order: the winner is the one
     // whose stamp is in the log, not merely the order.
-    let winners: HashSet<(String, i64)> = match tokio::time::timeout(timeout, stamped).await {
-        Err(_) => return fill(results, Err(no_answer(timeout))),
-        Ok(Err(error)) => return fill(results, Err(failure(error))),
-        Ok(Ok(found)) => found.iter().flat_map(commit_stamps).collect(),
+    let winners: HashSet<(String, i64)> = match within(timeout, stamped).await {
+        Ok(found) => found.iter().flat_map(commit_stamps).collect(),
+        Err(error) => return fill(results, Err(error)),
     };
     results
         .into_iter()
@@ -487,27 +499,18 @@ async fn read_orders(
             .await?;
         cursor.try_collect::<Vec<Document>>().await
     };
-    let found = match tokio::time::timeout(timeout, read).await {
-        Err(_) => return for_each(ids.len(), Err(no_answer(timeout))),
-        Ok(Err(error)) => return for_each(ids.len(), Err(failure(error))),
-        Ok(Ok(found)) => found,
+    let found = match within(timeout, read).await {
+        Ok(found) => found,
+        Err(error) => return same_for_all(ids.len(), Err(error)),
     };
-    let mut by_id: HashMap<String, Document> = found
-        .into_iter()
-        .filter_map(|d| Some((d.get_str("orderId").ok()?.to_owned(), d)))
+    let by_id: HashMap<&str, &Document> = found
+        .iter()
+        .filter_map(|d| Some((d.get_str("orderId").ok()?, d)))
         .collect();
-    let mut results = Vec::with_capacity(ids.len());
-    for (at, id) in ids.iter().enumerate() {
-        // The same order asked for twice in one batch gets a copy the first time.
-        let asked_again = ids[at + 1..].contains(id);
-        let document = if asked_again {
-            by_id.get(id).cloned()
-        } else {
-            by_id.remove(id)
-        };
-        results.push(Ok(document));
-    }
-    results
+    // The same order may be asked for twice in one batch: each asker gets a copy.
+    ids.iter()
+        .map(|id| Ok(by_id.get(id.as_str()).map(|&d| d.clone())))
+        .collect()
 }
 
 /// Copies committed events into `order_events` for operators, many orders' events in
@@ -535,7 +538,7 @@ async fn copy_events(
         metrics::counter!("swift_store_event_copy_failures_total").increment(copied as u64);
         tracing::warn!(events = copied, %error, "events committed but not copied to order_events");
     }
-    for_each(count, Ok(()))
+    same_for_all(count, Ok(()))
 }
 
 impl MongoStore {
