@@ -17,8 +17,9 @@ use crate::domain::{OrderId, System};
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub const NAME: &str = "cluster";
@@ -89,11 +90,16 @@ pub struct ClusterState {
     leaving: bool,
     /// Shards being handed over, with the lease they are handed over from.
     yielding: BTreeMap<u32, Lease>,
+    /// Leases handed over whose end the shard consumers have not reported yet.
+    handed_over: HashSet<Lease>,
     to_resume: Vec<Lease>,
     resume_scheduled: bool,
     drained: Vec<RpcReplyPort<()>>,
     census: BTreeMap<u32, u64>,
     last_sweep: Instant,
+    /// Set while a heartbeat (and its probes) is being published: while the broker
+    /// is unreachable a publish waits, and the keeper must not.
+    publishing: Arc<AtomicBool>,
 }
 
 pub struct ClusterKeeper;
@@ -130,11 +136,13 @@ impl Actor for ClusterKeeper {
             incarnation: args.incarnation,
             leaving: false,
             yielding: BTreeMap::new(),
+            handed_over: HashSet::new(),
             to_resume: Vec::new(),
             resume_scheduled: false,
             drained: Vec::new(),
             census: BTreeMap::new(),
             last_sweep: Instant::now(),
+            publishing: Arc::default(),
         })
     }
 
@@ -168,11 +176,13 @@ impl Actor for ClusterKeeper {
                 tracing::info!(node = %state.context.node_id, "draining: handing every shard over");
                 state.leaving = true;
                 state.drained.push(reply);
-                state.announce().await;
+                state.announce(Vec::new());
                 let bus = state.context.bus.clone();
-                if let Err(error) = bus.stop_standing_by().await {
-                    tracing::warn!(%error, "could not stop standing by on the shards");
-                }
+                tokio::spawn(async move {
+                    if let Err(error) = bus.stop_standing_by().await {
+                        tracing::warn!(%error, "could not stop standing by on the shards");
+                    }
+                });
                 state.balance(&myself);
                 state.answer_drain();
             }
@@ -210,7 +220,7 @@ impl ClusterState {
     /// The shard's ownership ended without this node handing it over (or as part of
     /// it): its actors must stop now.
     fn ended(&mut self, lease: Lease) {
-        if self.yielding.get(&lease.shard) == Some(&lease) {
+        if self.handed_over.remove(&lease) {
             return;
         }
         tracing::warn!(node = %self.me(), shard = lease.shard, "lost a shard; stopping its order actors");
@@ -268,14 +278,16 @@ impl ClusterState {
         if let Ok(census) = ractor::call_t!(self.orders, OrdersMsg::Census, timeout) {
             self.census = census;
         }
-        self.announce().await;
         let now = Instant::now();
         for gone in self.membership.expire(now) {
             tracing::warn!(node = %self.me(), %gone, "node not heard from; counted out");
         }
-        if !self.leaving {
-            self.probe_unclaimed(now).await;
-        }
+        let probes = if self.leaving {
+            Vec::new()
+        } else {
+            self.unclaimed(now)
+        };
+        self.announce(probes);
         self.balance(myself);
         let sweep = Duration::from_secs(self.context.settings.orders.resume_sweep_secs.max(1));
         if now.duration_since(self.last_sweep) >= sweep {
@@ -308,33 +320,37 @@ impl ClusterState {
         }
     }
 
-    async fn announce(&mut self) {
+    /// Sends this node's heartbeat, then a probe to each of `probes`, in the
+    /// background; skipped while the previous one is still on its way.
+    fn announce(&mut self, probes: Vec<u32>) {
         let report = self.report();
         self.membership.heard(report.clone(), Instant::now());
-        if let Err(error) = self
-            .context
-            .bus
-            .broadcast(ClusterMessage::Heartbeat { report })
-            .await
-        {
-            tracing::warn!(%error, "heartbeat not sent");
+        if self.publishing.swap(true, Ordering::SeqCst) {
+            return;
         }
+        let (bus, publishing) = (self.context.bus.clone(), self.publishing.clone());
+        tokio::spawn(async move {
+            if let Err(error) = bus.broadcast(ClusterMessage::Heartbeat { report }).await {
+                tracing::warn!(%error, "heartbeat not sent");
+            }
+            for shard in probes {
+                if let Err(error) = bus.probe_shard(shard).await {
+                    tracing::warn!(shard, %error, "could not probe an unclaimed shard");
+                }
+            }
+            publishing.store(false, Ordering::SeqCst);
+        });
     }
 
-    /// Shards nobody claims may have an active consumer that does not know it yet
-    /// (its predecessor died with nothing queued): a probe tells it.
-    async fn probe_unclaimed(&self, now: Instant) {
+    /// Shards nobody claims: they may have an active consumer that does not know it
+    /// yet (its predecessor died with nothing queued), which a probe tells.
+    fn unclaimed(&self, now: Instant) -> Vec<u32> {
         let mut claimed = self.membership.claimed_elsewhere(now);
         claimed.extend(self.context.shards.held().iter().map(|l| l.shard));
         claimed.extend(self.yielding.keys().copied());
-        for shard in 0..self.context.shards.shards() {
-            if claimed.contains(&shard) {
-                continue;
-            }
-            if let Err(error) = self.context.bus.probe_shard(shard).await {
-                tracing::warn!(shard, %error, "could not probe an unclaimed shard");
-            }
-        }
+        (0..self.context.shards.shards())
+            .filter(|shard| !claimed.contains(shard))
+            .collect()
     }
 
     fn sharing(&self) -> BTreeSet<String> {
@@ -366,6 +382,7 @@ impl ClusterState {
         tracing::info!(node = %self.me(), shard = lease.shard, "handing a shard over");
         metrics::counter!("swift_shard_handovers_total").increment(1);
         self.yielding.insert(lease.shard, lease);
+        self.handed_over.insert(lease);
         let (orders, bus, keeper) = (
             self.orders.clone(),
             self.context.bus.clone(),

@@ -167,8 +167,10 @@ pub enum ShardEvent {
 pub type ShardFeed = BoxStream<'static, ShardEvent>;
 
 /// Messages between the nodes of a cluster, seen by every node (itself included).
+/// Externally tagged: an internally tagged enum would buffer the report, and serde
+/// cannot then read the shard numbers that key its maps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "type")]
+#[serde(rename_all = "camelCase")]
 pub enum ClusterMessage {
     Heartbeat {
         report: NodeReport,
@@ -218,3 +220,31 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 pub type SharedBus = Arc<dyn Bus>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_heartbeat_reads_back_as_sent() {
+        let report = NodeReport {
+            node_id: "a".into(),
+            incarnation: "1234abcd".into(),
+            leaving: false,
+            shards: vec![1, 4],
+            order_actors: 3,
+            order_actors_by_shard: BTreeMap::from([(1, 2), (4, 1)]),
+            in_flight: 3,
+            circuits: Vec::new(),
+            sent_at: Utc::now(),
+        };
+        let message = ClusterMessage::Heartbeat { report };
+        let wire = serde_json::to_vec(&message).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<ClusterMessage>(&wire).unwrap(),
+            message
+        );
+    }
+}

@@ -44,6 +44,8 @@ enum Ended {
     Released {
         rejoin: bool,
         was_active: bool,
+        /// Told once the end of the ownership is reported.
+        done: Option<oneshot::Sender<()>>,
     },
     /// Shutdown, or nobody listens any more.
     Stopped,
@@ -90,7 +92,9 @@ impl ShardConsumer {
                 },
             };
             match self.subscribe(&session, &mut standing_by).await {
-                Ended::Released { rejoin, was_active } => {
+                Ended::Released {
+                    rejoin, was_active, ..
+                } => {
                     failures = 0;
                     if was_active {
                         // The broker made the next waiting consumer active; tell it.
@@ -144,6 +148,12 @@ impl ShardConsumer {
             // Returns what we hold unacknowledged to the queue now, to the next owner.
             let _ = within(limit, "closing a channel", channel.close(200, "OK".into())).await;
         }
+        let mut ended = ended;
+        if let Ended::Released { done, .. } = &mut ended
+            && let Some(done) = done.take()
+        {
+            let _ = done.send(());
+        }
         ended
     }
 
@@ -193,13 +203,12 @@ impl ShardConsumer {
                         if channel.status().connected() {
                             let _ = within(limit, "closing a shard channel", channel.close(200, "OK".into())).await;
                         }
-                        let _ = done.send(());
-                        return Ended::Released { rejoin, was_active: epoch.is_some() };
+                        return Ended::Released { rejoin, was_active: epoch.is_some(), done: Some(done) };
                     }
                     Some(Control::StopStandingBy) => {
                         *standing_by = false;
                         if epoch.is_none() {
-                            return Ended::Released { rejoin: false, was_active: false };
+                            return Ended::Released { rejoin: false, was_active: false, done: None };
                         }
                         continue;
                     }
