@@ -587,6 +587,7 @@ async fn sigterm_drains_and_a_rolling_restart_loses_nothing() {
             .map(|i| cluster.url(i))
             .collect();
         let node = cluster.nodes[index].take().unwrap();
+        let draining_url = node.url.clone();
         let mut child = node.child;
         let pid = child.id().unwrap().to_string();
         let signalled = Instant::now();
@@ -595,6 +596,46 @@ async fn sigterm_drains_and_a_rolling_restart_loses_nothing() {
             .status()
             .unwrap();
         assert!(status.success());
+        // Not ready and no intake at once, while requests are still answered.
+        let (mut not_ready, mut refused_intake) = (false, false);
+        let watched = Instant::now();
+        while watched.elapsed() < Duration::from_secs(3) && !(not_ready && refused_intake) {
+            let Ok(ready) = cluster
+                .http
+                .get(format!("{draining_url}/ready"))
+                .send()
+                .await
+            else {
+                break; // already gone
+            };
+            if ready.status() == 200 {
+                assert!(!not_ready, "ready again during the drain");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            assert_eq!(ready.status(), 503);
+            not_ready = true;
+            let intake = cluster
+                .http
+                .post(format!("{draining_url}/api/orders"))
+                .bearer_auth(&cluster.admin)
+                .json(&json!({
+                    "pickupLocation": {"lat": 40.7, "lng": -74.0},
+                    "deliveryAddress": {"lat": 40.6, "lng": -73.9},
+                    "packageDetails": {"weight": 1.0}
+                }))
+                .send()
+                .await;
+            if let Ok(intake) = intake {
+                assert_eq!(intake.status(), 503, "intake during a drain");
+                assert!(intake.headers().contains_key("retry-after"));
+                refused_intake = true;
+            }
+        }
+        eprintln!(
+            "{}: during the drain /ready 503: {not_ready}, intake 503: {refused_intake}",
+            cluster.names[index]
+        );
         // Clients move on to the other nodes (as a load balancer would once /ready
         // answers 503).
         load.set_targets(others).await;
