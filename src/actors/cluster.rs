@@ -97,6 +97,9 @@ pub struct ClusterState {
     drained: Vec<RpcReplyPort<()>>,
     census: BTreeMap<u32, u64>,
     last_sweep: Instant,
+    /// Until a node has listened for one membership timeout, it does not know who
+    /// claims what and sends no probes.
+    listening_until: Instant,
     /// Set while a heartbeat (and its probes) is being published: while the broker
     /// is unreachable a publish waits, and the keeper must not.
     publishing: Arc<AtomicBool>,
@@ -142,6 +145,7 @@ impl Actor for ClusterKeeper {
             drained: Vec::new(),
             census: BTreeMap::new(),
             last_sweep: Instant::now(),
+            listening_until: Instant::now() + timeout,
             publishing: Arc::default(),
         })
     }
@@ -282,7 +286,7 @@ impl ClusterState {
         for gone in self.membership.expire(now) {
             tracing::warn!(node = %self.me(), %gone, "node not heard from; counted out");
         }
-        let probes = if self.leaving {
+        let probes = if self.leaving || now < self.listening_until {
             Vec::new()
         } else {
             self.unclaimed(now)

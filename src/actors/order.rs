@@ -418,6 +418,9 @@ impl OrderState {
             self.ensure_lease()?;
             match commit(&self.context.store, &self.context.bus, &decision).await {
                 Ok(()) => {
+                    // Which node drives how much of the work, for the cluster figures.
+                    let node = self.context.node_id.clone();
+                    metrics::counter!("swift_order_transitions_total", "node" => node).increment(1);
                     self.order = Some(decision.order);
                     return Ok(());
                 }

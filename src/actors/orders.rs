@@ -242,7 +242,8 @@ impl OrdersState {
             // Received before the shard moved on: its new owner resumes the order from
             // the store, so the command has nothing left to do here.
             tracing::debug!(%order_id, shard = lease.shard, "command for a shard no longer held; dropped");
-            ack.ack().await;
+            // Not awaited here: the router must not wait on the broker.
+            tokio::spawn(ack.ack());
             return Ok(());
         }
         if self.live.get(&order_id).is_some_and(|l| l.lease != lease)
