@@ -266,6 +266,7 @@ async fn drivers_take_ready_orders_out_and_deliver_them() {
     let order_id = app.place(&token).await;
     app.wait_for_status(&token, &order_id, "READY_FOR_DELIVERY", JOURNEY)
         .await;
+    app.assign(&order_id, &driver).await;
     for status in ["OUT_FOR_DELIVERY", "DELIVERED"] {
         let response = app
             .http

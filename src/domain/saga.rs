@@ -143,7 +143,16 @@ pub enum OperationOutcome {
 pub enum SagaInput {
     Outcome(Operation, OperationOutcome),
     Cancel,
-    Delivery { status: OrderStatus, driver: UserId },
+    /// An admin gives the order to a driver (or to another driver).
+    Assign {
+        driver: UserId,
+    },
+    /// The order leaves with its driver, or arrives; `by` is who said so (the
+    /// assigned driver or an admin), kept in the event for the audit trail.
+    Delivery {
+        status: OrderStatus,
+        by: UserId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,7 +297,25 @@ pub fn decide(
             }
             draft.begin_compensation(OrderStatus::Cancelled, "cancelled by the customer".into());
         }
-        SagaInput::Delivery { status, driver } => {
+        SagaInput::Assign { driver } => {
+            // Once the parcel is on a van, the driver carrying it is the one who
+            // delivers it; a failed, cancelled or compensating order needs no one.
+            let open = !order.status.is_terminal()
+                && !matches!(
+                    order.status,
+                    OrderStatus::OutForDelivery | OrderStatus::Compensating
+                );
+            if !open {
+                return Err(SagaRejection::Conflict(format!(
+                    "an order that is {} cannot be assigned to a driver",
+                    order.status
+                )));
+            }
+            // Not a status change, so no update for the customer's event log; the
+            // order document shows the driver, and the API logs who assigned whom.
+            draft.order.driver_id = Some(driver);
+        }
+        SagaInput::Delivery { status, by } => {
             let allowed = matches!(
                 (order.status, status),
                 (OrderStatus::ReadyForDelivery, OrderStatus::OutForDelivery)
@@ -304,8 +331,8 @@ pub fn decide(
                 OrderStatus::OutForDelivery => "Out for delivery",
                 _ => "Delivered",
             };
-            draft.order.driver_id = Some(driver.clone());
-            draft.announce(status, message, json!({"driverId": driver}));
+            let data = json!({"driverId": order.driver_id, "by": by});
+            draft.announce(status, message, data);
         }
     }
     Ok(draft.done())
@@ -708,7 +735,7 @@ mod tests {
             &ready(),
             SagaInput::Delivery {
                 status: OrderStatus::OutForDelivery,
-                driver,
+                by: driver,
             },
             now(),
         )
@@ -758,7 +785,7 @@ mod tests {
         let driver = UserId::from_trusted("usr_d");
         let delivery = |status| SagaInput::Delivery {
             status,
-            driver: driver.clone(),
+            by: driver.clone(),
         };
         assert!(decide(&received(), delivery(OrderStatus::OutForDelivery), now()).is_err());
         assert!(decide(&ready(), delivery(OrderStatus::Delivered), now()).is_err());
@@ -766,6 +793,53 @@ mod tests {
         let done = decide(&out.order, delivery(OrderStatus::Delivered), now()).unwrap();
         assert_eq!(done.order.status, OrderStatus::Delivered);
         assert!(done.order.status.is_terminal());
+    }
+
+    #[test]
+    fn an_admin_assigns_a_driver_until_the_parcel_leaves() {
+        let driver = UserId::from_trusted("usr_d");
+        let assign = |driver: &UserId| SagaInput::Assign {
+            driver: driver.clone(),
+        };
+        let early = decide(&received(), assign(&driver), now()).unwrap();
+        assert_eq!(early.order.driver_id.as_ref(), Some(&driver));
+        assert_eq!(early.order.status, OrderStatus::Received);
+        assert!(
+            early.events.is_empty(),
+            "no status change, nothing to announce"
+        );
+        assert_eq!(early.order.version, received().version + 1, "but a write");
+        assert_eq!(
+            early.next,
+            Some(Operation::ValidateCustomer),
+            "the saga goes on"
+        );
+
+        let other = UserId::from_trusted("usr_e");
+        let assigned = decide(&ready(), assign(&driver), now()).unwrap();
+        let reassigned = decide(&assigned.order, assign(&other), now()).unwrap();
+        assert_eq!(reassigned.order.driver_id.as_ref(), Some(&other));
+
+        let out = decide(
+            &reassigned.order,
+            SagaInput::Delivery {
+                status: OrderStatus::OutForDelivery,
+                by: other.clone(),
+            },
+            now(),
+        )
+        .unwrap();
+        assert_eq!(out.order.driver_id.as_ref(), Some(&other), "kept");
+        assert_eq!(out.events[0].data["driverId"], "usr_e");
+        for closed in [
+            out.order,
+            decide(&ready(), SagaInput::Cancel, now()).unwrap().order,
+        ] {
+            assert!(matches!(
+                decide(&closed, assign(&driver), now()),
+                Err(SagaRejection::Conflict(_))
+            ));
+        }
     }
 
     #[test]
