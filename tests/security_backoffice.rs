@@ -205,6 +205,13 @@ async fn a_route_optimiser_redirecting_elsewhere_gets_nothing_sent_there() {
         );
         assert!(order["route"].is_null(), "{order}");
         assert_eq!(order["integrationStatus"]["ros"], "FAILED", "{order}");
+        assert!(
+            order["failureReason"]
+                .as_str()
+                .unwrap()
+                .starts_with("the route service did not answer in time"),
+            "{order}"
+        );
         let ros = service_health(&app, &app.admin_token().await, "ros").await;
         assert!(
             ros["lastError"].as_str().unwrap().contains("redirect"),
@@ -426,4 +433,109 @@ async fn a_circuit_reopened_after_recover_during_an_outage_probes_again() {
         service_health(&app, &admin, "cms").await["circuit"],
         "CLOSED"
     );
+}
+
+/// What the customer can read of an order: the document with its history (the
+/// WebSocket updates are those events) and the status view.
+async fn customer_view(app: &TestApp, token: &str, order_id: &str) -> (String, String) {
+    let document = app.order(token, order_id).await;
+    let status: Value = app
+        .http
+        .get(app.url(&format!("/api/orders/{order_id}/status")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reason = document["failureReason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (reason, format!("{document}{status}"))
+}
+
+/// Words that would tell a customer about our insides or repeat a hostile server.
+const LEAKS: [&str; 7] = [
+    "http://",
+    "127.0.0.1",
+    "10.1.2.3",
+    "os error",
+    "line 1",
+    "XML",
+    "<script>",
+];
+
+/// Issue 9 item 6: a refusal full of internals, an unreachable system, and replies
+/// that do not parse all end in a `failureReason` in domain words, and nothing of
+/// the detail reaches the customer (operators find it in the logs and the health
+/// view).
+#[tokio::test]
+async fn customers_read_failure_reasons_in_domain_words_only() {
+    let (sims, _stop) = back_office().await;
+    let (refusing, _) = recording(|_, _, _| {
+        let leak = "no route: upstream http://10.1.2.3:9000/plan said <script> (os error 111)";
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"error": leak})),
+        )
+            .into_response()
+    })
+    .await;
+    let (garbling, _) =
+        recording(|_, _, _| (StatusCode::OK, "<html>not json").into_response()).await;
+    let (garbling_soap, _) = recording(|_, _, _| {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/xml")],
+            "<soap:Envelope><broken",
+        )
+            .into_response()
+    })
+    .await;
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let cases = [
+        (
+            json!({"ros": {"url": format!("http://{refusing}")}}),
+            "no route could be planned for the delivery",
+        ),
+        (
+            json!({"ros": {"url": format!("http://{garbling}")}}),
+            "the route service did not answer in time",
+        ),
+        (
+            json!({"ros": {"url": format!("http://{unreachable}")}}),
+            "the route service did not answer in time",
+        ),
+        (
+            json!({"cms": {"url": format!("http://{garbling_soap}/cms")}}),
+            "the customer records system did not answer in time",
+        ),
+        (
+            json!({"wms": {"addr": unreachable.to_string()}}),
+            "the warehouse did not answer in time",
+        ),
+    ];
+    for (system, expected) in cases {
+        let mut overrides = fail_fast();
+        merge(&mut overrides, system.clone());
+        let app = node(&sims, overrides).await;
+        let (token, _) = app.register_client().await;
+        let order_id = app.place(&token).await;
+        app.wait_for_status(&token, &order_id, "FAILED", JOURNEY)
+            .await;
+        let (reason, shown) = customer_view(&app, &token, &order_id).await;
+        assert!(reason.starts_with(expected), "{system}: {reason}");
+        for leak in LEAKS {
+            assert!(
+                !shown.contains(leak),
+                "{system}: {leak:?} reached the customer: {shown}"
+            );
+        }
+        app.runtime.shutdown().await;
+    }
 }

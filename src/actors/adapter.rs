@@ -17,7 +17,7 @@ use super::telemetry::MailboxGauge;
 use super::{Acker, Context};
 use crate::bus::{OrderCommand, StepReply, StepRequest};
 use crate::config::Settings;
-use crate::domain::System;
+use crate::domain::{OperationOutcome, System};
 use crate::protocols::{CallError, SystemClient};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -320,6 +320,10 @@ impl AdapterState {
             let failure = result.as_ref().err().map(ToString::to_string);
             if let Some(error) = &failure {
                 tracing::warn!(order_id = %request.order_id, operation = request.operation.name(), %error, "call failed");
+            }
+            // The customer reads fixed domain words; what the system said is here.
+            if let Ok(OperationOutcome::Refused { reason }) = &result {
+                tracing::info!(order_id = %request.order_id, operation = request.operation.name(), %reason, "refused by the system");
             }
             let reply = match result {
                 Ok(outcome) => StepReply::Settled { outcome },
