@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use common::{TestApp, periodic_check, spawn_app_with};
+use common::{TestApp, merge, periodic_check, spawn_app_with};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,17 +138,6 @@ async fn node(sims: &RunningSimulators, overrides: Value) -> TestApp {
     });
     merge(&mut settings, overrides);
     spawn_app_with(settings).await
-}
-
-fn merge(base: &mut Value, overrides: Value) {
-    match (base, overrides) {
-        (Value::Object(base), Value::Object(overrides)) => {
-            for (key, value) in overrides {
-                merge(base.entry(key).or_insert(Value::Null), value);
-            }
-        }
-        (base, overrides) => *base = overrides,
-    }
 }
 
 /// Few attempts and no circuit in the way: a failing system fails the order fast.

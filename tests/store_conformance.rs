@@ -736,11 +736,11 @@ async fn assigned_orders_are_listed_per_driver_and_status(store: SharedStore) {
     let carrying = Some(OrderStatus::OutForDelivery);
     assert_eq!(
         list(by_driver(&d1, ready, 10)).await,
-        [johns.order_id.clone()]
+        std::slice::from_ref(&johns.order_id)
     );
     assert_eq!(
         list(by_driver(&d1, carrying, 10)).await,
-        [carried.order_id.clone()]
+        std::slice::from_ref(&carried.order_id)
     );
     assert_eq!(
         list(by_driver(&d2, ready, 10)).await,
@@ -758,7 +758,10 @@ async fn assigned_orders_are_listed_per_driver_and_status(store: SharedStore) {
         driver: Some(d1.clone()),
         ..query(Some(&jane), None, 10)
     };
-    assert_eq!(list(janes_with_d1).await, [carried.order_id.clone()]);
+    assert_eq!(
+        list(janes_with_d1).await,
+        std::slice::from_ref(&carried.order_id)
+    );
     assert_eq!(carried.driver_id.as_ref(), Some(&d1));
     let stored = store
         .order(&carried.order_id)

@@ -94,7 +94,7 @@ pub fn backend_env() -> Vec<(&'static str, String)> {
     env
 }
 
-fn merge(base: &mut Value, overrides: Value) {
+pub fn merge(base: &mut Value, overrides: Value) {
     match (base, overrides) {
         (Value::Object(base), Value::Object(overrides)) => {
             for (key, value) in overrides {
