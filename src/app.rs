@@ -212,7 +212,6 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", settings.http.bind))?;
     let http_addr = listener.local_addr()?;
-    let listener = axum::serve::ListenerExt::tap_io(listener, crate::http::ws::tune_connection);
     let state = crate::http::AppState {
         settings: settings.clone(),
         store: store.clone(),
@@ -225,16 +224,12 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
             shutdown: shutdown.child_token(),
         },
     };
-    let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let http_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server stopped with an error");
-        }
-    }));
+    tasks.push(tokio::spawn(crate::http::server::serve(
+        listener,
+        crate::http::router(state),
+        (&settings.http).into(),
+        shutdown.clone(),
+    )));
 
     resume_unfinished(&store, &bus, None).await?;
     let sweep = Duration::from_secs(settings.orders.resume_sweep_secs);
