@@ -272,7 +272,9 @@ impl Settings {
         Ok(settings)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the settings as a whole; run again after anything changes them (the
+    /// command line's `--bind` may expose a node the file kept on loopback).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         self.refuse_unsafe_secret()?;
         if self.auth.access_token_ttl_secs == 0 || self.auth.refresh_token_ttl_hours == 0 {

@@ -94,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(data) = cli.data {
         settings.store.path = data;
     }
+    settings.validate()?;
     match cli.command.unwrap_or(Command::Serve {
         no_simulators: false,
     }) {
