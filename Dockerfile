@@ -16,8 +16,14 @@ RUN apt-get update \
 COPY --from=build /src/target/release/swiftlogistics /usr/local/bin/swiftlogistics
 USER swift
 WORKDIR /var/lib/swiftlogistics
-ENV SWIFT__HTTP__BIND=0.0.0.0:3000 \
+# Production by default: the node refuses to start without its own JWT secret
+# (docker run -e JWT_SECRET=$(openssl rand -hex 32) ...), and generated admin/driver
+# passwords go to /var/lib/swiftlogistics/generated-passwords.txt (mode 0600), not
+# to the log.
+ENV SWIFT__PROFILE=production \
+    SWIFT__HTTP__BIND=0.0.0.0:3000 \
     SWIFT__STORE__PATH=/var/lib/swiftlogistics/data \
+    SWIFT__AUTH__GENERATED_PASSWORDS_FILE=/var/lib/swiftlogistics/generated-passwords.txt \
     SWIFT__LOG__FORMAT=json
 EXPOSE 3000
 ENTRYPOINT ["swiftlogistics"]

@@ -70,8 +70,9 @@ admin_email="admin@swiftlogistics.local"
 admin_password="browser-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
 log "starting the node (data in $work/data)"
-# Every port is chosen by the OS. The tests sign in several times within a minute,
-# so the per-address login limit (5 a minute by default) is raised for this node.
+# Every port is chosen by the OS. The tests register and sign in many times from one
+# address, so the per-address budgets (5 logins a minute, 3 registrations an hour,
+# 100 anonymous requests per 15 minutes by default) are raised for this node.
 env \
     SWIFT__HTTP__BIND=127.0.0.1:0 \
     SWIFT__SIMULATORS__ENABLED=true \
@@ -84,7 +85,10 @@ env \
     SWIFT__BUS__KIND=local \
     SWIFT__AUTH__ADMIN_EMAIL="$admin_email" \
     SWIFT__AUTH__ADMIN_PASSWORD="$admin_password" \
-    SWIFT__AUTH__LOGIN_PER_MINUTE=60 \
+    SWIFT__AUTH__LOGIN_PER_MINUTE=600 \
+    SWIFT__AUTH__REGISTER_PER_HOUR=10000 \
+    SWIFT__RATE_LIMIT__ANONYMOUS_PER_WINDOW=1000000 \
+    SWIFT__RATE_LIMIT__USER_PER_WINDOW=1000000 \
     SWIFT__LOG__FORMAT=json \
     "$bin" serve >"$node_log" 2>&1 &
 node_pid=$!

@@ -248,7 +248,6 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     let generated_accounts = crate::auth::ensure_bootstrap_accounts(&store, &settings).await?;
     let orders = OrderService::new(store.clone(), bus.clone(), admission);
 
-    let listener = axum::serve::ListenerExt::tap_io(listener, crate::http::ws::tune_connection);
     let sessions = shutdown.child_token();
     let state = crate::http::AppState {
         settings: settings.clone(),
@@ -262,17 +261,13 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
             shutdown: sessions.clone(),
         },
     };
-    let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let http_shutdown = shutdown.child_token();
-    let stop_serving = http_shutdown.clone();
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop_serving.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server stopped with an error");
-        }
-    });
+    let http_task = tokio::spawn(crate::http::server::serve(
+        listener,
+        crate::http::router(state),
+        (&settings.http).into(),
+        http_shutdown.clone(),
+    ));
 
     Ok(Runtime {
         settings,

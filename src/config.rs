@@ -10,6 +10,18 @@ use std::time::Duration;
 
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const DEFAULT_JWT_SECRET: &str = "dev-only-change-me-swiftlogistics-secret";
+/// Secrets anyone can read: ours, the seed's `.env.example`, and the usual suspects.
+const KNOWN_JWT_SECRETS: [&str; 6] = [
+    DEFAULT_JWT_SECRET,
+    "your-secret-key-change-in-production",
+    "secret",
+    "changeme",
+    "change-me",
+    "jwt-secret",
+];
+/// Shortest secret accepted on a node reachable from other machines (256 bits as hex
+/// would be 64; 32 bytes is the floor that `openssl rand -hex 16` still meets).
+const MIN_EXPOSED_SECRET_LEN: usize = 32;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +40,7 @@ pub struct Settings {
     pub supervision: SupervisionSettings,
     pub simulators: SimulatorSettings,
     pub websocket: WebSocketSettings,
+    pub rate_limit: RateLimitSettings,
     pub cluster: ClusterSettings,
     pub log: LogSettings,
 }
@@ -46,14 +59,29 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout_secs: u64,
+    pub header_read_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub cors_allowed_origins: Vec<String>,
+    pub metrics_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub jwt_secret: String,
-    pub token_ttl_hours: u64,
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_hours: u64,
+    pub leeway_secs: u64,
+    pub session_cache_ms: u64,
     pub login_per_minute: u32,
+    pub lockout_failures: u32,
+    pub lockout_minutes: u64,
+    pub register_per_hour: u32,
+    pub generated_passwords_file: PathBuf,
     pub admin_email: String,
     pub admin_password: String,
     pub driver_email: String,
@@ -162,6 +190,16 @@ pub struct WebSocketSettings {
     pub pong_timeout_ms: u64,
     pub session_buffer: usize,
     pub max_subscriptions: usize,
+    pub max_sessions_per_user: usize,
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub window_secs: u64,
+    pub anonymous_per_window: u32,
+    pub user_per_window: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -247,15 +285,27 @@ impl Settings {
         Ok(settings)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the settings as a whole; run again after anything changes them (the
+    /// command line's `--bind` may expose a node the file kept on loopback).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if self.profile == Profile::Production && self.auth.jwt_secret == DEFAULT_JWT_SECRET {
-            return Err(ConfigError::Unsafe(
-                "the production profile needs its own auth.jwt_secret (JWT_SECRET)".into(),
-            ));
+        self.refuse_unsafe_secret()?;
+        if self.auth.access_token_ttl_secs == 0 || self.auth.refresh_token_ttl_hours == 0 {
+            return invalid(
+                "auth.access_token_ttl_secs and auth.refresh_token_ttl_hours must be positive",
+            );
         }
-        if self.auth.jwt_secret.len() < 16 {
-            return invalid("auth.jwt_secret must be at least 16 bytes");
+        let limits = &self.rate_limit;
+        if limits.window_secs == 0
+            || limits.anonymous_per_window == 0
+            || limits.user_per_window == 0
+        {
+            return invalid("every rate_limit setting must be positive");
+        }
+        if self.http.max_connections == 0 || self.http.max_connections_per_client == 0 {
+            return invalid(
+                "http.max_connections and http.max_connections_per_client must be positive",
+            );
         }
         if self.bus.shards == 0 || self.saga.max_attempts == 0 || self.wms.connections == 0 {
             return invalid("bus.shards, saga.max_attempts and wms.connections must be positive");
@@ -285,6 +335,45 @@ impl Settings {
             return invalid("every websocket setting must be positive");
         }
         Ok(())
+    }
+
+    /// A node that others can reach, or one that says it is in production, must not
+    /// accept tokens signed with a secret anyone can read or guess.
+    fn refuse_unsafe_secret(&self) -> Result<(), ConfigError> {
+        let secret = self.auth.jwt_secret.as_str();
+        let known = KNOWN_JWT_SECRETS
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(secret.trim()));
+        let exposed = self.profile == Profile::Production || !self.listens_on_loopback_only();
+        if exposed && (known || secret.len() < MIN_EXPOSED_SECRET_LEN) {
+            let why = if self.profile == Profile::Production {
+                "the production profile".to_owned()
+            } else {
+                format!("listening on {}, beyond loopback,", self.http.bind)
+            };
+            return Err(ConfigError::Unsafe(format!(
+                "{why} needs its own auth.jwt_secret (JWT_SECRET) of at least \
+                 {MIN_EXPOSED_SECRET_LEN} bytes, not a built-in or well-known one; \
+                 generate one with `openssl rand -hex 32`"
+            )));
+        }
+        if secret.len() < 16 {
+            return Err(ConfigError::Invalid(
+                "auth.jwt_secret must be at least 16 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the HTTP API is reachable from this machine only (127.0.0.0/8, ::1,
+    /// `localhost`). Anything else, including host names, counts as exposed.
+    pub fn listens_on_loopback_only(&self) -> bool {
+        let bind = self.http.bind.trim();
+        if let Ok(addr) = bind.parse::<std::net::SocketAddr>() {
+            return addr.ip().is_loopback();
+        }
+        bind.rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
     }
 
     pub fn uses_default_secret(&self) -> bool {
@@ -349,9 +438,47 @@ mod tests {
         let err = Settings::defaults_with(json!({"profile": "production"})).unwrap_err();
         assert!(matches!(err, ConfigError::Unsafe(_)));
         let ok = Settings::defaults_with(
-            json!({"profile": "production", "auth": {"jwt_secret": "a-real-secret-of-some-length"}}),
+            json!({"profile": "production", "auth": {"jwt_secret": "a-real-secret-of-some-length-32b"}}),
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn an_exposed_node_refuses_known_and_short_secrets() {
+        for bind in [
+            "0.0.0.0:3000",
+            "[::]:3000",
+            "10.1.2.3:80",
+            "api.example.com:3000",
+        ] {
+            let err = Settings::defaults_with(json!({"http": {"bind": bind}})).unwrap_err();
+            assert!(matches!(err, ConfigError::Unsafe(_)), "{bind}: {err}");
+            let short = json!({"http": {"bind": bind}, "auth": {"jwt_secret": "sixteen-bytes-ok"}});
+            assert!(Settings::defaults_with(short).is_err(), "{bind}");
+            let seed = json!({"http": {"bind": bind},
+                "auth": {"jwt_secret": "your-secret-key-change-in-production"}});
+            assert!(Settings::defaults_with(seed).is_err(), "{bind}");
+            let good = json!({"http": {"bind": bind},
+                "auth": {"jwt_secret": "0123456789abcdef0123456789abcdef"}});
+            assert!(Settings::defaults_with(good).is_ok(), "{bind}");
+        }
+        for bind in [
+            "127.0.0.1:3000",
+            "127.0.0.2:0",
+            "[::1]:3000",
+            "localhost:3000",
+        ] {
+            let s = Settings::defaults_with(json!({"http": {"bind": bind}})).unwrap();
+            assert!(
+                s.listens_on_loopback_only() && s.uses_default_secret(),
+                "{bind}"
+            );
+        }
+        let short = json!({"profile": "production", "auth": {"jwt_secret": "sixteen-bytes-ok"}});
+        assert!(matches!(
+            Settings::defaults_with(short).unwrap_err(),
+            ConfigError::Unsafe(_)
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use swiftlogistics::config::{BusKind, LogFormat, Settings, StoreKind};
+use swiftlogistics::config::{BusKind, LogFormat, Profile, Settings, StoreKind};
 use swiftlogistics::{app, bench, bench_db, bench_ws, simulators};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(data) = cli.data {
         settings.store.path = data;
     }
+    settings.validate()?;
     match cli.command.unwrap_or(Command::Serve {
         no_simulators: false,
     }) {
@@ -134,15 +135,24 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    if settings.uses_default_secret() {
+    let development = settings.profile == Profile::Development;
+    if development {
         tracing::warn!(
-            "using the development JWT secret; set JWT_SECRET before exposing this node"
+            default_secret = settings.uses_default_secret(),
+            "DEVELOPMENT MODE: for a laptop only; generated passwords are printed, and the \
+             built-in JWT secret is accepted on loopback. Set SWIFT__PROFILE=production \
+             and JWT_SECRET for anything else"
         );
     }
     let runtime = app::start(settings).await?;
     let url = runtime.base_url();
     let mut banner = vec![
         format!("SwiftLogistics is running: API and pages at {url}"),
+        if development {
+            "  *** DEVELOPMENT MODE: not for production (SWIFT__PROFILE=production) ***".to_owned()
+        } else {
+            "  profile: production".to_owned()
+        },
         // The MongoDB URI may carry credentials: only the database is shown.
         match runtime.settings.store.kind {
             StoreKind::Embedded => format!(
@@ -173,15 +183,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             runtime.settings.cms.url, runtime.settings.ros.url, runtime.settings.wms.addr
         )),
     }
-    for (email, role, password) in &runtime.generated_accounts {
-        banner.push(format!(
-            "  {} account created: {} / {password}   (shown once; keep it)",
-            role.as_str(),
-            email.as_str()
-        ));
-    }
+    banner.extend(swiftlogistics::auth::hand_over_generated_passwords(
+        &runtime.settings,
+        &runtime.generated_accounts,
+    )?);
     banner.push(format!(
-        "  try: curl -s -X POST {url}/api/auth/register -H 'content-type: application/json' \\\n         -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\",\"password\":\"correct-horse\"}}'"
+        "  try: curl -s -X POST {url}/api/auth/register -H 'content-type: application/json' \\\n         -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\",\"password\":\"correct-horse\"}}'\n       then POST {url}/api/auth/login with the same e-mail and password"
     ));
     println!("{}", banner.join("\n"));
     runtime.run_until(stop_signal()).await

@@ -325,17 +325,26 @@ struct Load {
 
 impl Load {
     async fn start(cluster: &Cluster, targets: Vec<String>, clients: usize, total: usize) -> Self {
-        let registered: Value = cluster
+        let account = json!({"name": "Cluster Load", "email": format!("load-{}@example.com", uuid::Uuid::new_v4()), "password": "correct-horse-battery"});
+        let registered = cluster
             .http
             .post(format!("{}/api/auth/register", targets[0]))
-            .json(&json!({"name": "Cluster Load", "email": format!("load-{}@example.com", uuid::Uuid::new_v4()), "password": "correct-horse-battery"}))
+            .json(&account)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(registered.status(), 202);
+        let logged_in: Value = cluster
+            .http
+            .post(format!("{}/api/auth/login", targets[0]))
+            .json(&account)
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        let token = registered["token"].as_str().unwrap().to_owned();
+        let token = logged_in["token"].as_str().unwrap().to_owned();
         let load = Self {
             accepted: Arc::default(),
             retryable: Arc::default(),

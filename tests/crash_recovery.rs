@@ -51,15 +51,23 @@ async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing
     // One database and bus namespace for both lives of the node.
     let backend = common::backend_env();
     let mut node = start_node(data.path(), &sims_line, &backend).await;
-    let registered = json(
-        http.post(format!("{}/api/auth/register", node.url))
-            .json(&json!({"name": "Crash Test", "email": "crash@example.com", "password": "correct-horse-battery"}))
+    let account = json!({"name": "Crash Test", "email": "crash@example.com", "password": "correct-horse-battery"});
+    let registered = http
+        .post(format!("{}/api/auth/register", node.url))
+        .json(&account)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 202);
+    let logged_in = json(
+        http.post(format!("{}/api/auth/login", node.url))
+            .json(&account)
             .send()
             .await
             .unwrap(),
     )
     .await;
-    let token = registered["token"].as_str().unwrap().to_owned();
+    let token = logged_in["token"].as_str().unwrap().to_owned();
 
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut clients = Vec::new();

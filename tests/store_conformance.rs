@@ -17,9 +17,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use swiftlogistics::domain::saga::decide;
 use swiftlogistics::domain::{
-    CustomerProfile, Email, Location, NewOrder, Operation, OperationOutcome, Order, OrderEvent,
-    OrderId, OrderStatus, PackageDetails, Reservation, Role, Route, SagaDecision, SagaInput, User,
-    UserId, Waypoint,
+    CustomerProfile, Email, Location, LoginSession, NewOrder, Operation, OperationOutcome, Order,
+    OrderEvent, OrderId, OrderStatus, PackageDetails, Reservation, Role, Route, SagaDecision,
+    SagaInput, User, UserId, Waypoint,
 };
 use swiftlogistics::store::embedded::EmbeddedStore;
 use swiftlogistics::store::mongo::MongoStore;
@@ -52,6 +52,7 @@ macro_rules! conformance_tests {
             driver_location_is_upserted,
             two_thousand_concurrent_creates_all_commit,
             conflicts_in_a_burst_do_not_fail_their_neighbours,
+            login_sessions_rotate_by_compare_and_set_and_revoke,
         );
     };
     (@cases $backend:ident, $make:expr, $($case:ident),+ $(,)?) => {
@@ -291,6 +292,94 @@ fn seqs(events: &[OrderEvent]) -> Vec<u64> {
 
 // ---------------------------------------------------------------------------------
 // Behaviours
+
+/// Refresh-token families: one rotation wins among concurrent ones; a revoked
+/// session cannot rotate; revoking a user's sessions leaves other users' alone.
+async fn login_sessions_rotate_by_compare_and_set_and_revoke(store: SharedStore) {
+    let at = now_ms();
+    let session = |id: &str, user: &UserId| LoginSession {
+        id: id.to_owned(),
+        user_id: user.clone(),
+        generation: 0,
+        token_hash: "hash-0".to_owned(),
+        created_at: at,
+        expires_at: at + TimeDelta::days(30),
+        revoked_at: None,
+    };
+    let (alice, bob) = (UserId::generate(), UserId::generate());
+    let first = session("ses_a1", &alice);
+    store.insert_session(&first).await.unwrap();
+    store
+        .insert_session(&session("ses_a2", &alice))
+        .await
+        .unwrap();
+    store
+        .insert_session(&session("ses_b1", &bob))
+        .await
+        .unwrap();
+    assert_eq!(store.session("ses_a1").await.unwrap(), Some(first));
+    assert_eq!(store.session("ses_nope").await.unwrap(), None);
+
+    let attempts = (0..8).map(|n| {
+        let store = store.clone();
+        async move {
+            store
+                .rotate_session("ses_a1", 0, &format!("hash-{n}"))
+                .await
+        }
+    });
+    let winners: Vec<LoginSession> = join_all(attempts)
+        .await
+        .into_iter()
+        .filter_map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one rotation of generation 0 wins"
+    );
+    let stored = store.session("ses_a1").await.unwrap().unwrap();
+    assert_eq!(stored.generation, 1);
+    assert_eq!(stored.token_hash, winners[0].token_hash);
+    assert!(
+        store
+            .rotate_session("ses_a1", 0, "late")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store.revoke_session("ses_a1", at).await.unwrap();
+    store.revoke_session("ses_a1", at).await.unwrap();
+    store.revoke_session("ses_unknown", at).await.unwrap();
+    let revoked = store.session("ses_a1").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(at));
+    assert!(
+        store
+            .rotate_session("ses_a1", 1, "after")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert_eq!(
+        store.revoke_user_sessions(&alice, at).await.unwrap(),
+        1,
+        "a2 only"
+    );
+    let other = store.session("ses_b1").await.unwrap().unwrap();
+    assert_eq!(
+        other.revoked_at, None,
+        "another user's session is untouched"
+    );
+    assert!(
+        store
+            .rotate_session("ses_b1", 0, "hash-b")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
 
 async fn users_have_unique_emails(store: SharedStore) {
     let jane = user("jane@example.com");

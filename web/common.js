@@ -79,9 +79,16 @@ export function tokenClaims(token) {
   }
 }
 
+/** Milliseconds until the token expires (negative once it has), or null. */
+function msUntilExpiry(token) {
+  const claims = tokenClaims(token);
+  return claims && typeof claims.exp === "number" ? claims.exp * 1000 - Date.now() : null;
+}
+
 /**
  * The signed-in account of one page, kept in sessionStorage (per tab, gone when the
- * tab closes). A token past its expiry is dropped on read.
+ * tab closes): the short-lived access token, the refresh token that renews it, and
+ * the user. An expired access token without a refresh token is dropped on read.
  */
 export function sessionStore(key) {
   return {
@@ -93,20 +100,105 @@ export function sessionStore(key) {
         saved = null;
       }
       if (!saved || typeof saved.token !== "string") return null;
-      const claims = tokenClaims(saved.token);
-      if (claims && typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
+      const left = msUntilExpiry(saved.token);
+      if (left !== null && left <= 0 && typeof saved.refreshToken !== "string") {
         sessionStorage.removeItem(key);
         return null;
       }
       return saved;
     },
-    set(token, user) {
-      sessionStorage.setItem(key, JSON.stringify({ token, user }));
+    /** `login` is the answer of POST /api/auth/login or /refresh. */
+    set(login) {
+      const { token, refreshToken, user } = login;
+      sessionStorage.setItem(key, JSON.stringify({ token, refreshToken, user }));
     },
     clear() {
       sessionStorage.removeItem(key);
     },
   };
+}
+
+/** Renew this long before the access token expires. */
+const RENEW_AHEAD_MS = 60000;
+const RENEW_RETRY_MS = 10000;
+
+/**
+ * Exchanges the saved refresh token for a new pair (the old one is spent) and saves
+ * it. Returns the saved session, or null when the server refused (the session was
+ * revoked or has ended): the page must sign in again.
+ */
+export async function refreshSession(store) {
+  const saved = store.get();
+  if (!saved || typeof saved.refreshToken !== "string") return null;
+  try {
+    const { data } = await api("/api/auth/refresh", { method: "POST", body: { refreshToken: saved.refreshToken } });
+    store.set(data);
+    return store.get();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      store.clear();
+      return null;
+    }
+    throw err;
+  }
+}
+
+/**
+ * A saved session whose access token is good for now: the saved one, or a renewed
+ * one if it has expired; null when there is none (sign in).
+ */
+export async function usableSession(store) {
+  const saved = store.get();
+  if (!saved) return null;
+  const left = msUntilExpiry(saved.token);
+  if (left === null || left > 5000) return saved;
+  try {
+    return await refreshSession(store);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Keeps the access token fresh while the page is signed in: renews it a minute
+ * before it expires and hands the new one to `onRenewed`; calls `onEnded` when the
+ * server refuses (the session was revoked). Returns a function that stops it.
+ */
+export function keepFresh(store, onRenewed, onEnded) {
+  let timer = null;
+  let stopped = false;
+  const schedule = (ms) => {
+    clearTimeout(timer);
+    if (!stopped) timer = setTimeout(renew, Math.max(0, ms));
+  };
+  const renew = async () => {
+    try {
+      const saved = await refreshSession(store);
+      if (stopped) return;
+      if (!saved) {
+        onEnded();
+        return;
+      }
+      onRenewed(saved.token);
+      schedule((msUntilExpiry(saved.token) ?? RENEW_AHEAD_MS * 2) - RENEW_AHEAD_MS);
+    } catch {
+      schedule(RENEW_RETRY_MS);
+    }
+  };
+  const saved = store.get();
+  if (saved) schedule((msUntilExpiry(saved.token) ?? RENEW_AHEAD_MS * 2) - RENEW_AHEAD_MS);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+/** Ends the server-side session (its refresh token and access tokens); best effort. */
+export function logOut(store) {
+  const saved = store.get();
+  store.clear();
+  if (!saved) return;
+  api("/api/auth/logout", { method: "POST", token: saved.token, body: { refreshToken: saved.refreshToken } }).catch(() => {});
 }
 
 /**

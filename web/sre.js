@@ -2,7 +2,7 @@
 // the Prometheus metrics and the dead letters, and redraws each panel on its own, so
 // one failing source does not blank the others.
 
-import { ApiError, ORDER_STATUSES, announce, api, byId, formatDateTime, formatTime, h, sessionStore, statusLabel, whileBusy } from "/static/common.js";
+import { ApiError, ORDER_STATUSES, announce, api, byId, formatDateTime, formatTime, h, keepFresh, logOut, sessionStore, statusLabel, usableSession, whileBusy } from "/static/common.js";
 import { History, drawChart, parseMetrics, sum } from "/static/charts.js";
 
 const session = sessionStore("swiftlogistics.sre");
@@ -45,7 +45,9 @@ function showSignedOut(message) {
 }
 
 function signOut(message) {
-  session.clear();
+  logOut(session);
+  if (state.stopRenewing) state.stopRenewing();
+  state.stopRenewing = null;
   state.token = null;
   state.user = null;
   showSignedOut(message);
@@ -81,7 +83,7 @@ function setUpLogin() {
           return;
         }
         form.reset();
-        session.set(data.token, data.user);
+        session.set(data);
         start(data.token, data.user);
       } catch (err) {
         error.textContent =
@@ -110,6 +112,14 @@ function start(token, user) {
   who.hidden = !who.textContent;
   byId("sign-out").hidden = false;
   byId("freshness").hidden = false;
+  if (state.stopRenewing) state.stopRenewing();
+  state.stopRenewing = keepFresh(
+    session,
+    (fresh) => {
+      state.token = fresh;
+    },
+    () => signOut("Your session has ended. Please sign in again."),
+  );
   drawCharts();
   poll();
   state.timer = setInterval(poll, POLL_MS);
@@ -487,9 +497,10 @@ function main() {
       poll();
     }
   });
-  const saved = session.get();
-  if (saved && saved.user && saved.user.role === "admin") start(saved.token, saved.user);
-  else showSignedOut("");
+  usableSession(session).then((saved) => {
+    if (saved && saved.user && saved.user.role === "admin") start(saved.token, saved.user);
+    else showSignedOut("");
+  });
 }
 
 main();

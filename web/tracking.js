@@ -14,11 +14,14 @@ import {
   formatDateTime,
   formatTime,
   h,
+  keepFresh,
+  logOut,
   randomKey,
   sessionStore,
   showFieldErrors,
   statusLabel,
   statusPill,
+  usableSession,
   whileBusy,
 } from "/static/common.js";
 
@@ -131,6 +134,15 @@ class LiveUpdates {
   }
 
   /** Reconnects now, if a retry is pending (the tab came back, the network returned). */
+  /** A renewed access token: used for the next connection, and sent on the open one
+   * so the server does not close the session when the old token expires. */
+  renew(token) {
+    this.token = token;
+    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+      this.socket.send(JSON.stringify({ type: "renew", token }));
+    }
+  }
+
   nudge() {
     if (this.stopped || this.socket) return;
     clearTimeout(this.retryTimer);
@@ -243,7 +255,7 @@ function showSignedOut(message) {
 }
 
 function signOut(message) {
-  session.clear();
+  logOut(session);
   stopWorkspace();
   state.user = null;
   state.token = null;
@@ -252,9 +264,10 @@ function signOut(message) {
   byId("login-email").focus();
 }
 
-function signedIn(token, user) {
-  session.set(token, user);
-  startWorkspace(token, user);
+/** `login`: the answer of POST /api/auth/login. */
+function signedIn(login) {
+  session.set(login);
+  startWorkspace(login.token, login.user);
 }
 
 /** Every API call of the page: a 401 ends the session. */
@@ -310,7 +323,7 @@ function setUpAuth() {
       try {
         const { data } = await api("/api/auth/login", { method: "POST", body: { email, password } });
         login.reset();
-        signedIn(data.token, data.user);
+        signedIn(data);
       } catch (err) {
         error.textContent =
           err.status === 401
@@ -334,14 +347,18 @@ function setUpAuth() {
     if (f.phone.value.trim()) body.phone = f.phone.value.trim();
     await whileBusy(register, "Creating account…", async () => {
       try {
-        const { data } = await api("/api/auth/register", { method: "POST", body });
+        // The answer is the same whether or not the address had an account; signing
+        // in with the chosen password tells which.
+        await api("/api/auth/register", { method: "POST", body });
+        const credentials = { email: body.email, password: body.password };
+        const { data } = await api("/api/auth/login", { method: "POST", body: credentials });
         register.reset();
-        signedIn(data.token, data.user);
+        signedIn(data);
       } catch (err) {
         const unplaced = showFieldErrors(register, err);
         error.textContent =
-          err.status === 409
-            ? "An account with this e-mail address already exists. Sign in instead."
+          err.status === 401
+            ? "This e-mail address already has an account with another password. Sign in instead."
             : err.details.length
               ? unplaced.join(". ") || "Please correct the highlighted fields."
               : err.message;
@@ -377,6 +394,14 @@ function startWorkspace(token, user) {
     },
   });
   state.live.start();
+  state.stopRenewing = keepFresh(
+    session,
+    (fresh) => {
+      state.token = fresh;
+      if (state.live) state.live.renew(fresh);
+    },
+    () => signOut("Your session has ended. Please sign in again."),
+  );
   state.timers.push(setInterval(pollSelected, POLL_MS));
   state.timers.push(setInterval(pollList, LIST_POLL_MS));
 
@@ -387,6 +412,8 @@ function startWorkspace(token, user) {
 }
 
 function stopWorkspace() {
+  if (state.stopRenewing) state.stopRenewing();
+  state.stopRenewing = null;
   if (state.live) state.live.stop();
   state.live = null;
   for (const timer of state.timers) clearInterval(timer);
@@ -936,9 +963,10 @@ function main() {
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden) resume();
   });
-  const saved = session.get();
-  if (saved) startWorkspace(saved.token, saved.user);
-  else showSignedOut("");
+  usableSession(session).then((saved) => {
+    if (saved) startWorkspace(saved.token, saved.user);
+    else showSignedOut("");
+  });
 }
 
 main();

@@ -237,6 +237,30 @@ fn bar(len: u64, message: &'static str) -> ProgressBar {
 
 /// Registers `users` fresh client accounts named after `label` and returns their
 /// tokens; both load generators start this way.
+/// `POST /api/auth/<step>` with a bench account; any answer but a success is an error.
+async fn account_step(
+    http: &reqwest::Client,
+    base: &str,
+    step: &str,
+    account: &serde_json::Value,
+) -> anyhow::Result<reqwest::Response> {
+    let response = http
+        .post(format!("{base}/api/auth/{step}"))
+        .json(account)
+        .send()
+        .await
+        .with_context(|| format!("cannot {step} a bench client"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let detail = response.text().await.unwrap_or_default();
+        bail!(
+            "{step} of a bench client answered {status}: {detail} (the node needs generous \
+             request budgets for a benchmark: see BENCHMARKS.md)"
+        );
+    }
+    Ok(response)
+}
+
 pub(crate) async fn register_accounts(
     http: &reqwest::Client,
     base: &str,
@@ -252,27 +276,20 @@ pub(crate) async fn register_accounts(
                 "email": format!("{label}-{run}-{n}@example.com"),
                 "password": BENCH_PASSWORD,
             });
+            // Registration answers 202 either way (it does not reveal accounts);
+            // the token comes from logging in.
             async move {
-                let response = http
-                    .post(format!("{base}/api/auth/register"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .context("cannot register a bench client")?;
-                let status = response.status();
-                if status != reqwest::StatusCode::CREATED {
-                    let detail = response.text().await.unwrap_or_default();
-                    bail!("registering a bench client answered {status}: {detail}");
-                }
+                account_step(http, base, "register", &body).await?;
                 #[derive(Deserialize)]
-                struct Registered {
+                struct LoggedIn {
                     token: String,
                 }
-                let registered: Registered = response
+                let logged_in: LoggedIn = account_step(http, base, "login", &body)
+                    .await?
                     .json()
                     .await
-                    .context("registration answer without a token")?;
-                Ok(Arc::<str>::from(registered.token))
+                    .context("login answer without a token")?;
+                Ok(Arc::<str>::from(logged_in.token))
             }
         })
         .buffer_unordered(REGISTRATION_CONCURRENCY)

@@ -17,5 +17,5 @@ pub use order::{
 };
 pub use saga::{Operation, OperationOutcome, SagaDecision, SagaInput, StepState, System};
 pub use status::OrderStatus;
-pub use user::{Email, Registration, Role, User};
+pub use user::{Email, LoginSession, Registration, Role, User};
 pub use validation::{FieldError, ValidationErrors};

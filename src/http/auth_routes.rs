@@ -1,81 +1,24 @@
-//! `POST /api/auth/register` and `POST /api/auth/login` (seed 000 sections 2 and 13.1).
+//! Accounts and sessions (seed 000 sections 2 and 13.1): `POST /api/auth/register`,
+//! `login`, `refresh` and `logout`, and `DELETE /api/admin/users/{id}/sessions`.
+//!
+//! Registration does not reveal whether an e-mail address has an account: a new
+//! address and a taken one get the same 202 and the same message, after the same
+//! work (the password is hashed either way); the caller then logs in. Only the log
+//! says which it was.
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{ApiJson, ClientIp};
-use crate::auth::{hash_password, verify_password};
+use super::extract::{ApiJson, ApiPath, Caller, ClientIp};
+use super::limits::rate_limited;
+use crate::auth::{AuthError, IssuedTokens, hash_password, verify_password};
 use crate::domain::{Email, Registration, Role, User, UserId, ValidationErrors};
+use crate::store::StoreError;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-/// How often idle addresses are forgotten.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// Tracked addresses that trigger an early sweep.
-const SWEEP_ABOVE: usize = 100_000;
-
-/// Login attempts per client address per minute. Addresses whose budget has refilled
-/// are dropped on a sweep, done inline on logins (at most once a minute, or early
-/// when many addresses are tracked), so memory stays bounded without a background
-/// task.
-pub struct LoginLimiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    last_sweep: Mutex<Instant>,
-}
-
-impl LoginLimiter {
-    pub fn new(per_minute: u32) -> Self {
-        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
-        Self {
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            last_sweep: Mutex::new(Instant::now()),
-        }
-    }
-
-    /// `Err(wait)` when the address has used up its attempts.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.sweep();
-        self.limiter
-            .check_key(&ip)
-            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
-    }
-
-    fn sweep(&self) {
-        let Ok(mut last) = self.last_sweep.try_lock() else {
-            return;
-        };
-        if last.elapsed() >= SWEEP_EVERY || self.limiter.len() > SWEEP_ABOVE {
-            self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
-            *last = Instant::now();
-        }
-    }
-
-    pub fn tracked(&self) -> usize {
-        self.limiter.len()
-    }
-}
-
-fn user_json(user: &User) -> Value {
-    json!({
-        "id": user.id,
-        "name": user.name,
-        "email": user.email,
-        "role": user.role,
-        "phone": user.phone,
-        "company": user.company,
-        "createdAt": user.created_at,
-    })
-}
 
 /// Required text fields are read as "" when absent or not strings, so that
 /// `Registration::parse` reports them; optional ones must be strings or null.
@@ -123,10 +66,17 @@ fn parse_registration(body: &Value) -> Result<Registration, ValidationErrors> {
     }
 }
 
+/// Counted against the address's registration budget first, malformed or not.
 pub async fn register(
     State(state): State<ApiState>,
-    ApiJson(body): ApiJson<Value>,
+    ClientIp(ip): ClientIp,
+    body: Result<ApiJson<Value>, ApiError>,
 ) -> Result<Response, ApiError> {
+    if let Err(wait) = state.limits.registrations.check(&ip) {
+        tracing::warn!(client = %ip, "registration rate limit reached");
+        return Err(rate_limited(wait));
+    }
+    let ApiJson(body) = body?;
     let registration = parse_registration(&body)?;
     let user = User {
         id: UserId::generate(),
@@ -138,16 +88,33 @@ pub async fn register(
         company: registration.company,
         created_at: Utc::now(),
     };
-    state.app.store.insert_user(&user).await?;
-    let token = state
-        .tokens
-        .issue(&user.id, &user.email, user.role, Utc::now())?;
-    tracing::info!(user_id = %user.id, "account registered");
+    match state.app.store.insert_user(&user).await {
+        Ok(()) => tracing::info!(user_id = %user.id, client = %ip, "account registered"),
+        Err(StoreError::DuplicateEmail) => tracing::info!(
+            client = %ip,
+            "registration for an e-mail address that has an account; nothing changed"
+        ),
+        Err(e) => return Err(e.into()),
+    }
     Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"token": token, "user": user_json(&user)})),
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "message": "If this e-mail address had no account, it has one now: log in with it and the password you chose.",
+            "email": user.email,
+        })),
     )
         .into_response())
+}
+
+fn tokens_json(issued: &IssuedTokens) -> Value {
+    let user = &issued.user;
+    json!({
+        "token": issued.access_token,
+        "refreshToken": issued.refresh_token,
+        "expiresIn": issued.expires_in_secs,
+        "tokenType": "Bearer",
+        "user": {"id": user.id, "email": user.email, "role": user.role, "name": user.name},
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,59 +124,122 @@ pub struct LoginRequest {
 }
 
 /// The attempt is counted before anything else, so even malformed attempts use up
-/// the budget.
+/// the address's budget; then the e-mail address's lockout is checked. Failures are
+/// logged with the client address (never the password).
 pub async fn login(
     State(state): State<ApiState>,
     ClientIp(ip): ClientIp,
     body: Result<ApiJson<LoginRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    if let Err(wait) = state.login_limiter.check(ip) {
+    if let Err(wait) = state.limits.logins.check(&ip) {
         tracing::warn!(client = %ip, "login rate limit reached");
-        return Err(ApiError::RateLimited {
-            retry_after_secs: wait.as_secs_f64().ceil() as u64,
-        });
+        return Err(rate_limited(wait));
     }
     let ApiJson(request) = body?;
-    let user = match Email::parse(&request.email) {
-        Some(email) => state.app.store.user_by_email(&email).await?,
+    let email = Email::parse(&request.email);
+    let account = email.as_ref().map_or("", Email::as_str).to_owned();
+    if let Err(wait) = state.limits.lockout.check(&account) {
+        tracing::warn!(client = %ip, email = %account, "login refused: the address is locked after failed logins");
+        return Err(rate_limited(wait));
+    }
+    let user = match &email {
+        Some(email) => state.app.store.user_by_email(email).await?,
         None => None,
     };
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let verified = verify_password(request.password, stored).await?;
     let user = match user {
         Some(user) if verified => user,
-        _ => return Err(ApiError::Unauthorized("invalid e-mail or password".into())),
+        known => {
+            let locked = state.limits.lockout.failed(&account);
+            tracing::warn!(client = %ip, email = %account, known_account = known.is_some(), locked, "failed login");
+            return Err(ApiError::Unauthorized("invalid e-mail or password".into()));
+        }
     };
-    let token = state
-        .tokens
-        .issue(&user.id, &user.email, user.role, Utc::now())?;
-    Ok(axum::Json(json!({
-        "token": token,
-        "user": {"id": user.id, "email": user.email, "role": user.role},
-    }))
-    .into_response())
+    state.limits.lockout.succeeded(&account);
+    let issued = state.sessions.start(user).await?;
+    Ok(axum::Json(tokens_json(&issued)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// A new access token and the session's next refresh token; the one presented is
+/// spent. Presenting a spent one ends the session (see `auth::Sessions::refresh`).
+pub async fn refresh(
+    State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(request): ApiJson<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    match state.sessions.refresh(&request.refresh_token).await {
+        Ok(issued) => Ok(axum::Json(tokens_json(&issued)).into_response()),
+        Err(AuthError::InvalidToken) => {
+            tracing::warn!(client = %ip, "refresh refused");
+            Err(ApiError::Unauthorized(
+                "invalid, spent or revoked refresh token".into(),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogoutRequest {
+    refresh_token: Option<String>,
+}
+
+/// Ends the login session of the access token presented (or of the refresh token in
+/// the body): its refresh token and every access token issued in it stop working.
+pub async fn logout(
+    State(state): State<ApiState>,
+    caller: Result<Caller, ApiError>,
+    body: Result<ApiJson<LogoutRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let request = body.map(|ApiJson(r)| r).unwrap_or_default();
+    let from_body = request
+        .refresh_token
+        .as_deref()
+        .and_then(|token| state.sessions.session_of_refresh(token))
+        .map(str::to_owned);
+    let session = match (&caller, from_body) {
+        (Ok(caller), _) => caller.session_id.clone(),
+        (Err(_), Some(session)) => session,
+        (Err(e), None) => {
+            return Err(ApiError::Unauthorized(format!(
+                "{e}; send the access token, or {{\"refreshToken\"}} in the body"
+            )));
+        }
+    };
+    state.sessions.revoke(&session).await?;
+    tracing::info!(session = %session, "logged out");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Admins: ends every login session of a user (a stolen laptop, a leaver). Their
+/// access tokens stop working within `auth.session_cache_ms` on every node.
+pub async fn revoke_user_sessions(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let user = UserId::from_trusted(user_id);
+    if state.app.store.user_by_id(&user).await?.is_none() {
+        return Err(ApiError::NotFound("no such user".into()));
+    }
+    let revoked = state.sessions.revoke_user(&user).await?;
+    tracing::info!(target: "audit", admin = %caller.user_id, admin_email = %caller.email,
+        user_id = %user, revoked, "admin revoked a user's sessions");
+    Ok(axum::Json(json!({"userId": user, "revokedSessions": revoked})).into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limiter_allows_the_quota_then_refuses_with_a_wait() {
-        let limiter = LoginLimiter::new(5);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        for _ in 0..5 {
-            assert!(limiter.check(ip).is_ok());
-        }
-        let wait = limiter.check(ip).unwrap_err();
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_secs(12),
-            "{wait:?}"
-        );
-        let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(limiter.check(other).is_ok(), "limits are per address");
-        assert_eq!(limiter.tracked(), 2);
-    }
 
     #[test]
     fn registration_reports_bad_types_and_bad_values_together() {

@@ -36,5 +36,7 @@ pub async fn redrive(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
     let moved = state.app.bus.redrive(&queue).await?;
+    tracing::info!(target: "audit", admin = %caller.user_id, admin_email = %caller.email,
+        queue = %queue, redriven = moved, "dead letters redriven by an operator");
     Ok(Json(json!({ "queue": queue, "redriven": moved })))
 }

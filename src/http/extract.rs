@@ -3,12 +3,14 @@
 //! axum's plain-text defaults.
 
 use super::error::ApiError;
-use crate::auth::TokenKeys;
+use crate::auth::{Principal, Sessions};
 use crate::domain::{Role, UserId};
 use crate::service::Viewer;
 use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -27,12 +29,15 @@ pub struct ApiPath<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-/// Whoever presented a valid token.
+/// Whoever presented a valid token of a live session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: UserId,
     pub email: String,
     pub role: Role,
+    pub session_id: String,
+    /// When the presented access token expires.
+    pub expires_at: DateTime<Utc>,
 }
 
 impl Caller {
@@ -56,42 +61,56 @@ impl Caller {
     }
 }
 
-/// Validates a raw token, wherever it came from (header, WebSocket query string).
-pub fn authenticate(keys: &TokenKeys, token: &str) -> Result<Caller, ApiError> {
-    let claims = keys.verify(token)?;
-    Ok(Caller {
-        user_id: claims.user_id,
-        email: claims.email,
-        role: claims.role,
-    })
+impl From<Principal> for Caller {
+    fn from(p: Principal) -> Self {
+        Self {
+            user_id: p.user_id,
+            email: p.email.as_str().to_owned(),
+            role: p.role,
+            session_id: p.session_id,
+            expires_at: p.expires_at,
+        }
+    }
+}
+
+/// Validates a raw token, wherever it came from (header, WebSocket query string or
+/// frame), against its session and user.
+pub async fn authenticate(sessions: &Sessions, token: &str) -> Result<Caller, ApiError> {
+    Ok(sessions.authenticate(token).await?.into())
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
-pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 impl<S> FromRequestParts<S> for Caller
 where
-    Arc<TokenKeys>: FromRef<S>,
+    Arc<Sessions>: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts).ok_or_else(|| {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::Unauthorized("an Authorization: Bearer <token> header is required".into())
         })?;
-        authenticate(&Arc::<TokenKeys>::from_ref(state), token)
+        let caller = authenticate(&Arc::<Sessions>::from_ref(state), token).await?;
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
     }
 }
 
-/// The address rate limits are keyed by: the peer's IP, with IPv6 addresses reduced
-/// to their /64 (one subscriber usually owns a whole /64, so per-address limits would
-/// be no limit at all). Without connection info (a server not started with
-/// `into_make_service_with_connect_info`) all clients share one key.
+/// The address rate limits are keyed by: the peer's IP, or behind a trusted proxy
+/// the client's as the proxy reports it (see [`ClientIp::resolve`]), with IPv6
+/// addresses reduced to their /64 (one subscriber usually owns a whole /64, so
+/// per-address limits would be no limit at all). Without connection info all
+/// clients share one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
@@ -110,10 +129,43 @@ impl ClientIp {
     }
 }
 
+impl ClientIp {
+    /// The client of a request from `peer`: the peer itself, unless it is one of the
+    /// `trusted` proxies; then the right-most `X-Forwarded-For` address that is not a
+    /// trusted proxy (addresses left of it could be made up by the client).
+    pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+        let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+        if !is_trusted(&peer) {
+            return peer;
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in forwarded.iter().rev() {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) if is_trusted(&ip) => continue,
+                Ok(ip) => return ip,
+                // Garbage where an address should be: stop believing the header.
+                Err(_) => return peer,
+            }
+        }
+        peer
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = Infallible;
 
+    /// Set by the rate-limit layer (which knows the trusted proxies); the peer
+    /// address otherwise.
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(resolved) = parts.extensions.get::<ClientIp>() {
+            return Ok(*resolved);
+        }
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -127,60 +179,43 @@ mod tests {
     use super::*;
     use axum::http::Request;
 
-    fn parts(authorization: Option<&str>) -> Parts {
+    fn headers(authorization: Option<&str>) -> HeaderMap {
         let mut builder = Request::builder().uri("/api/orders");
         if let Some(value) = authorization {
             builder = builder.header(AUTHORIZATION, value);
         }
-        builder.body(()).unwrap().into_parts().0
+        builder.body(()).unwrap().into_parts().0.headers
     }
 
     #[test]
     fn bearer_tokens_are_read_case_insensitively_and_other_schemes_ignored() {
-        assert_eq!(
-            bearer_token(&parts(Some("Bearer abc.def"))),
-            Some("abc.def")
-        );
-        assert_eq!(bearer_token(&parts(Some("bearer  abc"))), Some("abc"));
-        assert_eq!(bearer_token(&parts(Some("Basic dXNlcjpwdw=="))), None);
-        assert_eq!(bearer_token(&parts(Some("Bearer"))), None);
-        assert_eq!(bearer_token(&parts(None)), None);
+        assert_eq!(bearer(&headers(Some("Bearer abc.def"))), Some("abc.def"));
+        assert_eq!(bearer(&headers(Some("bearer  abc"))), Some("abc"));
+        assert_eq!(bearer(&headers(Some("Basic dXNlcjpwdw=="))), None);
+        assert_eq!(bearer(&headers(Some("Bearer"))), None);
+        assert_eq!(bearer(&headers(None)), None);
     }
 
-    #[tokio::test]
-    async fn caller_needs_a_valid_token() {
-        let keys = Arc::new(TokenKeys::new(
-            b"a-secret-of-16-bytes",
-            chrono::Duration::hours(1),
-        ));
-        let email = crate::domain::Email::parse("d@x.com").unwrap();
-        let token = keys
-            .issue(
-                &UserId::from_trusted("usr_d"),
-                &email,
-                Role::Driver,
-                chrono::Utc::now(),
-            )
-            .unwrap();
-        let mut good = parts(Some(&format!("Bearer {token}")));
-        let caller = Caller::from_request_parts(&mut good, &keys).await.unwrap();
-        assert_eq!(caller.role, Role::Driver);
-        assert!(caller.require(&[Role::Driver, Role::Admin]).is_ok());
-        assert!(matches!(
-            caller.require(&[Role::Client]),
-            Err(ApiError::Forbidden(_))
-        ));
-
-        let mut missing = parts(None);
-        let err = Caller::from_request_parts(&mut missing, &keys)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ApiError::Unauthorized(_)));
-        let mut forged = parts(Some("Bearer eyJhbGciOiJub25lIn0.e30."));
-        let err = Caller::from_request_parts(&mut forged, &keys)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ApiError::Unauthorized(_)));
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7, 10.0.0.2".parse().unwrap(),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.5".parse().unwrap();
+        assert_eq!(
+            ClientIp::resolve(proxy, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap(),
+            "the right-most untrusted hop, not what the client wrote first"
+        );
+        assert_eq!(ClientIp::resolve(stranger, &h, &trusted), stranger);
+        assert_eq!(ClientIp::resolve(proxy, &HeaderMap::new(), &trusted), proxy);
+        h.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(ClientIp::resolve(proxy, &h, &trusted), proxy);
+        assert_eq!(ClientIp::resolve(proxy, &h, &[]), proxy);
     }
 
     #[test]

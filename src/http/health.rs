@@ -69,7 +69,21 @@ pub async fn ready(State(state): State<ApiState>) -> Response {
 
 /// Order gauges come from the store, so every node reports the cluster-wide counts;
 /// in-flight is this node's admission count.
-pub async fn metrics(State(state): State<ApiState>) -> Response {
+/// Open unless `http.metrics_token` is set; then only with that bearer token
+/// (compared in constant time).
+pub async fn metrics(State(state): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
+    let required = state.app.settings.http.metrics_token.as_bytes();
+    if !required.is_empty() {
+        let given = super::extract::bearer(&headers)
+            .unwrap_or_default()
+            .as_bytes();
+        if !crate::auth::same_secret(given, required) {
+            return super::error::ApiError::Unauthorized(
+                "/metrics needs Authorization: Bearer <http.metrics_token>".into(),
+            )
+            .into_response();
+        }
+    }
     refresh_order_counts(&state).await;
     let in_flight = state.app.orders.admission().in_flight();
     metrics::gauge!("swift_orders_in_flight").set(in_flight as f64);

@@ -113,6 +113,44 @@ pub async fn limit_concurrency(
     }
 }
 
+/// CORS for the configured origins (`http.cors_allowed_origins`); none configured,
+/// no CORS headers at all, so browsers keep other origins out.
+pub fn cors<S: Clone + Send + Sync + 'static>(routes: Router<S>, http: &HttpSettings) -> Router<S> {
+    use axum::http::{HeaderName, HeaderValue, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = http
+        .cors_allowed_origins
+        .iter()
+        .filter_map(
+            |origin| match HeaderValue::from_str(origin.trim_end_matches('/')) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    tracing::warn!(
+                        origin,
+                        "ignoring an invalid http.cors_allowed_origins entry"
+                    );
+                    None
+                }
+            },
+        )
+        .collect();
+    if origins.is_empty() {
+        return routes;
+    }
+    routes.layer(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
 /// What the request timeout (and any other middleware failure) answers.
 pub async fn middleware_failure(error: BoxError) -> ApiError {
     if error.is::<tower::timeout::error::Elapsed>() {
@@ -180,6 +218,12 @@ mod tests {
             max_body_bytes: 64,
             max_concurrent_requests,
             request_timeout_secs: 1,
+            header_read_timeout_secs: 5,
+            max_connections: 100,
+            max_connections_per_client: 100,
+            trusted_proxies: Vec::new(),
+            cors_allowed_origins: Vec::new(),
+            metrics_token: String::new(),
         }
     }
 

@@ -3,9 +3,8 @@
 //! Every answer that is not a success has the body of [`error::ApiError`]; every
 //! request runs inside its own tracing span, is counted in the HTTP metrics, is
 //! bounded in body size, time and concurrency, and cannot take the connection down
-//! with a panic. The server must be started with
-//! `into_make_service_with_connect_info::<SocketAddr>()` for per-address login
-//! limits.
+//! with a panic. [`server::serve`] runs it: connection limits, and the peer address
+//! (`ConnectInfo<SocketAddr>`) that the per-address limits need.
 
 pub mod auth_routes;
 pub mod dead_letters;
@@ -14,21 +13,23 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod layers;
+pub mod limits;
 pub mod orders;
 pub mod pages;
+pub mod server;
 pub mod services;
 pub mod ws;
 
 use crate::actors::RuntimeControl;
-use crate::auth::TokenKeys;
+use crate::auth::Sessions;
 use crate::bus::SharedBus;
 use crate::config::Settings;
 use crate::service::OrderService;
 use crate::store::SharedStore;
-use auth_routes::LoginLimiter;
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
+use limits::Limits;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 
@@ -54,28 +55,31 @@ pub type OrderCounts = (
 #[derive(Clone)]
 pub struct ApiState {
     pub app: AppState,
-    pub tokens: Arc<TokenKeys>,
-    pub login_limiter: Arc<LoginLimiter>,
+    pub sessions: Arc<Sessions>,
+    pub limits: Arc<Limits>,
+    /// WebSocket sessions open per account on this node.
+    pub ws_sessions: Arc<dashmap::DashMap<crate::domain::UserId, usize>>,
     /// The last order count by status and when it was read (see `health::metrics`).
     pub order_counts: Arc<tokio::sync::Mutex<Option<OrderCounts>>>,
 }
 
 impl ApiState {
     pub fn new(app: AppState) -> Self {
-        let tokens = Arc::new(TokenKeys::from_settings(&app.settings.auth));
-        let login_limiter = Arc::new(LoginLimiter::new(app.settings.auth.login_per_minute));
+        let sessions = Arc::new(Sessions::new(app.store.clone(), &app.settings.auth));
+        let limits = Arc::new(Limits::new(&app.settings));
         Self {
             app,
-            tokens,
-            login_limiter,
+            sessions,
+            limits,
+            ws_sessions: Arc::default(),
             order_counts: Arc::default(),
         }
     }
 }
 
-impl FromRef<ApiState> for Arc<TokenKeys> {
+impl FromRef<ApiState> for Arc<Sessions> {
     fn from_ref(state: &ApiState) -> Self {
-        state.tokens.clone()
+        state.sessions.clone()
     }
 }
 
@@ -87,6 +91,12 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/api/auth/register", post(auth_routes::register))
         .route("/api/auth/login", post(auth_routes::login))
+        .route("/api/auth/refresh", post(auth_routes::refresh))
+        .route("/api/auth/logout", post(auth_routes::logout))
+        .route(
+            "/api/admin/users/{id}/sessions",
+            delete(auth_routes::revoke_user_sessions),
+        )
         .route("/api/orders", post(orders::place).get(orders::list))
         .route("/api/orders/{id}", get(orders::detail))
         .route("/api/orders/{id}/status", get(orders::status))
@@ -113,5 +123,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/ws", get(ws::handler))
         .merge(pages::router());
-    layers::apply(routes, &http).with_state(api)
+    let routes = layers::apply(routes, &http)
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            limits::charge,
+        ))
+        .layer(axum::middleware::from_fn(limits::security_headers));
+    layers::cors(routes, &http).with_state(api)
 }

@@ -44,7 +44,8 @@ pub async fn recover(
         .ok_or_else(|| {
             ApiError::unavailable(format!("{service} is not running on this node"), Some(1))
         })?;
-    tracing::info!(service = system.as_str(), "circuit closed by an operator");
+    tracing::info!(target: "audit", admin = %caller.user_id, admin_email = %caller.email,
+        service = system.as_str(), "circuit closed by an operator");
     Ok(axum::Json(json!({
         "message": format!("{} circuit closed; waiting requests are being retried", system.as_str().to_uppercase()),
         "service": health,

@@ -9,9 +9,11 @@
 //!   {"type":"subscribe","orderId":"ORD-...","since":3}    since is optional
 //!   {"type":"subscribe","orderId":"*"}                    every order the caller may see
 //!   {"type":"unsubscribe","orderId":"ORD-..."}
+//!   {"type":"renew","token":"<a fresh access token>"}   before the current one expires
 //! server -> client
 //!   {"type":"subscribed","orderId","status","seq"}        (no status and seq for "*")
 //!   {"type":"unsubscribed","orderId"}
+//!   {"type":"renewed","expiresAt"}
 //!   {"type":"order-update","orderId","status","message","seq","timestamp","data"}
 //!   {"type":"error","code","message","orderId"?}
 //! ```
@@ -31,13 +33,20 @@
 //! `websocket.pong_timeout_ms` after a ping; a session that does not keep up with its
 //! updates is cut off with close code 1008, and resumes after reconnecting with
 //! `since`.
+//!
+//! A session lives as long as its access token: when the token expires the session
+//! is closed (1008, "token expired") unless the client sent a fresh token of the same
+//! account with `renew`. A browser page's `Origin` must be the node's own or one of
+//! `websocket.allowed_origins` (clients that send none are not browsers and are not
+//! checked); an account holds at most `websocket.max_sessions_per_user` sessions on
+//! a node; a frame over 4 KiB is answered with close 1009.
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::authenticate;
+use super::extract::{Caller, authenticate, bearer};
 use crate::actors::notifier::{self, Notifier, Registration, Topic, Update};
 use crate::config::WebSocketSettings;
-use crate::domain::{Order, OrderId};
+use crate::domain::{Order, OrderId, UserId};
 use crate::service::Viewer;
 use crate::store::SharedStore;
 use axum::extract::ws::{
@@ -46,9 +55,11 @@ use axum::extract::ws::{
 };
 use axum::extract::{Query, State, rejection::QueryRejection};
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{HOST, ORIGIN};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -77,6 +88,7 @@ const GOING_AWAY: u16 = 1001;
 /// The node is restarting or draining: reconnect (to any node) and resume.
 const SERVICE_RESTART: u16 = 1012;
 const POLICY_VIOLATION: u16 = 1008;
+const MESSAGE_TOO_BIG: u16 = 1009;
 const INTERNAL_ERROR: u16 = 1011;
 
 /// Kernel send buffer of each connection (Linux doubles it for bookkeeping).
@@ -88,11 +100,11 @@ const SOCKET_SEND_BUFFER: usize = 64 * 1024;
 /// Applied to every accepted HTTP connection (a WebSocket is an upgraded one): no
 /// Nagle delay, so an update leaves as soon as it is written, and a bounded send
 /// buffer (see [`SOCKET_SEND_BUFFER`]). Failures only cost those two properties.
-pub fn tune_connection(tcp: &mut tokio::net::TcpStream) {
+pub fn tune_connection(tcp: &tokio::net::TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
     }
-    if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SOCKET_SEND_BUFFER) {
+    if let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(SOCKET_SEND_BUFFER) {
         tracing::debug!(error = %e, "cannot bound the send buffer of a connection");
     }
 }
@@ -111,20 +123,75 @@ pub struct TokenQuery {
     token: Option<String>,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// Whether a browser page from `Origin` may open a session: no Origin (not a
+/// browser), the node's own origin (same host and port as the request's `Host`), or
+/// one of the configured ones.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
-/// Authenticates, then upgrades. Both failures are ordinary JSON errors, since no
-/// WebSocket exists yet to carry an error frame.
+/// An account's place among its open sessions on this node; given back on drop.
+struct SessionSlot {
+    user: UserId,
+    open: Arc<DashMap<UserId, usize>>,
+}
+
+impl SessionSlot {
+    fn take(open: &Arc<DashMap<UserId, usize>>, user: &UserId, max: usize) -> Option<Self> {
+        let mut count = open.entry(user.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        drop(count);
+        Some(Self {
+            user: user.clone(),
+            open: open.clone(),
+        })
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.open.remove_if_mut(&self.user, |_, count| {
+            *count = count.saturating_sub(1);
+            *count == 0
+        });
+    }
+}
+
+/// Checks the origin and authenticates, then upgrades. Failures are ordinary JSON
+/// errors, since no WebSocket exists yet to carry an error frame.
 pub async fn handler(
     State(state): State<ApiState>,
     query: Result<Query<TokenQuery>, QueryRejection>,
     headers: HeaderMap,
+    known: Option<axum::Extension<Caller>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let settings = &state.app.settings.websocket;
+    if !origin_allowed(&headers, &settings.allowed_origins) {
+        tracing::warn!(origin = ?headers.get(ORIGIN), "WebSocket refused: foreign Origin");
+        return ApiError::Forbidden("this Origin may not open WebSocket sessions".into())
+            .into_response();
+    }
     let from_query = query.ok().and_then(|Query(q)| q.token);
     let Some(token) = from_query.as_deref().or_else(|| bearer(&headers)) else {
         return ApiError::Unauthorized(
@@ -132,9 +199,22 @@ pub async fn handler(
         )
         .into_response();
     };
-    let caller = match authenticate(&state.tokens, token) {
-        Ok(caller) => caller,
-        Err(e) => return e.into_response(),
+    let caller = match known {
+        Some(axum::Extension(caller)) => caller,
+        None => match authenticate(&state.sessions, token).await {
+            Ok(caller) => caller,
+            Err(e) => return e.into_response(),
+        },
+    };
+    let Some(slot) = SessionSlot::take(
+        &state.ws_sessions,
+        &caller.user_id,
+        settings.max_sessions_per_user,
+    ) else {
+        return ApiError::RateLimited {
+            retry_after_secs: 5,
+        }
+        .into_response();
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -145,6 +225,9 @@ pub async fn handler(
     };
     let context = SessionContext {
         viewer: caller.viewer(),
+        expires_at: caller.expires_at,
+        sessions: state.sessions.clone(),
+        slot,
         store: state.app.store.clone(),
         tracking: state.app.tracking.clone(),
         limits: Arc::new(state.app.settings.websocket.clone()),
@@ -159,6 +242,9 @@ pub async fn handler(
 
 struct SessionContext {
     viewer: Viewer,
+    expires_at: DateTime<Utc>,
+    sessions: Arc<crate::auth::Sessions>,
+    slot: SessionSlot,
     store: SharedStore,
     tracking: Tracking,
     limits: Arc<WebSocketSettings>,
@@ -176,6 +262,10 @@ enum Ending {
     ShuttingDown,
     /// Missed updates could not be read from the event log.
     ReplayFailed,
+    /// The access token expired and was not renewed.
+    TokenExpired,
+    /// A frame over the size limit.
+    TooBig,
 }
 
 impl Ending {
@@ -192,6 +282,11 @@ impl Ending {
                 INTERNAL_ERROR,
                 "missed updates cannot be read now; reconnect with since",
             ),
+            Self::TokenExpired => (
+                POLICY_VIOLATION,
+                "token expired; send renew before it does, or reconnect with a fresh token",
+            ),
+            Self::TooBig => (MESSAGE_TOO_BIG, "frames are limited to 4096 bytes"),
         };
         Some(CloseFrame {
             code,
@@ -218,11 +313,16 @@ struct Session {
     shutdown: CancellationToken,
     followed: Vec<Followed>,
     everything: bool,
+    expires_at: DateTime<Utc>,
+    sessions: Arc<crate::auth::Sessions>,
 }
 
 async fn run(socket: WebSocket, context: SessionContext) {
     let SessionContext {
         viewer,
+        expires_at,
+        sessions,
+        slot,
         store,
         tracking,
         limits,
@@ -247,6 +347,8 @@ async fn run(socket: WebSocket, context: SessionContext) {
         shutdown: tracking.shutdown,
         followed: Vec::new(),
         everything: false,
+        expires_at,
+        sessions,
     };
     let ending = session.serve(updates).await;
     tracing::debug!(
@@ -261,6 +363,7 @@ async fn run(socket: WebSocket, context: SessionContext) {
         ..
     } = session;
     drop(registration);
+    drop(slot);
     close(socket, ending).await;
 }
 
@@ -284,6 +387,9 @@ impl Session {
         let pong_timeout = Duration::from_millis(self.limits.pong_timeout_ms);
         let heartbeat = tokio::time::sleep(ping_interval);
         tokio::pin!(heartbeat);
+        let expiry = tokio::time::sleep(self.until_expiry());
+        tokio::pin!(expiry);
+        let mut renewed_until = self.expires_at;
         let mut awaiting_pong = false;
         loop {
             // Not biased: a steady stream of updates must not keep the session from
@@ -303,8 +409,10 @@ impl Session {
                         }
                         self.on_message(message).await
                     }
+                    Some(Err(e)) if is_capacity_error(&e) => Err(Ending::TooBig),
                     Some(Err(_)) | None => Err(Ending::ClientGone),
                 },
+                () = &mut expiry => Err(Ending::TokenExpired),
                 () = &mut heartbeat => {
                     if awaiting_pong {
                         Err(Ending::Silent)
@@ -317,6 +425,38 @@ impl Session {
             };
             if let Err(ending) = step {
                 return ending;
+            }
+            if self.expires_at != renewed_until {
+                renewed_until = self.expires_at;
+                expiry.as_mut().reset(Instant::now() + self.until_expiry());
+            }
+        }
+    }
+
+    fn until_expiry(&self) -> Duration {
+        (self.expires_at - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// `renew`: a fresh access token of the same account moves the session's end.
+    async fn renew(&mut self, token: Option<&str>) -> Result<(), Ending> {
+        let Some(token) = token else {
+            return self.error("BAD_REQUEST", "renew needs a token", None).await;
+        };
+        match authenticate(&self.sessions, token).await {
+            Ok(caller) if caller.user_id == self.viewer.user_id => {
+                self.expires_at = self.expires_at.max(caller.expires_at);
+                let frame = json!({"type": "renewed", "expiresAt": self.expires_at});
+                self.send_json(&frame).await
+            }
+            Ok(_) => {
+                self.error("FORBIDDEN", "the token belongs to another account", None)
+                    .await
+            }
+            Err(_) => {
+                self.error("UNAUTHORIZED", "invalid or expired token", None)
+                    .await
             }
         }
     }
@@ -381,6 +521,11 @@ impl Session {
                 .await;
         };
         let kind = command.get("type").and_then(Value::as_str);
+        if kind == Some("renew") {
+            return self
+                .renew(command.get("token").and_then(Value::as_str))
+                .await;
+        }
         let Some(order_id) = command.get("orderId").and_then(Value::as_str) else {
             return match kind {
                 Some("subscribe" | "unsubscribe") => {
@@ -421,7 +566,7 @@ impl Session {
     async fn unknown_type(&mut self) -> Result<(), Ending> {
         self.error(
             "BAD_REQUEST",
-            "type must be \"subscribe\" or \"unsubscribe\"",
+            "type must be \"subscribe\", \"unsubscribe\" or \"renew\"",
             None,
         )
         .await
@@ -645,6 +790,22 @@ impl Session {
             }
         }
     }
+}
+
+/// A frame over the size limit (tungstenite's capacity error, inside axum's).
+fn is_capacity_error(error: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        if matches!(
+            e.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
+            Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
+        ) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 enum Replay {

@@ -187,12 +187,69 @@ pub fn control_router(simulators: Simulators) -> Router {
     Router::new()
         .route("/knobs/{system}", get(get_knobs).put(put_knobs))
         .route("/effects/{system}", get(effects))
+        .layer(axum::middleware::from_fn(refuse_foreign_hosts))
         .with_state(Arc::new(simulators))
+}
+
+/// The control API has no authentication, so a web page must not reach it through
+/// DNS rebinding (a name of the attacker's that resolves to 127.0.0.1): it answers
+/// only requests whose `Host` is an IP address or a name without a dot (`localhost`,
+/// a compose service name), never a public domain name.
+async fn refuse_foreign_hosts(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if is_local_host(host) {
+        next.run(request).await
+    } else {
+        (StatusCode::FORBIDDEN, "foreign Host header refused\n").into_response()
+    }
+}
+
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => {
+            return bracketed
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    !name.is_empty() && (name.parse::<std::net::Ipv4Addr>().is_ok() || !name.contains('.'))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_control_api_answers_local_hosts_only() {
+        for local in [
+            "127.0.0.1:4003",
+            "localhost:4003",
+            "localhost",
+            "[::1]:4003",
+            "simulators:4003",
+            "10.0.0.5",
+        ] {
+            assert!(is_local_host(local), "{local}");
+        }
+        for foreign in [
+            "attacker.example.com",
+            "rebind.evil.net:4003",
+            "",
+            "127.0.0.1.nip.io:4003",
+        ] {
+            assert!(!is_local_host(foreign), "{foreign}");
+        }
+    }
 
     #[test]
     fn an_effect_keyed_twice_happens_once() {

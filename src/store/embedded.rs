@@ -18,7 +18,7 @@
 //! documents; neither may stall a runtime worker that also serves sockets.
 
 use super::{DriverLocation, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError};
-use crate::domain::{Email, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
+use crate::domain::{Email, LoginSession, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redb::{
@@ -72,6 +72,10 @@ const BY_STATUS: TableDefinition<(&str, i64, u32, &str), ()> =
     TableDefinition::new("orders_by_status");
 const STATUS_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("status_counts");
 const DRIVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("driver_locations");
+/// Login sessions by id, and (user id, session id) for revoking a user's sessions.
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("login_sessions");
+const SESSIONS_BY_USER: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("login_sessions_by_user");
 
 /// The creation time as an index key component, at full precision so that index
 /// order is exactly `created_at` order (and cursors taken from documents match).
@@ -159,10 +163,32 @@ enum Write {
         driver_id: String,
         document: Vec<u8>,
     },
+    InsertSession {
+        id: String,
+        user_id: String,
+        document: Vec<u8>,
+    },
+    RotateSession {
+        id: String,
+        expected_generation: u64,
+        token_hash: String,
+    },
+    RevokeSessions {
+        scope: SessionScope,
+        at: DateTime<Utc>,
+    },
+}
+
+enum SessionScope {
+    One(String),
+    User(String),
 }
 
 enum Done {
     Written,
+    /// Sessions changed: the rotated one's new document, or how many were revoked.
+    Rotated(Option<Vec<u8>>),
+    Revoked(u64),
     /// The stored document of the order an earlier request with the same key made.
     Replayed(Vec<u8>),
 }
@@ -286,6 +312,8 @@ fn create_tables(db: &Database) -> Result<(), Fatal> {
     txn.open_table(BY_STATUS)?;
     txn.open_table(STATUS_COUNTS)?;
     txn.open_table(DRIVERS)?;
+    txn.open_table(SESSIONS)?;
+    txn.open_table(SESSIONS_BY_USER)?;
     txn.commit()?;
     Ok(())
 }
@@ -391,6 +419,23 @@ fn apply_batch(db: &Database, batch: &[Request]) -> Result<Vec<Result<Done, Stor
                         .insert(driver_id.as_str(), document.as_slice())?;
                     Ok(Done::Written)
                 }
+                Write::InsertSession {
+                    id,
+                    user_id,
+                    document,
+                } => {
+                    tables.sessions.insert(id.as_str(), document.as_slice())?;
+                    tables
+                        .sessions_by_user
+                        .insert((user_id.as_str(), id.as_str()), ())?;
+                    Ok(Done::Written)
+                }
+                Write::RotateSession {
+                    id,
+                    expected_generation,
+                    token_hash,
+                } => tables.rotate_session(id, *expected_generation, token_hash)?,
+                Write::RevokeSessions { scope, at } => tables.revoke_sessions(scope, *at)?,
             };
             results.push(result);
         }
@@ -412,6 +457,8 @@ struct Tables<'txn> {
     by_status: redb::Table<'txn, (&'static str, i64, u32, &'static str), ()>,
     status_counts: redb::Table<'txn, &'static str, u64>,
     drivers: redb::Table<'txn, &'static str, &'static [u8]>,
+    sessions: redb::Table<'txn, &'static str, &'static [u8]>,
+    sessions_by_user: redb::Table<'txn, (&'static str, &'static str), ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -428,7 +475,69 @@ impl<'txn> Tables<'txn> {
             by_status: txn.open_table(BY_STATUS)?,
             status_counts: txn.open_table(STATUS_COUNTS)?,
             drivers: txn.open_table(DRIVERS)?,
+            sessions: txn.open_table(SESSIONS)?,
+            sessions_by_user: txn.open_table(SESSIONS_BY_USER)?,
         })
+    }
+
+    fn stored_session(&self, id: &str) -> Result<Result<Option<LoginSession>, StoreError>, Fatal> {
+        Ok(match self.sessions.get(id)? {
+            Some(document) => decode(document.value()).map(Some),
+            None => Ok(None),
+        })
+    }
+
+    fn rotate_session(&mut self, id: &str, expected: u64, token_hash: &str) -> OpResult {
+        let mut session = match self.stored_session(id)? {
+            Ok(Some(session)) => session,
+            Ok(None) => return Ok(Ok(Done::Rotated(None))),
+            Err(e) => return Ok(Err(e)),
+        };
+        if session.generation != expected || session.revoked_at.is_some() {
+            return Ok(Ok(Done::Rotated(None)));
+        }
+        session.generation += 1;
+        token_hash.clone_into(&mut session.token_hash);
+        let document = match encode(&session) {
+            Ok(document) => document,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.sessions.insert(id, document.as_slice())?;
+        Ok(Ok(Done::Rotated(Some(document))))
+    }
+
+    fn revoke_sessions(&mut self, scope: &SessionScope, at: DateTime<Utc>) -> OpResult {
+        let ids: Vec<String> = match scope {
+            SessionScope::One(id) => vec![id.clone()],
+            SessionScope::User(user) => {
+                let mut ids = Vec::new();
+                for entry in self.sessions_by_user.range((user.as_str(), "")..)? {
+                    let (key, _) = entry?;
+                    let (owner, id) = key.value();
+                    if owner != user.as_str() {
+                        break;
+                    }
+                    ids.push(id.to_owned());
+                }
+                ids
+            }
+        };
+        let mut revoked = 0;
+        for id in ids {
+            let mut session = match self.stored_session(&id)? {
+                Ok(Some(session)) if session.revoked_at.is_none() => session,
+                Ok(_) => continue,
+                Err(e) => return Ok(Err(e)),
+            };
+            session.revoked_at = Some(at);
+            let document = match encode(&session) {
+                Ok(document) => document,
+                Err(e) => return Ok(Err(e)),
+            };
+            self.sessions.insert(id.as_str(), document.as_slice())?;
+            revoked += 1;
+        }
+        Ok(Ok(Done::Revoked(revoked)))
     }
 
     fn insert_user(&mut self, user_id: &str, email: &str, document: &[u8]) -> OpResult {
@@ -636,6 +745,63 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn insert_session(&self, session: &LoginSession) -> Result<(), StoreError> {
+        let write = Write::InsertSession {
+            id: session.id.clone(),
+            user_id: session.user_id.as_str().to_owned(),
+            document: encode(session)?,
+        };
+        self.write(write).await.map(|_| ())
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<LoginSession>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+            match sessions.get(id.as_str()).map_err(unavailable)? {
+                Some(document) => decode(document.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn rotate_session(
+        &self,
+        id: &str,
+        expected_generation: u64,
+        token_hash: &str,
+    ) -> Result<Option<LoginSession>, StoreError> {
+        let write = Write::RotateSession {
+            id: id.to_owned(),
+            expected_generation,
+            token_hash: token_hash.to_owned(),
+        };
+        match self.write(write).await? {
+            Done::Rotated(Some(document)) => decode(&document).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn revoke_session(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let scope = SessionScope::One(id.to_owned());
+        self.write(Write::RevokeSessions { scope, at })
+            .await
+            .map(|_| ())
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let scope = SessionScope::User(user.as_str().to_owned());
+        match self.write(Write::RevokeSessions { scope, at }).await? {
+            Done::Revoked(count) => Ok(count),
+            _ => Ok(0),
+        }
+    }
+
     async fn create_order(
         &self,
         order: &Order,
@@ -654,10 +820,10 @@ impl Store for EmbeddedStore {
             idempotency_key: idempotency_key.map(str::to_owned),
         };
         match self.write(write).await? {
-            Done::Written => Ok(Intake::Created),
             Done::Replayed(document) => {
                 decode(&document).map(|order| Intake::Replayed(Box::new(order)))
             }
+            _ => Ok(Intake::Created),
         }
     }
 

@@ -10,7 +10,7 @@ mod batch;
 pub mod embedded;
 pub mod mongo;
 
-use crate::domain::{Email, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
+use crate::domain::{Email, LoginSession, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,27 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+
+    /// Login sessions (refresh-token families). `rotate_session` is a compare-and-set:
+    /// it installs `token_hash` as generation `expected_generation + 1` only if the
+    /// session is at `expected_generation` and not revoked, and returns the updated
+    /// session; `None` when it was not (a concurrent rotation, a replay, a revocation).
+    async fn insert_session(&self, session: &LoginSession) -> Result<(), StoreError>;
+    async fn session(&self, id: &str) -> Result<Option<LoginSession>, StoreError>;
+    async fn rotate_session(
+        &self,
+        id: &str,
+        expected_generation: u64,
+        token_hash: &str,
+    ) -> Result<Option<LoginSession>, StoreError>;
+    /// Idempotent; an unknown id is not an error.
+    async fn revoke_session(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Revokes every live session of the user; returns how many.
+    async fn revoke_user_sessions(
+        &self,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
 
     /// Persists a new order with its first event, atomically. With an idempotency key
     /// that the same customer used before, nothing is written and the earlier order

@@ -56,7 +56,7 @@
 
 use super::batch::Batcher;
 use super::{DriverLocation, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError};
-use crate::domain::{Email, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
+use crate::domain::{Email, LoginSession, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
@@ -76,6 +76,7 @@ const ORDERS: &str = "orders";
 const ORDER_EVENTS: &str = "order_events";
 const USERS: &str = "users";
 const DRIVERS: &str = "drivers";
+const SESSIONS: &str = "login_sessions";
 
 /// The server's code for a unique index violation (`DuplicateKey`).
 const DUPLICATE_KEY: i32 = 11000;
@@ -124,6 +125,7 @@ const ORDER_DATES: &[&str] = &["createdAt", "updatedAt", "scheduledPickupTime"];
 const EVENT_DATES: &[&str] = &["timestamp"];
 const USER_DATES: &[&str] = &["createdAt"];
 const DRIVER_DATES: &[&str] = &["updatedAt"];
+const SESSION_DATES: &[&str] = &["createdAt", "expiresAt", "revokedAt"];
 
 fn unavailable(e: impl Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -237,6 +239,7 @@ pub struct MongoStore {
     orders: Collection<Document>,
     users: Collection<Document>,
     drivers: Collection<Document>,
+    sessions: Collection<Document>,
     timeout: Duration,
     batches: Arc<Batches>,
 }
@@ -563,6 +566,7 @@ impl MongoStore {
             orders: db.collection(ORDERS),
             users: db.collection(USERS),
             drivers: db.collection(DRIVERS),
+            sessions: db.collection(SESSIONS),
             batches: Arc::new(Batches::start(&db, timeout)),
             db,
             timeout,
@@ -629,6 +633,10 @@ impl MongoStore {
             .map_err(failure)?;
         self.drivers
             .create_index(unique_index(doc! { "driverId": 1 }))
+            .await
+            .map_err(failure)?;
+        self.sessions
+            .create_indexes([unique_index(doc! { "id": 1 }), index(doc! { "userId": 1 })])
             .await
             .map_err(failure)?;
         Ok(())
@@ -912,6 +920,91 @@ impl Store for MongoStore {
                 .map_err(failure)?
                 .map(|document| decode(document, USER_DATES))
                 .transpose()
+        })
+        .await
+    }
+
+    async fn insert_session(&self, session: &LoginSession) -> Result<(), StoreError> {
+        let document = encode(session, SESSION_DATES)?;
+        self.bounded(async {
+            self.sessions
+                .insert_one(document)
+                .await
+                .map(|_| ())
+                .map_err(failure)
+        })
+        .await
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<LoginSession>, StoreError> {
+        self.bounded(async {
+            self.sessions
+                .find_one(doc! { "id": id })
+                .projection(doc! { "_id": 0 })
+                .await
+                .map_err(failure)?
+                .map(|document| decode(document, SESSION_DATES))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn rotate_session(
+        &self,
+        id: &str,
+        expected_generation: u64,
+        token_hash: &str,
+    ) -> Result<Option<LoginSession>, StoreError> {
+        let filter = doc! {
+            "id": id,
+            "generation": bson_int(expected_generation)?,
+            "revokedAt": Bson::Null,
+        };
+        let update = doc! { "$set": {
+            "generation": bson_int(expected_generation.saturating_add(1))?,
+            "tokenHash": token_hash,
+        }};
+        self.bounded(async {
+            self.sessions
+                .find_one_and_update(filter, update)
+                .projection(doc! { "_id": 0 })
+                .return_document(mongodb::options::ReturnDocument::After)
+                .await
+                .map_err(failure)?
+                .map(|document| decode(document, SESSION_DATES))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn revoke_session(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.bounded(async {
+            self.sessions
+                .update_one(
+                    doc! { "id": id, "revokedAt": Bson::Null },
+                    doc! { "$set": { "revokedAt": bson_date(&at) } },
+                )
+                .await
+                .map(|_| ())
+                .map_err(failure)
+        })
+        .await
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.bounded(async {
+            self.sessions
+                .update_many(
+                    doc! { "userId": user.as_str(), "revokedAt": Bson::Null },
+                    doc! { "$set": { "revokedAt": bson_date(&at) } },
+                )
+                .await
+                .map(|result| result.modified_count)
+                .map_err(failure)
         })
         .await
     }

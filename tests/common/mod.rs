@@ -34,7 +34,37 @@ where
     }
 }
 
-/// Settings for a test node: random ports, fast retries, given overrides on top.
+/// Request budgets no test of another concern ever meets: the suites register and
+/// log in many users from 127.0.0.1. (tests/security.rs checks the real defaults.)
+pub fn generous_limits() -> Value {
+    json!({
+        "auth": {"login_per_minute": 1_000_000, "register_per_hour": 1_000_000,
+                 "lockout_failures": 1_000_000},
+        "rate_limit": {"anonymous_per_window": 1_000_000_000, "user_per_window": 1_000_000_000},
+        "websocket": {"max_sessions_per_user": 100_000},
+        "http": {"max_connections_per_client": 100_000, "max_connections": 100_000}
+    })
+}
+
+/// `generous_limits` for a node started as a process.
+pub fn generous_limits_env() -> Vec<(&'static str, String)> {
+    [
+        ("SWIFT__AUTH__LOGIN_PER_MINUTE", "1000000"),
+        ("SWIFT__AUTH__REGISTER_PER_HOUR", "1000000"),
+        ("SWIFT__AUTH__LOCKOUT_FAILURES", "1000000"),
+        ("SWIFT__RATE_LIMIT__ANONYMOUS_PER_WINDOW", "1000000000"),
+        ("SWIFT__RATE_LIMIT__USER_PER_WINDOW", "1000000000"),
+        ("SWIFT__WEBSOCKET__MAX_SESSIONS_PER_USER", "100000"),
+        ("SWIFT__HTTP__MAX_CONNECTIONS_PER_CLIENT", "100000"),
+        ("SWIFT__HTTP__MAX_CONNECTIONS", "100000"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key, value.to_owned()))
+    .collect()
+}
+
+/// Settings for a test node: random ports, fast retries, generous request budgets,
+/// given overrides on top.
 pub fn test_settings(data: &std::path::Path, overrides: Value) -> Settings {
     let mut base = json!({
         "http": {"bind": "127.0.0.1:0"},
@@ -45,6 +75,7 @@ pub fn test_settings(data: &std::path::Path, overrides: Value) -> Settings {
         "saga": {"backoff_base_ms": 10, "backoff_max_ms": 100, "max_attempts": 4},
         "cms": {"timeout_ms": 2000}, "ros": {"timeout_ms": 2000}, "wms": {"timeout_ms": 2000}
     });
+    merge(&mut base, generous_limits());
     merge(&mut base, backend_overrides());
     merge(&mut base, overrides);
     Settings::defaults_with(base).expect("test settings are valid")
@@ -193,22 +224,38 @@ impl TestApp {
         assert_eq!(response.status(), 200, "assigning {order_id}");
     }
 
-    /// Registers a fresh client; returns (token, user id).
+    /// Registers a fresh client and logs it in; returns (token, user id).
     pub async fn register_client(&self) -> (String, String) {
         let email = format!("client-{}@example.com", uuid::Uuid::new_v4());
-        let response = self
-            .http
-            .post(self.url("/api/auth/register"))
-            .json(&json!({"name": "Test Client", "email": email, "password": "correct-horse-battery"}))
-            .send()
-            .await
-            .expect("register request");
-        assert_eq!(response.status(), 201);
-        let body: Value = response.json().await.expect("register body");
+        let body = self
+            .register_and_login(&email, "correct-horse-battery")
+            .await;
         (
             body["token"].as_str().expect("token").to_owned(),
             body["user"]["id"].as_str().expect("user id").to_owned(),
         )
+    }
+
+    /// Registers an account (202 whether or not it existed), then logs in; returns
+    /// the login answer (`token`, `refreshToken`, `expiresIn`, `user`).
+    pub async fn register_and_login(&self, email: &str, password: &str) -> Value {
+        let response = self
+            .http
+            .post(self.url("/api/auth/register"))
+            .json(&json!({"name": "Test Client", "email": email, "password": password}))
+            .send()
+            .await
+            .expect("register request");
+        assert_eq!(response.status(), 202, "registration of {email}");
+        let response = self
+            .http
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .expect("login request");
+        assert_eq!(response.status(), 200, "login of {email}");
+        response.json().await.expect("login body")
     }
 
     pub async fn place_order(&self, token: &str, body: &Value) -> reqwest::Response {

@@ -120,6 +120,7 @@ pub async fn start_node(
             super::DRIVER_PASSWORD.to_owned(),
         ),
     ];
+    all.extend(super::generous_limits_env());
     all.extend(envs.iter().cloned());
     let (child, banner) = start(&["serve", "--no-simulators"], &all, "API and pages at").await;
     NodeProcess {
