@@ -2,12 +2,18 @@
 //!
 //! Everything is declared at every (re)connect: declarations are idempotent, and
 //! re-declaring makes a broker that lost its definitions whole again.
+//!
+//! On a RabbitMQ cluster every durable queue is a quorum queue, replicated on
+//! `initial_group_size` brokers, with its leader placed by the broker on the least
+//! loaded one (`x-queue-leader-locator: balanced`), so losing one broker loses no
+//! queue and leaves no broker with every leader.
 
 use super::BusError;
 use crate::domain::System;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
 /// Redeliveries after a handler rejected a message; one more rejection and the
 /// broker dead-letters it (quorum queues count deliveries themselves).
@@ -30,12 +36,24 @@ pub(super) struct WorkQueue {
     pub dead_letters: String,
 }
 
+/// How quorum queues are spread over the brokers of a RabbitMQ cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Replication {
+    /// Brokers holding a replica of each new quorum queue (capped by the broker at
+    /// the cluster's size); 0 leaves it to the broker (every cluster member).
+    pub initial_group_size: u32,
+}
+
 /// Every exchange and queue name of one namespace.
 #[derive(Debug, Clone)]
 pub(super) struct Names {
     prefix: String,
     pub order_exchange: String,
+    /// Seed 000's event catalogue, for consumers outside the runtime.
     pub events_exchange: String,
+    /// Our own order updates, to every node's notifier (kept apart from the
+    /// catalogue so that each exchange carries one message format).
+    pub updates_exchange: String,
     pub dead_letter_exchange: String,
     /// Step queues in `System::ALL` order, then the shard queues in shard order.
     work: Vec<WorkQueue>,
@@ -79,6 +97,7 @@ impl Names {
         Ok(Self {
             order_exchange: format!("{prefix}order_exchange"),
             events_exchange: format!("{prefix}events_exchange"),
+            updates_exchange: format!("{prefix}order_updates"),
             dead_letter_exchange: format!("{prefix}dlx"),
             work,
             node_id: node_id.to_owned(),
@@ -137,8 +156,82 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
+/// The arguments every durable queue of ours starts with.
+fn quorum(replication: Replication) -> Vec<(&'static str, AMQPValue)> {
+    let mut arguments = vec![
+        ("x-queue-type", text("quorum")),
+        ("x-queue-leader-locator", text("balanced")),
+    ];
+    if replication.initial_group_size > 0 {
+        arguments.push((
+            "x-quorum-initial-group-size",
+            AMQPValue::LongLongInt(i64::from(replication.initial_group_size)),
+        ));
+    }
+    arguments
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
+}
+
+/// Declares a durable queue. One that already exists with other arguments (declared
+/// by an earlier version: a classic dead-letter queue, a quorum queue without leader
+/// locator or group size) is kept as it is, with a warning: the broker never changes
+/// a queue's arguments, and refusing to start would stop a cluster at its first
+/// upgrade. README ("Broker cluster") says how to migrate such a queue.
+async fn declare_queue(
+    connection: &Connection,
+    channel: &mut Channel,
+    queue: &str,
+    arguments: &[(&str, AMQPValue)],
+) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), durable, table(arguments))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) if is_precondition_failed(&error) => {
+            // The refusal closed the channel; the queue must at least exist.
+            *channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(queue.into(), passive, FieldTable::default())
+                .await?;
+            tracing::warn!(queue, %error, "queue kept with the arguments it was declared with");
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Declares exchanges, work queues, dead-letter queues and their bindings.
-pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
+pub(super) async fn declare(
+    connection: &Connection,
+    names: &Names,
+    replication: Replication,
+) -> lapin::Result<()> {
+    let mut channel = connection.create_channel().await?;
+    declare_on(connection, &mut channel, names, replication).await?;
+    // Best effort: the channel goes with the connection anyway.
+    let _ = channel.close(200, "OK".into()).await;
+    Ok(())
+}
+
+async fn declare_on(
+    connection: &Connection,
+    channel: &mut Channel,
+    names: &Names,
+    replication: Replication,
+) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -146,6 +239,7 @@ pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<(
     for (exchange, kind) in [
         (&names.order_exchange, ExchangeKind::Direct),
         (&names.events_exchange, ExchangeKind::Topic),
+        (&names.updates_exchange, ExchangeKind::Topic),
         (&names.dead_letter_exchange, ExchangeKind::Direct),
     ] {
         channel
@@ -157,21 +251,17 @@ pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<(
             )
             .await?;
     }
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
     for (index, work) in names.work_queues().iter().enumerate() {
-        // Classic, not quorum: a quorum queue rewrites `x-delivery-count` on each
-        // redelivery, and listing dead letters redelivers them, which would
-        // overwrite the attempts the message arrived with.
-        channel
-            .queue_declare(
-                work.dead_letters.as_str().into(),
-                durable_queue,
-                table(&[("x-queue-type", text("classic"))]),
-            )
-            .await?;
+        // Quorum like the work itself, so dead letters survive losing a broker.
+        // Listing them redelivers them, which raises their `x-delivery-count`; the
+        // attempts a dead letter shows come from its `x-death` history instead.
+        declare_queue(
+            connection,
+            channel,
+            &work.dead_letters,
+            &quorum(replication),
+        )
+        .await?;
         channel
             .queue_bind(
                 work.dead_letters.as_str().into(),
@@ -181,8 +271,8 @@ pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<(
                 FieldTable::default(),
             )
             .await?;
-        let mut arguments = vec![
-            ("x-queue-type", text("quorum")),
+        let mut arguments = quorum(replication);
+        arguments.extend([
             ("x-dead-letter-exchange", text(&names.dead_letter_exchange)),
             ("x-dead-letter-routing-key", text(&work.name)),
             // At-least-once dead-lettering: the broker keeps a message until the
@@ -193,15 +283,13 @@ pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<(
                 "x-delivery-limit",
                 AMQPValue::LongLongInt(DELIVERY_RETRIES as i64),
             ),
-        ];
+        ]);
         let is_shard = index >= System::ALL.len();
         if is_shard {
             // The broker, not our code, picks the one node that owns a shard.
             arguments.push(("x-single-active-consumer", AMQPValue::Boolean(true)));
         }
-        channel
-            .queue_declare(work.name.as_str().into(), durable_queue, table(&arguments))
-            .await?;
+        declare_queue(connection, channel, &work.name, &arguments).await?;
         if !is_shard {
             channel
                 .queue_bind(
@@ -218,8 +306,9 @@ pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<(
 }
 
 /// Declares this node's private queue for one `order_updates` subscription. It lives
-/// and dies with the connection: updates missed while it is gone are replayed from
-/// the event log by whoever needs them.
+/// and dies with the connection, on whichever broker the node is connected to, and
+/// is declared again on every new session: updates missed while it is gone are
+/// replayed from the event log by whoever needs them.
 pub(super) async fn declare_events_queue(
     channel: &Channel,
     names: &Names,
@@ -239,7 +328,7 @@ pub(super) async fn declare_events_queue(
     channel
         .queue_bind(
             queue.into(),
-            names.events_exchange.as_str().into(),
+            names.updates_exchange.as_str().into(),
             "order.#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
