@@ -615,6 +615,10 @@ async fn a_malformed_message_goes_straight_to_the_dead_letters() {
     assert_eq!(delivery.message, valid, "the malformed one never arrives");
     delivery.ack().await.expect("ack");
 
+    eventually("the broker dead-letters the malformed message", || async {
+        !bus.dead_letters(10).await.expect("list").is_empty()
+    })
+    .await;
     let letters = bus.dead_letters(10).await.expect("list");
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].queue, "cms_order_queue");

@@ -338,12 +338,7 @@ impl Link {
 
     /// Declares the topology and opens the publishing channels.
     async fn prepare(&self, connection: &Connection) -> Result<Vec<RwLock<Channel>>, BusError> {
-        within(
-            self.limit,
-            "declaring the topology",
-            topology::declare(connection, &self.names, self.replication),
-        )
-        .await?;
+        topology::declare(connection, &self.names, self.replication, self.limit).await?;
         let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
         for _ in 0..PUBLISH_CHANNELS {
             publishers.push(RwLock::new(open_publisher(connection, self.limit).await?));

@@ -9,11 +9,13 @@
 //! queue and leaves no broker with every leader.
 
 use super::BusError;
+use super::link::{unavailable, within};
 use crate::domain::System;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
+use std::time::Duration;
 
 /// Redeliveries after a handler rejected a message; one more rejection and the
 /// broker dead-letters it (quorum queues count deliveries themselves).
@@ -176,40 +178,94 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
         if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
 }
 
-/// Declares a durable queue. One that already exists with other arguments (declared
-/// by an earlier version: a classic dead-letter queue, a quorum queue without leader
-/// locator or group size) is kept as it is, with a warning: the broker never changes
-/// a queue's arguments, and refusing to start would stop a cluster at its first
-/// upgrade. README ("Broker cluster") says how to migrate such a queue.
-async fn declare_queue(
-    connection: &Connection,
-    channel: &mut Channel,
-    queue: &str,
-    arguments: &[(&str, AMQPValue)],
-) -> lapin::Result<()> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    match channel
-        .queue_declare(queue.into(), durable, table(arguments))
+/// Declares on one channel, each step under the bus's time limit (a whole topology
+/// of many new quorum queues may take longer than one step is allowed).
+struct Declarer<'a> {
+    connection: &'a Connection,
+    channel: Channel,
+    limit: Duration,
+}
+
+impl Declarer<'_> {
+    async fn exchange(&self, exchange: &str, kind: ExchangeKind) -> Result<(), BusError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        within(
+            self.limit,
+            "declaring an exchange",
+            self.channel
+                .exchange_declare(exchange.into(), kind, durable, FieldTable::default()),
+        )
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(error) if is_precondition_failed(&error) => {
-            // The refusal closed the channel; the queue must at least exist.
-            *channel = connection.create_channel().await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            channel
-                .queue_declare(queue.into(), passive, FieldTable::default())
+    }
+
+    async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), BusError> {
+        within(
+            self.limit,
+            "binding a queue",
+            self.channel.queue_bind(
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+    }
+
+    /// Declares a durable queue. One that already exists with other arguments
+    /// (declared by an earlier version: a classic dead-letter queue, a quorum queue
+    /// without leader locator or group size) is kept as it is, with a warning: the
+    /// broker never changes a queue's arguments, and refusing to start would stop a
+    /// cluster at its first upgrade. README ("Broker cluster") says how to migrate.
+    async fn queue(
+        &mut self,
+        queue: &str,
+        arguments: &[(&str, AMQPValue)],
+    ) -> Result<(), BusError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = tokio::time::timeout(
+            self.limit,
+            self.channel
+                .queue_declare(queue.into(), durable, table(arguments)),
+        )
+        .await;
+        match declared {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if is_precondition_failed(&error) => {
+                // The refusal closed the channel; the queue must at least exist.
+                self.channel = within(
+                    self.limit,
+                    "opening a channel",
+                    self.connection.create_channel(),
+                )
                 .await?;
-            tracing::warn!(queue, %error, "queue kept with the arguments it was declared with");
-            Ok(())
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                within(
+                    self.limit,
+                    "looking up a queue",
+                    self.channel
+                        .queue_declare(queue.into(), passive, FieldTable::default()),
+                )
+                .await?;
+                tracing::warn!(queue, %error, "queue kept with the arguments it was declared with");
+                Ok(())
+            }
+            Ok(Err(error)) => Err(unavailable("declaring a queue", error)),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "declaring queue {queue}: no answer from the broker within {:?}",
+                self.limit
+            ))),
         }
-        Err(error) => Err(error),
     }
 }
 
@@ -218,23 +274,13 @@ pub(super) async fn declare(
     connection: &Connection,
     names: &Names,
     replication: Replication,
-) -> lapin::Result<()> {
-    let mut channel = connection.create_channel().await?;
-    declare_on(connection, &mut channel, names, replication).await?;
-    // Best effort: the channel goes with the connection anyway.
-    let _ = channel.close(200, "OK".into()).await;
-    Ok(())
-}
-
-async fn declare_on(
-    connection: &Connection,
-    channel: &mut Channel,
-    names: &Names,
-    replication: Replication,
-) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
+    limit: Duration,
+) -> Result<(), BusError> {
+    let channel = within(limit, "opening a channel", connection.create_channel()).await?;
+    let mut declarer = Declarer {
+        connection,
+        channel,
+        limit,
     };
     for (exchange, kind) in [
         (&names.order_exchange, ExchangeKind::Direct),
@@ -242,34 +288,17 @@ async fn declare_on(
         (&names.updates_exchange, ExchangeKind::Topic),
         (&names.dead_letter_exchange, ExchangeKind::Direct),
     ] {
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                kind,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
+        declarer.exchange(exchange, kind).await?;
     }
     for (index, work) in names.work_queues().iter().enumerate() {
         // Quorum like the work itself, so dead letters survive losing a broker.
         // Listing them redelivers them, which raises their `x-delivery-count`; the
         // attempts a dead letter shows come from its `x-death` history instead.
-        declare_queue(
-            connection,
-            channel,
-            &work.dead_letters,
-            &quorum(replication),
-        )
-        .await?;
-        channel
-            .queue_bind(
-                work.dead_letters.as_str().into(),
-                names.dead_letter_exchange.as_str().into(),
-                work.name.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+        declarer
+            .queue(&work.dead_letters, &quorum(replication))
+            .await?;
+        declarer
+            .bind(&work.dead_letters, &names.dead_letter_exchange, &work.name)
             .await?;
         let mut arguments = quorum(replication);
         arguments.extend([
@@ -289,19 +318,24 @@ async fn declare_on(
             // The broker, not our code, picks the one node that owns a shard.
             arguments.push(("x-single-active-consumer", AMQPValue::Boolean(true)));
         }
-        declare_queue(connection, channel, &work.name, &arguments).await?;
+        declarer.queue(&work.name, &arguments).await?;
         if !is_shard {
-            channel
-                .queue_bind(
-                    work.name.as_str().into(),
-                    names.order_exchange.as_str().into(),
-                    System::ALL[index].as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
+            declarer
+                .bind(
+                    &work.name,
+                    &names.order_exchange,
+                    System::ALL[index].as_str(),
                 )
                 .await?;
         }
     }
+    // Best effort: the channel goes with the connection anyway.
+    let _ = within(
+        limit,
+        "closing a channel",
+        declarer.channel.close(200, "OK".into()),
+    )
+    .await;
     Ok(())
 }
 
