@@ -5,86 +5,13 @@
 
 mod common;
 
+use common::nodes::{field, start_node, start_simulators};
 use serde_json::{Value, json};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
-const BIN: &str = env!("CARGO_BIN_EXE_swiftlogistics");
-const ADMIN_PASSWORD: &str = "admin-password-for-tests";
-
-/// Starts the binary and returns it with the first stdout line containing `marker`.
-async fn start(args: &[&str], envs: &[(&str, String)], marker: &str) -> (Child, String) {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env("SWIFT__LOG__LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    for (key, value) in envs {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains(marker) {
-                return line;
-            }
-        }
-        panic!("{BIN} exited before printing {marker:?}");
-    })
-    .await
-    .expect("startup line in time");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, line)
-}
-
-/// The text after `label` up to the next space.
-fn field(line: &str, label: &str) -> String {
-    let start = line.find(label).map(|i| i + label.len()).expect(label);
-    line[start..]
-        .split_whitespace()
-        .next()
-        .expect("value")
-        .to_owned()
-}
-
-struct Node {
-    child: Child,
-    url: String,
-}
-
-async fn start_node(
-    data: &std::path::Path,
-    sims: &str,
-    backend: &[(&'static str, String)],
-) -> Node {
-    let mut envs = vec![
-        ("SWIFT__HTTP__BIND", "127.0.0.1:0".to_owned()),
-        ("SWIFT__STORE__PATH", data.display().to_string()),
-        ("SWIFT__CMS__URL", field(sims, "CMS SOAP ")),
-        ("SWIFT__ROS__URL", field(sims, "ROS REST ")),
-        ("SWIFT__WMS__ADDR", field(sims, "WMS TCP ")),
-        ("SWIFT__AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
-        (
-            "SWIFT__AUTH__DRIVER_PASSWORD",
-            "driver-password-for-tests".to_owned(),
-        ),
-    ];
-    envs.extend(backend.iter().cloned());
-    let (child, banner) = start(&["serve", "--no-simulators"], &envs, "API and pages at").await;
-    Node {
-        child,
-        url: field(&banner, "API and pages at "),
-    }
-}
+use common::ADMIN_PASSWORD;
 
 async fn json(response: reqwest::Response) -> Value {
     response.json().await.expect("json body")
@@ -92,17 +19,7 @@ async fn json(response: reqwest::Response) -> Value {
 
 #[tokio::test]
 async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing() {
-    let (_sims, sims_line) = start(
-        &["simulate"],
-        &[
-            ("SWIFT__SIMULATORS__CMS_BIND", "127.0.0.1:0".to_owned()),
-            ("SWIFT__SIMULATORS__ROS_BIND", "127.0.0.1:0".to_owned()),
-            ("SWIFT__SIMULATORS__WMS_BIND", "127.0.0.1:0".to_owned()),
-            ("SWIFT__SIMULATORS__CONTROL_BIND", "127.0.0.1:0".to_owned()),
-        ],
-        "Simulators running",
-    )
-    .await;
+    let (_sims, sims_line) = start_simulators().await;
     let control = field(&sims_line, "control API ");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

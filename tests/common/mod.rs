@@ -2,6 +2,8 @@
 //! ports with its own data directory, and speaks to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use serde_json::{Value, json};
 use std::future::Future;
 use std::time::Duration;
