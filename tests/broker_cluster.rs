@@ -83,7 +83,12 @@ impl Brokers {
             .env("HOME", format!("/var/tmp/swift-rabbitmq-{port}"))
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .args(["-q", "-n", &format!("rabbit{port}@localhost")])
-            .args(["list_connections", "--no-table-headers", "port", "client_properties"])
+            .args([
+                "list_connections",
+                "--no-table-headers",
+                "port",
+                "client_properties",
+            ])
             .output()
             .expect("run rabbitmqctl");
         String::from_utf8_lossy(&output.stdout)

@@ -186,4 +186,23 @@ mod tests {
         ));
         assert_eq!(ready.data["details"], json!({}));
     }
+
+    #[test]
+    fn the_asyncapi_document_describes_every_event() {
+        let document = include_str!("../../docs/asyncapi.yaml");
+        for status in OrderStatus::ALL {
+            let published = catalogue_event(&event(2, status, "m", Value::Null));
+            let channel = match published.kind {
+                "order.update" => "  order.status.{status}:".to_owned(),
+                _ => format!("  {}:", published.routing_key),
+            };
+            assert!(document.contains(&channel), "{channel}");
+            assert!(
+                document.contains(&format!("name: {}", published.kind)),
+                "{}",
+                published.kind
+            );
+            assert!(document.contains(status.as_str()), "{status}");
+        }
+    }
 }
