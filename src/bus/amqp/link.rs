@@ -224,7 +224,7 @@ impl Link {
     }
 
     /// The live session, or an error at once when there is none (reconnecting).
-    fn live_session(&self) -> Result<Arc<Session>, BusError> {
+    pub fn live_session(&self) -> Result<Arc<Session>, BusError> {
         self.sessions
             .borrow()
             .clone()
