@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::nodes::{Node, field, start_node, start_simulators};
+use common::process::{NodeProcess, start_node, start_simulators};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
@@ -114,12 +114,12 @@ async fn json(response: reqwest::Response) -> Value {
     response.json().await.expect("json body")
 }
 
-async fn ready(http: &reqwest::Client, node: &Node) -> bool {
+async fn ready(http: &reqwest::Client, node: &NodeProcess) -> bool {
     matches!(http.get(format!("{}/ready", node.url)).send().await, Ok(r) if r.status() == 200)
 }
 
 /// Every order in the store, through the admin listing.
-async fn stored_orders(http: &reqwest::Client, node: &Node, admin: &str) -> Vec<Value> {
+async fn stored_orders(http: &reqwest::Client, node: &NodeProcess, admin: &str) -> Vec<Value> {
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -145,22 +145,12 @@ async fn nodes_move_to_a_live_broker_and_lose_nothing_when_theirs_is_killed() {
         return;
     };
     let (brokers, urls) = tokio::task::block_in_place(Brokers::start);
-    let (_sims, sims_line) = start_simulators().await;
-    let control = field(&sims_line, "control API ");
+    // Slow systems keep orders mid-journey when the broker dies.
+    let (_sims, sims_line, control) = start_simulators(20).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    // Slow systems keep orders mid-journey when the broker dies.
-    for system in ["cms", "wms", "ros"] {
-        let knob = http
-            .put(format!("{control}/knobs/{system}"))
-            .json(&json!({"latencyMs": 20}))
-            .send()
-            .await
-            .unwrap();
-        assert!(knob.status().is_success());
-    }
 
     let isolation = format!("bc{}", uuid::Uuid::new_v4().simple());
     let envs = [

@@ -5,13 +5,14 @@
 
 mod common;
 
-use common::nodes::{field, start_node, start_simulators};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-use common::ADMIN_PASSWORD;
+use common::process::{field, start, start_node};
+
+const ADMIN_PASSWORD: &str = common::ADMIN_PASSWORD;
 
 async fn json(response: reqwest::Response) -> Value {
     response.json().await.expect("json body")
@@ -19,7 +20,17 @@ async fn json(response: reqwest::Response) -> Value {
 
 #[tokio::test]
 async fn kill_minus_nine_with_orders_in_flight_loses_nothing_and_repeats_nothing() {
-    let (_sims, sims_line) = start_simulators().await;
+    let (_sims, sims_line) = start(
+        &["simulate"],
+        &[
+            ("SWIFT__SIMULATORS__CMS_BIND", "127.0.0.1:0".to_owned()),
+            ("SWIFT__SIMULATORS__ROS_BIND", "127.0.0.1:0".to_owned()),
+            ("SWIFT__SIMULATORS__WMS_BIND", "127.0.0.1:0".to_owned()),
+            ("SWIFT__SIMULATORS__CONTROL_BIND", "127.0.0.1:0".to_owned()),
+        ],
+        "Simulators running",
+    )
+    .await;
     let control = field(&sims_line, "control API ");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -2,7 +2,7 @@
 //! ports with its own data directory, and speaks to it over real HTTP.
 #![allow(dead_code)]
 
-pub mod nodes;
+pub mod process;
 
 use serde_json::{Value, json};
 use std::future::Future;

@@ -1,6 +1,7 @@
-//! Nodes and simulators as separate processes of the built binary, for tests that
-//! kill things (a node, a broker) and need the rest to outlive it.
+//! Nodes and simulators as processes of the built binary, for tests that crash,
+//! signal or cluster them.
 
+use serde_json::json;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -15,7 +16,7 @@ pub async fn start(args: &[&str], envs: &[(&str, String)], marker: &str) -> (Chi
         .args(args)
         .env("SWIFT__LOG__LEVEL", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr_for(envs))
         .kill_on_drop(true);
     for (key, value) in envs {
         command.env(key, value);
@@ -23,7 +24,8 @@ pub async fn start(args: &[&str], envs: &[(&str, String)], marker: &str) -> (Chi
     let mut child = command.spawn().expect("binary starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
+    // Generous: the first node of a fresh bus namespace declares every queue.
+    let line = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if line.contains(marker) {
                 return line;
@@ -38,6 +40,20 @@ pub async fn start(args: &[&str], envs: &[(&str, String)], marker: &str) -> (Chi
     (child, line)
 }
 
+/// Where a process logs: nowhere, or with `SWIFT_TEST_LOGS=<dir>` set (to debug a
+/// failing test) a file there named after its node id.
+fn stderr_for(envs: &[(&str, String)]) -> Stdio {
+    let Ok(dir) = std::env::var("SWIFT_TEST_LOGS") else {
+        return Stdio::null();
+    };
+    let name = envs
+        .iter()
+        .find(|(key, _)| *key == "SWIFT__CLUSTER__NODE_ID")
+        .map_or("process", |(_, id)| id.as_str());
+    let path = std::path::Path::new(&dir).join(format!("{name}-{}.log", uuid::Uuid::new_v4()));
+    std::fs::File::create(path).map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
 /// The text after `label` up to the next space.
 pub fn field(line: &str, label: &str) -> String {
     let start = line.find(label).map(|i| i + label.len()).expect(label);
@@ -48,9 +64,11 @@ pub fn field(line: &str, label: &str) -> String {
         .to_owned()
 }
 
-/// The simulators on random ports, with the line that names their addresses.
-pub async fn start_simulators() -> (Child, String) {
-    start(
+/// `swiftlogistics simulate` on random ports, with `latency_ms` on every system so
+/// that orders stay mid-journey for a while. Returns the process, its banner line
+/// and the control API's URL.
+pub async fn start_simulators(latency_ms: u64) -> (Child, String, String) {
+    let (child, line) = start(
         &["simulate"],
         &[
             ("SWIFT__SIMULATORS__CMS_BIND", "127.0.0.1:0".to_owned()),
@@ -60,17 +78,33 @@ pub async fn start_simulators() -> (Child, String) {
         ],
         "Simulators running",
     )
-    .await
+    .await;
+    let control = field(&line, "control API ");
+    let http = reqwest::Client::new();
+    for system in ["cms", "wms", "ros"] {
+        let response = http
+            .put(format!("{control}/knobs/{system}"))
+            .json(&json!({"latencyMs": latency_ms}))
+            .send()
+            .await
+            .expect("knobs");
+        assert!(response.status().is_success());
+    }
+    (child, line, control)
 }
 
-pub struct Node {
+pub struct NodeProcess {
     pub child: Child,
     pub url: String,
 }
 
-/// A node serving on a random port, calling the simulators of `sims` (their
-/// banner line), with `envs` on top (the backend, bus settings).
-pub async fn start_node(data: &std::path::Path, sims: &str, envs: &[(&str, String)]) -> Node {
+/// `swiftlogistics serve --no-simulators` pointed at the simulators of `sims` (their
+/// banner line), with its own data directory and `envs` on top.
+pub async fn start_node(
+    data: &std::path::Path,
+    sims: &str,
+    envs: &[(&'static str, String)],
+) -> NodeProcess {
     let mut all = vec![
         ("SWIFT__HTTP__BIND", "127.0.0.1:0".to_owned()),
         ("SWIFT__STORE__PATH", data.display().to_string()),
@@ -88,7 +122,7 @@ pub async fn start_node(data: &std::path::Path, sims: &str, envs: &[(&str, Strin
     ];
     all.extend(envs.iter().cloned());
     let (child, banner) = start(&["serve", "--no-simulators"], &all, "API and pages at").await;
-    Node {
+    NodeProcess {
         child,
         url: field(&banner, "API and pages at "),
     }
