@@ -56,6 +56,8 @@ pub(super) struct Names {
     /// Our own order updates, to every node's notifier (kept apart from the
     /// catalogue so that each exchange carries one message format).
     pub updates_exchange: String,
+    /// Fanout of cluster messages (heartbeats, operator commands) to every node.
+    pub cluster_exchange: String,
     pub dead_letter_exchange: String,
     /// Step queues in `System::ALL` order, then the shard queues in shard order.
     work: Vec<WorkQueue>,
@@ -100,6 +102,7 @@ impl Names {
             order_exchange: format!("{prefix}order_exchange"),
             events_exchange: format!("{prefix}events_exchange"),
             updates_exchange: format!("{prefix}order_updates"),
+            cluster_exchange: format!("{prefix}cluster_exchange"),
             dead_letter_exchange: format!("{prefix}dlx"),
             work,
             node_id: node_id.to_owned(),
@@ -143,6 +146,11 @@ impl Names {
             0 => format!("{}events.{}", self.prefix, self.node_id),
             n => format!("{}events.{}.{n}", self.prefix, self.node_id),
         }
+    }
+
+    /// This node's queue of cluster messages.
+    pub fn cluster_queue(&self) -> String {
+        format!("{}cluster.{}", self.prefix, self.node_id)
     }
 }
 
@@ -286,6 +294,7 @@ pub(super) async fn declare(
         (&names.order_exchange, ExchangeKind::Direct),
         (&names.events_exchange, ExchangeKind::Topic),
         (&names.updates_exchange, ExchangeKind::Topic),
+        (&names.cluster_exchange, ExchangeKind::Fanout),
         (&names.dead_letter_exchange, ExchangeKind::Direct),
     ] {
         declarer.exchange(exchange, kind).await?;
@@ -339,31 +348,45 @@ pub(super) async fn declare(
     Ok(())
 }
 
-/// Declares this node's private queue for one `order_updates` subscription. It lives
-/// and dies with the connection, on whichever broker the node is connected to, and
-/// is declared again on every new session: updates missed while it is gone are
-/// replayed from the event log by whoever needs them.
-pub(super) async fn declare_events_queue(
+/// A queue of this node's own, bound to a fanout or topic exchange.
+#[derive(Debug, Clone)]
+pub(super) struct PrivateQueue {
+    pub name: String,
+    pub exchange: String,
+    pub binding: String,
+    /// Milliseconds after which an unread message is dropped (a stale heartbeat says
+    /// nothing the next one does not).
+    pub message_ttl_ms: Option<i64>,
+}
+
+/// Declares one of this node's private queues (an `order_updates` subscription, the
+/// cluster messages). It lives and dies with the connection: updates missed while it
+/// is gone are replayed from the event log by whoever needs them, and heartbeats are
+/// sent again every second.
+pub(super) async fn declare_private_queue(
     channel: &Channel,
-    names: &Names,
-    queue: &str,
+    queue: &PrivateQueue,
 ) -> lapin::Result<()> {
+    let mut arguments = vec![("x-queue-type", text("classic"))];
+    if let Some(ttl) = queue.message_ttl_ms {
+        arguments.push(("x-message-ttl", AMQPValue::LongLongInt(ttl)));
+    }
     channel
         .queue_declare(
-            queue.into(),
+            queue.name.as_str().into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
                 ..QueueDeclareOptions::default()
             },
-            table(&[("x-queue-type", text("classic"))]),
+            table(&arguments),
         )
         .await?;
     channel
         .queue_bind(
-            queue.into(),
-            names.updates_exchange.as_str().into(),
-            "order.#".into(),
+            queue.name.as_str().into(),
+            queue.exchange.as_str().into(),
+            queue.binding.as_str().into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
