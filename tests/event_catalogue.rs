@@ -55,10 +55,34 @@ async fn a_seed_consumer_follows_every_order_on_events_exchange() {
         .expect("bind");
 
     let (client, _) = app.register_client().await;
-    let driver = app.driver_token().await;
+    let admin = app.admin_token().await;
+    let login: Value = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"email": common::DRIVER_EMAIL, "password": common::DRIVER_PASSWORD}))
+        .send()
+        .await
+        .expect("driver login")
+        .json()
+        .await
+        .expect("login body");
+    let driver = login["token"].as_str().expect("token").to_owned();
     let delivered = app.place(&client).await;
     app.wait_for_status(&client, &delivered, "READY_FOR_DELIVERY", WAIT)
         .await;
+    let response = app
+        .http
+        .post(app.url(&format!("/api/orders/{delivered}/assign")))
+        .bearer_auth(&admin)
+        .json(&json!({"driverId": login["user"]["id"]}))
+        .send()
+        .await
+        .expect("assign");
+    assert!(
+        response.status().is_success(),
+        "assign: {}",
+        response.status()
+    );
     for status in ["OUT_FOR_DELIVERY", "DELIVERED"] {
         let response = app
             .http
