@@ -5,12 +5,15 @@
 #   scripts/start-rabbitmq.sh stop [PORT]      graceful shutdown
 #   scripts/start-rabbitmq.sh kill [PORT]      kill -9 (an outage, for resilience tests)
 #   scripts/start-rabbitmq.sh status [PORT]    exit 0 when the broker answers AMQP
+#   scripts/start-rabbitmq.sh cluster PORT...  fresh brokers on PORT... joined into one
+#                                              RabbitMQ cluster (stop or kill each by port)
 #
 # PORT defaults to $RABBITMQ_PORT, else 5672. Each port is its own broker (node
 # rabbit<PORT>@localhost) with its state under $RABBITMQ_STATE_DIR, default
 # /var/tmp/swift-rabbitmq-<PORT>, so several brokers can run side by side and keep
 # their durable queues across restarts. `start` is idempotent and prints
-# RABBITMQ_URL=amqp://guest:guest@127.0.0.1:<PORT>/%2f as its last line.
+# RABBITMQ_URL=amqp://guest:guest@127.0.0.1:<PORT>/%2f as its last line; `cluster`
+# prints every broker's URL in that line, separated by commas (what the node takes).
 #
 # Why the odd invocation: the /usr/sbin wrappers switch user and use another Erlang
 # cookie (rabbitmqctl then hangs), so we call /usr/lib/rabbitmq/bin directly with
@@ -22,6 +25,37 @@ case "${1:-}" in
 start | stop | kill | status)
     command="$1"
     shift
+    ;;
+cluster)
+    shift
+    (($# >= 2)) || {
+        echo "usage: $0 cluster PORT PORT..." >&2
+        exit 2
+    }
+    unset RABBITMQ_STATE_DIR # each member keeps its own default dir
+    # One Erlang cookie for all: brokers only cluster with peers that share it.
+    cookie="$(od -An -N16 -tx1 /dev/urandom | tr -dc '0-9a-f' | tr 'a-f' 'A-F')"
+    pids=()
+    for p in "$@"; do
+        RABBITMQ_FRESH=1 RABBITMQ_COOKIE="$cookie" "$0" start "$p" >/dev/null &
+        pids+=("$!")
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    first="$1"
+    shift
+    for p in "$@"; do
+        # Any state dir holds the shared cookie; rabbitmqctl reads it from HOME.
+        for step in stop_app "join_cluster rabbit$first@localhost" start_app; do
+            # shellcheck disable=SC2086
+            HOME="/var/tmp/swift-rabbitmq-$p" ERL_EPMD_ADDRESS=127.0.0.1 timeout 60 \
+                /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "rabbit$p@localhost" $step >&2
+        done
+        echo "start-rabbitmq: rabbit$p joined rabbit$first" >&2
+    done
+    urls=""
+    for p in "$first" "$@"; do urls="$urls${urls:+,}amqp://guest:guest@127.0.0.1:$p/%2f"; done
+    echo "RABBITMQ_URL=$urls"
+    exit 0
     ;;
 esac
 port="${1:-${RABBITMQ_PORT:-5672}}"
@@ -107,7 +141,14 @@ start_broker() {
     fi
     install_broker
     if ! broker_pid >/dev/null; then
+        # A cluster member starts from nothing, so it joins no stale cluster.
+        if [ "${RABBITMQ_FRESH:-}" = 1 ]; then rm -rf "$state_dir"; fi
         write_config
+        if [ -n "${RABBITMQ_COOKIE:-}" ]; then
+            rm -f "$state_dir/.erlang.cookie"
+            printf '%s' "$RABBITMQ_COOKIE" >"$state_dir/.erlang.cookie"
+            chmod 400 "$state_dir/.erlang.cookie"
+        fi
         log "starting rabbit$port (state in $state_dir)"
         "$rabbit_bin/rabbitmq-server" -detached >&2
     fi

@@ -121,6 +121,8 @@ pub struct BusSettings {
     pub prefetch: u16,
     pub timeout_secs: u64,
     pub namespace: String,
+    /// Brokers holding each new quorum queue on a RabbitMQ cluster (0: all).
+    pub quorum_initial_group_size: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -126,7 +126,7 @@ impl Drop for Namespace {
             queues.push(self.name(&logical));
             queues.push(format!("{}.dlq", self.name(&logical)));
         }
-        let exchanges: Vec<String> = ["order_exchange", "events_exchange", "dlx"]
+        let exchanges: Vec<String> = ["order_exchange", "events_exchange", "order_updates", "dlx"]
             .iter()
             .map(|e| self.name(e))
             .collect();
@@ -270,6 +270,7 @@ async fn topology_is_declared_and_declaring_again_is_harmless() {
     for (exchange, kind) in [
         ("order_exchange", ExchangeKind::Direct),
         ("events_exchange", ExchangeKind::Topic),
+        ("order_updates", ExchangeKind::Topic),
         ("dlx", ExchangeKind::Direct),
     ] {
         channel
@@ -289,11 +290,6 @@ async fn topology_is_declared_and_declaring_again_is_harmless() {
 
     // The shard queues are quorum queues: redeclaring one as classic is refused.
     let (_connection, channel) = ns.raw().await;
-    let mut classic = FieldTable::default();
-    classic.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("classic")),
-    );
     let refused = channel
         .queue_declare(
             ns.name("orders.shard.0").as_str().into(),
@@ -301,10 +297,173 @@ async fn topology_is_declared_and_declaring_again_is_harmless() {
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            classic,
+            classic_arguments(),
         )
         .await;
     assert!(refused.is_err(), "a classic redeclaration must be refused");
+    // So are the dead-letter queues, so that dead letters survive losing a broker.
+    let (_connection, channel) = ns.raw().await;
+    let refused = channel
+        .queue_declare(
+            ns.name("orders.shard.0.dlq").as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            classic_arguments(),
+        )
+        .await;
+    assert!(refused.is_err(), "dead-letter queues are quorum queues");
+}
+
+fn classic_arguments() -> FieldTable {
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
+    classic
+}
+
+/// An upgrade: queues an earlier version declared with other arguments (a classic
+/// dead-letter queue, a quorum queue without leader locator) are kept as they are,
+/// and the bus works on them.
+#[tokio::test]
+async fn queues_declared_by_an_earlier_version_are_kept_and_work() {
+    let Some(url) = broker_url() else { return };
+    let ns = Namespace::new(&url);
+    let (_connection, channel) = ns.raw().await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(
+            ns.name("wms_order_queue.dlq").as_str().into(),
+            durable,
+            classic_arguments(),
+        )
+        .await
+        .expect("an old classic dead-letter queue");
+    let mut old_quorum = FieldTable::default();
+    old_quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(
+            ns.name("orders.shard.1").as_str().into(),
+            durable,
+            old_quorum,
+        )
+        .await
+        .expect("an old shard queue");
+
+    let bus = ns.bus("node-a").await;
+    let mut wms = bus.step_requests(System::Wms).await.expect("inbox");
+    let request = step(&new_order(), Operation::ReserveInventory);
+    bus.send_step(request.clone()).await.expect("send");
+    assert_eq!(next(&mut wms).await.message, request);
+    bus.send_to_order(OrderCommand::Wake {
+        order_id: order_on_shard(1),
+    })
+    .await
+    .expect("send to the old shard queue");
+    assert_eq!(ns.ready("orders.shard.1").await, 1);
+}
+
+/// Seed 000's catalogue on `events_exchange`: one event per transition, in the
+/// seed's envelope and routing keys, in order; our own updates stay off it.
+#[tokio::test]
+async fn the_seed_event_catalogue_is_published_beside_our_updates() {
+    let Some(url) = broker_url() else { return };
+    let ns = Namespace::new(&url);
+    let bus = ns.bus("node-a").await;
+    let mut ours = bus.order_updates().await.expect("subscribe");
+    // A consumer written against the seed: its own queue on events_exchange.
+    let (_connection, channel) = ns.raw().await;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consumer queue")
+        .name()
+        .to_string();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            ns.name("events_exchange").as_str().into(),
+            "#".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+
+    let order = new_order();
+    let journey = [
+        (OrderStatus::Received, "order.created", "ORDER_CREATED"),
+        (OrderStatus::CmsValidated, "cms.success", "cms.success"),
+        (OrderStatus::InventoryReserved, "wms.success", "wms.success"),
+        (OrderStatus::RouteOptimized, "ros.success", "ros.success"),
+        (
+            OrderStatus::ReadyForDelivery,
+            "order.status.READY_FOR_DELIVERY",
+            "order.update",
+        ),
+    ];
+    for (seq, (status, _, _)) in journey.iter().enumerate() {
+        bus.publish_update(update(&order, seq as u64 + 1, *status))
+            .await
+            .expect("publish");
+    }
+    for (seq, (status, routing_key, kind)) in journey.iter().enumerate() {
+        let got = tokio::time::timeout(WAIT, async {
+            loop {
+                let got = channel
+                    .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                    .await
+                    .expect("get");
+                if let Some(message) = got {
+                    return message;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("catalogue event in time");
+        assert_eq!(got.delivery.routing_key.as_str(), *routing_key);
+        let envelope: serde_json::Value = serde_json::from_slice(&got.delivery.data).expect("JSON");
+        assert_eq!(envelope["type"], *kind, "{envelope}");
+        assert_eq!(envelope["data"]["orderId"], json!(order));
+        assert_eq!(envelope["data"]["status"], status.as_str());
+        assert_eq!(envelope["data"]["seq"], seq as u64 + 1);
+        assert!(
+            envelope["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+        let properties = &got.delivery.properties;
+        assert_eq!(properties.kind().as_ref().map(|k| k.as_str()), Some(*kind));
+        assert_eq!(properties.delivery_mode(), &Some(2));
+    }
+    assert!(
+        channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+            .is_none(),
+        "one catalogue event per transition, nothing else on events_exchange"
+    );
+    for expected in 1..=journey.len() as u64 {
+        assert_eq!(next(&mut ours).await.message.seq, expected);
+    }
 }
 
 #[tokio::test]
@@ -511,12 +670,18 @@ async fn a_malformed_message_goes_straight_to_the_dead_letters() {
     assert_eq!(delivery.message, valid, "the malformed one never arrives");
     delivery.ack().await.expect("ack");
 
+    eventually("the broker dead-letters the malformed message", || async {
+        !bus.dead_letters(10).await.expect("list").is_empty()
+    })
+    .await;
     let letters = bus.dead_letters(10).await.expect("list");
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].queue, "cms_order_queue");
     assert_eq!(letters[0].reason, "rejected");
     assert_eq!(letters[0].attempts, 1);
     assert_eq!(letters[0].body.as_bytes(), garbage);
+    // Listing hands the letters back; looking again changes nothing.
+    assert_eq!(bus.dead_letters(10).await.expect("list again"), letters);
 }
 
 #[tokio::test]
@@ -744,6 +909,18 @@ async fn inboxes_and_publishing_come_back_after_the_broker_is_killed() {
         bus.ping().await.is_err()
     })
     .await;
+    // While the bus knows it has no broker, a publish fails at once (intake then
+    // answers without waiting out the publish timeout).
+    let asked = Instant::now();
+    let refused = bus
+        .send_step(step(&new_order(), Operation::ReserveInventory))
+        .await;
+    assert!(refused.is_err(), "no broker, no publish");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
     assert!(
         before.ack().await.is_err(),
         "an ack on a dead connection is an error, not a silent success"

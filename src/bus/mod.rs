@@ -8,6 +8,7 @@
 //! messages, which makes the bus a mailbox source.
 
 pub mod amqp;
+pub(crate) mod catalogue;
 pub mod local;
 
 use crate::domain::cluster::NodeReport;

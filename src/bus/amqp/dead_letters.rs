@@ -62,11 +62,13 @@ fn latest_death(properties: &BasicProperties) -> Option<&FieldTable> {
 }
 
 /// Deliveries that ended in dead-lettering, over every time the message went round
-/// (redrives included). The broker drops `x-delivery-count` when it dead-letters,
-/// but `x-death` counts the dead-letterings per queue and reason: one for the
-/// delivery limit stands for a first delivery plus every retry; one for a
-/// rejection, for the single delivery that was refused.
-fn attempts(reason: &str, death: Option<&FieldTable>, properties: &BasicProperties) -> u64 {
+/// (redrives included), from the `x-death` history alone: it counts the
+/// dead-letterings per queue and reason; one for the delivery limit stands for a
+/// first delivery plus every retry, one for a rejection (a malformed message) for
+/// the single delivery that was refused. The message's own `x-delivery-count` is
+/// no guide here: the quorum dead-letter queue raises it each time a listing
+/// hands the message back.
+fn attempts(reason: &str, death: Option<&FieldTable>) -> u64 {
     let deaths = death
         .and_then(|d| d.inner().get("count"))
         .and_then(integer)
@@ -75,7 +77,7 @@ fn attempts(reason: &str, death: Option<&FieldTable>, properties: &BasicProperti
     if reason == "delivery_limit" {
         deaths.saturating_mul(DELIVERY_RETRIES + 1)
     } else {
-        deaths.saturating_add(delivery_count(properties))
+        deaths
     }
 }
 
@@ -93,7 +95,7 @@ fn describe(work: &WorkQueue, delivery: &lapin::message::Delivery) -> DeadLetter
         .and_then(|secs| i64::try_from(secs).ok())
         .and_then(|secs| DateTime::from_timestamp(secs, 0))
         .map(|at| at.to_rfc3339());
-    let attempts = attempts(&reason, death, properties);
+    let attempts = attempts(&reason, death);
     let shown = &delivery.data[..delivery.data.len().min(MAX_BODY_BYTES)];
     DeadLetter {
         queue: work.logical.clone(),
@@ -105,10 +107,8 @@ fn describe(work: &WorkQueue, delivery: &lapin::message::Delivery) -> DeadLetter
 }
 
 async fn open_channel(link: &Link) -> Result<Channel, BusError> {
-    let session = match tokio::time::timeout(link.limit, link.session()).await {
-        Ok(session) => session?,
-        Err(_) => return Err(BusError::Unavailable("no broker connection".into())),
-    };
+    // At once while no broker is connected: an operator gets an answer, not a wait.
+    let session = link.live_session()?;
     within(
         link.limit,
         "opening a channel",
@@ -335,10 +335,11 @@ mod tests {
             Some("delivery_limit")
         );
         assert_eq!(
-            attempts("delivery_limit", Some(death), &props),
+            attempts("delivery_limit", Some(death)),
             DELIVERY_RETRIES + 1
         );
-        assert_eq!(attempts("rejected", None, &BasicProperties::default()), 1);
+        // Listings raise the dead letter's own delivery count; attempts stay.
+        assert_eq!(attempts("rejected", None), 1);
         let stripped = fresh_attempts(&props);
         assert_eq!(delivery_count(&stripped), 0);
         assert!(header(&stripped, "x-death").is_some());

@@ -5,9 +5,16 @@
 //! consumers whose stream semantics across a recovery are lapin's, not ours. Here a
 //! lost connection is replaced by a new session, forever, with capped backoff; the
 //! topology is declared again, and every consumer starts over on the new session.
+//!
+//! The URL may list several brokers of one RabbitMQ cluster, separated by commas.
+//! Every (re)connect tries them in turn, beginning after the one last used, so a
+//! node whose broker died moves to a live one in its first reconnect round. While
+//! no session is live, publishes fail at once instead of waiting for a reconnect:
+//! callers (intake above all) then answer without a 10 s stall, and what they
+//! publish is either retried by them or recovered from the store by the resume sweep.
 
 use super::BusError;
-use super::topology::{self, Names};
+use super::topology::{self, Names, Replication};
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::uri::AMQPUri;
@@ -121,10 +128,42 @@ pub(super) struct Outgoing<'a> {
     pub mandatory: bool,
 }
 
+/// The brokers of a comma-separated URL list, each with our default heartbeat.
+pub(super) fn parse_brokers(urls: &str) -> Result<Vec<AMQPUri>, BusError> {
+    let brokers = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            let mut uri: AMQPUri = url
+                .parse()
+                .map_err(|e: String| BusError::Unavailable(format!("bus.rabbitmq_url: {e}")))?;
+            if uri.query.heartbeat.is_none() {
+                uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
+            }
+            Ok(uri)
+        })
+        .collect::<Result<Vec<_>, BusError>>()?;
+    if brokers.is_empty() {
+        return Err(BusError::Unavailable(
+            "bus.rabbitmq_url names no broker".into(),
+        ));
+    }
+    Ok(brokers)
+}
+
+/// Where a broker is, for logs (never the credentials).
+fn address(uri: &AMQPUri) -> String {
+    format!("{}:{}", uri.authority.host, uri.authority.port)
+}
+
 pub(super) struct Link {
-    uri: AMQPUri,
+    brokers: Vec<AMQPUri>,
+    /// The broker the next connect tries first: the one after the last one used.
+    next_broker: AtomicUsize,
     connection_name: String,
     names: Arc<Names>,
+    replication: Replication,
     pub limit: Duration,
     sessions: watch::Sender<Option<Arc<Session>>>,
     pub shutdown: CancellationToken,
@@ -137,19 +176,16 @@ impl Link {
         url: &str,
         connection_name: String,
         names: Arc<Names>,
+        replication: Replication,
         limit: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BusError> {
-        let mut uri: AMQPUri = url
-            .parse()
-            .map_err(|e: String| BusError::Unavailable(format!("bus.rabbitmq_url: {e}")))?;
-        if uri.query.heartbeat.is_none() {
-            uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
-        }
         let link = Arc::new(Self {
-            uri,
+            brokers: parse_brokers(url)?,
+            next_broker: AtomicUsize::new(0),
             connection_name,
             names,
+            replication,
             limit,
             sessions: watch::channel(None).0,
             shutdown,
@@ -187,11 +223,20 @@ impl Link {
         }
     }
 
+    /// The live session, or an error at once when there is none (reconnecting).
+    pub fn live_session(&self) -> Result<Arc<Session>, BusError> {
+        self.sessions
+            .borrow()
+            .clone()
+            .ok_or_else(|| BusError::Unavailable("no broker connection (reconnecting)".into()))
+    }
+
     /// Publishes and waits for the broker's confirm: `Ok` means the message is on
-    /// disk in every queue it was routed to.
+    /// disk in every queue it was routed to. Fails at once while no broker is
+    /// connected.
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), BusError> {
+        let session = self.live_session()?;
         let attempt = async {
-            let session = self.session().await?;
             let (slot, channel) = session.publisher();
             let options = BasicPublishOptions {
                 mandatory: message.mandatory,
@@ -241,13 +286,39 @@ impl Link {
         }
     }
 
+    /// Tries every broker once, beginning with `next_broker`; the first that takes
+    /// the connection and the topology wins.
     async fn open_session(&self) -> Result<Arc<Session>, BusError> {
+        let first = self.next_broker.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for offset in 0..self.brokers.len() {
+            let index = (first + offset) % self.brokers.len();
+            let broker = &self.brokers[index];
+            match self.open_session_on(broker).await {
+                Ok(session) => {
+                    self.next_broker
+                        .store((index + 1) % self.brokers.len(), Ordering::Relaxed);
+                    tracing::info!(broker = %address(broker), "connected to RabbitMQ");
+                    return Ok(session);
+                }
+                Err(error) => {
+                    if self.brokers.len() > 1 {
+                        tracing::warn!(broker = %address(broker), %error, "broker unavailable; trying the next");
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| BusError::Unavailable("no broker configured".into())))
+    }
+
+    async fn open_session_on(&self, broker: &AMQPUri) -> Result<Arc<Session>, BusError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.connection_name.clone().into());
         let connection = within(
             self.limit,
             "connecting to RabbitMQ",
-            Connection::connect_uri(self.uri.clone(), properties),
+            Connection::connect_uri(broker.clone(), properties),
         )
         .await?;
         match self.prepare(&connection).await {
@@ -267,22 +338,7 @@ impl Link {
 
     /// Declares the topology and opens the publishing channels.
     async fn prepare(&self, connection: &Connection) -> Result<Vec<RwLock<Channel>>, BusError> {
-        let setup = within(self.limit, "opening a channel", connection.create_channel()).await?;
-        // A fresh namespace creates every quorum queue (one Raft group per shard),
-        // which takes a while on a busy broker.
-        within(
-            self.limit.saturating_mul(4),
-            "declaring the topology",
-            topology::declare(&setup, &self.names),
-        )
-        .await?;
-        // Best effort: the channel goes with the connection anyway.
-        let _ = within(
-            self.limit,
-            "closing a channel",
-            setup.close(200, "OK".into()),
-        )
-        .await;
+        topology::declare(connection, &self.names, self.replication, self.limit).await?;
         let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
         for _ in 0..PUBLISH_CHANNELS {
             publishers.push(RwLock::new(open_publisher(connection, self.limit).await?));
@@ -309,7 +365,6 @@ impl Link {
                 Some(session) => session,
                 None => return,
             };
-            tracing::info!("reconnected to RabbitMQ");
             self.sessions.send_replace(Some(session.clone()));
         }
     }

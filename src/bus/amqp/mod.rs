@@ -3,7 +3,9 @@
 //! Step requests go through `order_exchange` to one quorum queue per external system;
 //! order commands go straight to the quorum queue of the order's shard, where
 //! single-active-consumer lets the broker pick the one node that owns the shard;
-//! updates go through the topic `events_exchange` to a private queue per subscriber.
+//! updates go through the topic exchange `order_updates` to a private queue per
+//! subscriber, and, in seed 000's format, to `events_exchange` for consumers outside
+//! the runtime (see `bus::catalogue`).
 //! Every publish is persistent and waits for the broker's confirm. Work deliveries
 //! are acknowledged by whoever persists their effect; a rejected one comes back after
 //! a backoff, and after `DELIVERY_RETRIES` more deliveries the broker moves it to
@@ -18,7 +20,8 @@ mod topology;
 use self::consume::{Acking, Subscription};
 use self::link::{Link, Outgoing};
 use self::shards::{Control, ShardConsumer};
-use self::topology::{Names, PrivateQueue};
+use self::topology::{Names, PrivateQueue, Replication};
+use super::catalogue::catalogue_event;
 use super::{
     Bus, BusError, ClusterMessage, DeadLetter, Inbox, OrderCommand, ShardFeed, StepRequest,
 };
@@ -56,8 +59,8 @@ pub struct AmqpBus {
 }
 
 impl AmqpBus {
-    /// Connects to `settings.rabbitmq_url` and declares the topology; fails if the
-    /// broker cannot be reached now. Afterwards, lost connections are re-established
+    /// Connects to one of the brokers of `settings.rabbitmq_url` (a comma-separated
+    /// list) and declares the topology; fails if no broker can be reached now. Afterwards, lost connections are re-established
     /// in the background for as long as the bus lives, and open inboxes resume.
     /// `node_id` names this node's updates queue, so it must be unique per live node.
     pub async fn connect(settings: &BusSettings, node_id: &str) -> Result<Self, BusError> {
@@ -67,6 +70,9 @@ impl AmqpBus {
             &settings.rabbitmq_url,
             format!("swiftlogistics {node_id}"),
             names,
+            Replication {
+                initial_group_size: settings.quorum_initial_group_size,
+            },
             Duration::from_secs(settings.timeout_secs.max(1)),
             shutdown.clone(),
         )
@@ -88,11 +94,20 @@ impl AmqpBus {
         message: &impl Serialize,
         mandatory: bool,
     ) -> Result<(), BusError> {
+        self.publish_with(exchange, routing_key, message, mandatory, persistent_json())
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &impl Serialize,
+        mandatory: bool,
+        properties: BasicProperties,
+    ) -> Result<(), BusError> {
         let body = serde_json::to_vec(message)
             .map_err(|e| BusError::Rejected(format!("unserialisable message: {e}")))?;
-        let properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into());
         self.link
             .publish(Outgoing {
                 exchange,
@@ -146,6 +161,12 @@ impl Drop for AmqpBus {
     }
 }
 
+fn persistent_json() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into())
+}
+
 /// `order.created` for an order's first event, `order.status.<STATUS>` after that.
 fn update_routing_key(event: &OrderEvent) -> String {
     if event.seq <= 1 {
@@ -179,11 +200,28 @@ impl Bus for AmqpBus {
         self.publish("", &queue, &command, true).await
     }
 
+    /// To the nodes' notifiers and, as seed 000's catalogue event, to
+    /// `events_exchange`; both after the transition is persisted (callers announce
+    /// only durable events), both confirmed before the next event of the order goes.
     async fn publish_update(&self, event: OrderEvent) -> Result<(), BusError> {
-        let exchange = self.link.names().events_exchange.clone();
+        let names = self.link.names();
+        let seed = catalogue_event(&event);
+        let properties = persistent_json()
+            .with_type(seed.kind.into())
+            .with_message_id(seed.message_id(&event).into());
+        let routing_key = update_routing_key(&event);
         // Not mandatory: an update nobody subscribes to is nobody's loss.
-        self.publish(&exchange, &update_routing_key(&event), &event, false)
-            .await
+        let (ours, theirs) = tokio::join!(
+            self.publish(&names.updates_exchange, &routing_key, &event, false),
+            self.publish_with(
+                &names.events_exchange,
+                &seed.routing_key,
+                &seed,
+                false,
+                properties
+            ),
+        );
+        ours.and(theirs)
     }
 
     async fn step_requests(&self, system: System) -> Result<Inbox<StepRequest>, BusError> {
@@ -298,7 +336,7 @@ impl Bus for AmqpBus {
         let names = self.link.names();
         let queue = PrivateQueue {
             name: names.events_queue(subscription),
-            exchange: names.events_exchange.clone(),
+            exchange: names.updates_exchange.clone(),
             binding: "order.#".into(),
             message_ttl_ms: None,
         };

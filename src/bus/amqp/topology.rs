@@ -2,12 +2,20 @@
 //!
 //! Everything is declared at every (re)connect: declarations are idempotent, and
 //! re-declaring makes a broker that lost its definitions whole again.
+//!
+//! On a RabbitMQ cluster every durable queue is a quorum queue, replicated on
+//! `initial_group_size` brokers, with its leader placed by the broker on the least
+//! loaded one (`x-queue-leader-locator: balanced`), so losing one broker loses no
+//! queue and leaves no broker with every leader.
 
 use super::BusError;
+use super::link::{unavailable, within};
 use crate::domain::System;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
+use std::time::Duration;
 
 /// Redeliveries after a handler rejected a message; one more rejection and the
 /// broker dead-letters it (quorum queues count deliveries themselves).
@@ -30,12 +38,24 @@ pub(super) struct WorkQueue {
     pub dead_letters: String,
 }
 
+/// How quorum queues are spread over the brokers of a RabbitMQ cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Replication {
+    /// Brokers holding a replica of each new quorum queue (capped by the broker at
+    /// the cluster's size); 0 leaves it to the broker (every cluster member).
+    pub initial_group_size: u32,
+}
+
 /// Every exchange and queue name of one namespace.
 #[derive(Debug, Clone)]
 pub(super) struct Names {
     prefix: String,
     pub order_exchange: String,
+    /// Seed 000's event catalogue, for consumers outside the runtime.
     pub events_exchange: String,
+    /// Our own order updates, to every node's notifier (kept apart from the
+    /// catalogue so that each exchange carries one message format).
+    pub updates_exchange: String,
     /// Fanout of cluster messages (heartbeats, operator commands) to every node.
     pub cluster_exchange: String,
     pub dead_letter_exchange: String,
@@ -81,6 +101,7 @@ impl Names {
         Ok(Self {
             order_exchange: format!("{prefix}order_exchange"),
             events_exchange: format!("{prefix}events_exchange"),
+            updates_exchange: format!("{prefix}order_updates"),
             cluster_exchange: format!("{prefix}cluster_exchange"),
             dead_letter_exchange: format!("{prefix}dlx"),
             work,
@@ -145,53 +166,151 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
+/// The arguments every durable queue of ours starts with.
+fn quorum(replication: Replication) -> Vec<(&'static str, AMQPValue)> {
+    let mut arguments = vec![
+        ("x-queue-type", text("quorum")),
+        ("x-queue-leader-locator", text("balanced")),
+    ];
+    if replication.initial_group_size > 0 {
+        arguments.push((
+            "x-quorum-initial-group-size",
+            AMQPValue::LongLongInt(i64::from(replication.initial_group_size)),
+        ));
+    }
+    arguments
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
+}
+
+/// Declares on one channel, each step under the bus's time limit (a whole topology
+/// of many new quorum queues may take longer than one step is allowed).
+struct Declarer<'a> {
+    connection: &'a Connection,
+    channel: Channel,
+    limit: Duration,
+}
+
+impl Declarer<'_> {
+    async fn exchange(&self, exchange: &str, kind: ExchangeKind) -> Result<(), BusError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        within(
+            self.limit,
+            "declaring an exchange",
+            self.channel
+                .exchange_declare(exchange.into(), kind, durable, FieldTable::default()),
+        )
+        .await
+    }
+
+    async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), BusError> {
+        within(
+            self.limit,
+            "binding a queue",
+            self.channel.queue_bind(
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+    }
+
+    /// Declares a durable queue. One that already exists with other arguments
+    /// (declared by an earlier version: a classic dead-letter queue, a quorum queue
+    /// without leader locator or group size) is kept as it is, with a warning: the
+    /// broker never changes a queue's arguments, and refusing to start would stop a
+    /// cluster at its first upgrade. README ("Broker cluster") says how to migrate.
+    async fn queue(
+        &mut self,
+        queue: &str,
+        arguments: &[(&str, AMQPValue)],
+    ) -> Result<(), BusError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = tokio::time::timeout(
+            self.limit,
+            self.channel
+                .queue_declare(queue.into(), durable, table(arguments)),
+        )
+        .await;
+        match declared {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if is_precondition_failed(&error) => {
+                // The refusal closed the channel; the queue must at least exist.
+                self.channel = within(
+                    self.limit,
+                    "opening a channel",
+                    self.connection.create_channel(),
+                )
+                .await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                within(
+                    self.limit,
+                    "looking up a queue",
+                    self.channel
+                        .queue_declare(queue.into(), passive, FieldTable::default()),
+                )
+                .await?;
+                tracing::warn!(queue, %error, "queue kept with the arguments it was declared with");
+                Ok(())
+            }
+            Ok(Err(error)) => Err(unavailable("declaring a queue", error)),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "declaring queue {queue}: no answer from the broker within {:?}",
+                self.limit
+            ))),
+        }
+    }
+}
+
 /// Declares exchanges, work queues, dead-letter queues and their bindings.
-pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
+pub(super) async fn declare(
+    connection: &Connection,
+    names: &Names,
+    replication: Replication,
+    limit: Duration,
+) -> Result<(), BusError> {
+    let channel = within(limit, "opening a channel", connection.create_channel()).await?;
+    let mut declarer = Declarer {
+        connection,
+        channel,
+        limit,
     };
     for (exchange, kind) in [
         (&names.order_exchange, ExchangeKind::Direct),
         (&names.events_exchange, ExchangeKind::Topic),
+        (&names.updates_exchange, ExchangeKind::Topic),
         (&names.cluster_exchange, ExchangeKind::Fanout),
         (&names.dead_letter_exchange, ExchangeKind::Direct),
     ] {
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                kind,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
+        declarer.exchange(exchange, kind).await?;
     }
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
     for (index, work) in names.work_queues().iter().enumerate() {
-        // Classic, not quorum: a quorum queue rewrites `x-delivery-count` on each
-        // redelivery, and listing dead letters redelivers them, which would
-        // overwrite the attempts the message arrived with.
-        channel
-            .queue_declare(
-                work.dead_letters.as_str().into(),
-                durable_queue,
-                table(&[("x-queue-type", text("classic"))]),
-            )
+        // Quorum like the work itself, so dead letters survive losing a broker.
+        // Listing them redelivers them, which raises their `x-delivery-count`; the
+        // attempts a dead letter shows come from its `x-death` history instead.
+        declarer
+            .queue(&work.dead_letters, &quorum(replication))
             .await?;
-        channel
-            .queue_bind(
-                work.dead_letters.as_str().into(),
-                names.dead_letter_exchange.as_str().into(),
-                work.name.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+        declarer
+            .bind(&work.dead_letters, &names.dead_letter_exchange, &work.name)
             .await?;
-        let mut arguments = vec![
-            ("x-queue-type", text("quorum")),
+        let mut arguments = quorum(replication);
+        arguments.extend([
             ("x-dead-letter-exchange", text(&names.dead_letter_exchange)),
             ("x-dead-letter-routing-key", text(&work.name)),
             // At-least-once dead-lettering: the broker keeps a message until the
@@ -202,27 +321,30 @@ pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<(
                 "x-delivery-limit",
                 AMQPValue::LongLongInt(DELIVERY_RETRIES as i64),
             ),
-        ];
+        ]);
         let is_shard = index >= System::ALL.len();
         if is_shard {
             // The broker, not our code, picks the one node that owns a shard.
             arguments.push(("x-single-active-consumer", AMQPValue::Boolean(true)));
         }
-        channel
-            .queue_declare(work.name.as_str().into(), durable_queue, table(&arguments))
-            .await?;
+        declarer.queue(&work.name, &arguments).await?;
         if !is_shard {
-            channel
-                .queue_bind(
-                    work.name.as_str().into(),
-                    names.order_exchange.as_str().into(),
-                    System::ALL[index].as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
+            declarer
+                .bind(
+                    &work.name,
+                    &names.order_exchange,
+                    System::ALL[index].as_str(),
                 )
                 .await?;
         }
     }
+    // Best effort: the channel goes with the connection anyway.
+    let _ = within(
+        limit,
+        "closing a channel",
+        declarer.channel.close(200, "OK".into()),
+    )
+    .await;
     Ok(())
 }
 
