@@ -151,7 +151,6 @@ mod tests {
             delivery: order.delivery_address.clone(),
             package: order.package_details.clone(),
             route_id: None,
-            epoch: 0,
         }
     }
 
