@@ -163,11 +163,7 @@ impl Drop for Namespace {
 }
 
 fn step(order_id: &OrderId, operation: Operation) -> StepRequest {
-    let place = |lat| Location {
-        lat,
-        lng: -74.0,
-        address: Some("1 Dock Rd".into()),
-    };
+    let place = |lat| Location::at(lat, -74.0, Some("1 Dock Rd".into()));
     StepRequest {
         order_id: order_id.clone(),
         customer_id: UserId::from_trusted("usr_amqp_test"),

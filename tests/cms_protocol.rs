@@ -57,11 +57,7 @@ impl RunningCms {
 }
 
 fn step(operation: Operation, order: &str, customer: &str) -> StepRequest {
-    let place = |lat, lng| Location {
-        lat,
-        lng,
-        address: None,
-    };
+    let place = |lat, lng| Location::at(lat, lng, None);
     StepRequest {
         order_id: OrderId::parse(order).unwrap(),
         customer_id: UserId::from_trusted(customer),

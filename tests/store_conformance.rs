@@ -156,16 +156,8 @@ fn customer() -> UserId {
 
 fn request() -> NewOrder {
     NewOrder {
-        pickup_location: Location {
-            lat: 40.5,
-            lng: -74.25,
-            address: Some("123 Main St".into()),
-        },
-        delivery_address: Location {
-            lat: 40.75,
-            lng: -73.5,
-            address: Some("456 Oak Ave".into()),
-        },
+        pickup_location: Location::at(40.5, -74.25, Some("123 Main St".into())),
+        delivery_address: Location::at(40.75, -73.5, Some("456 Oak Ave".into())),
         package_details: PackageDetails {
             weight: 5.5,
             dimensions: None,
@@ -216,7 +208,7 @@ fn reserved(order: &Order) -> SagaDecision {
         Operation::ReserveInventory,
         OperationOutcome::InventoryReserved(Reservation {
             warehouse: "WH-1".into(),
-            picking_location: "A-12".into(),
+            picking_location: Some("A-12".into()),
         }),
     )
 }
@@ -226,7 +218,7 @@ fn routed(order: &Order) -> SagaDecision {
         order,
         Operation::OptimizeRoute,
         OperationOutcome::RouteOptimized(Route {
-            route_id: "RT-1".into(),
+            route_id: Some("RT-1".into()),
             waypoints: vec![Waypoint {
                 lat: 40.5,
                 lng: -74.0,

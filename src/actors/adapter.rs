@@ -292,12 +292,7 @@ impl AdapterState {
             if let Some(error) = &failure {
                 tracing::warn!(order_id = %request.order_id, operation = request.operation.name(), %error, "call failed");
             }
-            let reply = match result {
-                Ok(outcome) => StepReply::Settled { outcome },
-                Err(error) => StepReply::Transient {
-                    reason: error.to_string(),
-                },
-            };
+            let reply = crate::protocols::step_reply(result);
             send_reply(&bus, &request, reply, ack).await;
             core.mailbox.queued();
             if myself

@@ -427,7 +427,7 @@ impl OrderState {
             pickup: order.pickup_location.clone(),
             delivery: order.delivery_address.clone(),
             package: order.package_details.clone(),
-            route_id: order.route.as_ref().map(|r| r.route_id.clone()),
+            route_id: order.route.as_ref().and_then(|r| r.route_id.clone()),
         };
         self.context.bus.send_step(request).await?;
         self.in_flight = Some(InFlight { operation, attempt });

@@ -335,11 +335,7 @@ mod tests {
     use chrono::Utc;
 
     fn received() -> (Order, OrderEvent) {
-        let loc = Location {
-            lat: 1.0,
-            lng: 2.0,
-            address: None,
-        };
+        let loc = Location::at(1.0, 2.0, None);
         let request = NewOrder {
             pickup_location: loc.clone(),
             delivery_address: loc,
@@ -394,7 +390,7 @@ mod tests {
                 Operation::ReserveInventory,
                 OperationOutcome::InventoryReserved(Reservation {
                     warehouse: "WH-1".into(),
-                    picking_location: "A-1".into(),
+                    picking_location: Some("A-1".into()),
                 }),
             ),
             Utc::now(),

@@ -15,7 +15,7 @@ pub mod ros;
 pub mod simulator;
 pub mod wms;
 
-use crate::bus::StepRequest;
+use crate::bus::{StepReply, StepRequest};
 use crate::domain::OperationOutcome;
 use async_trait::async_trait;
 
@@ -33,6 +33,24 @@ pub enum CallError {
     /// The reply did not follow the protocol.
     #[error("malformed reply: {0}")]
     Malformed(String),
+}
+
+/// What the saga makes of a call: timeouts, connection trouble and the remote's own
+/// failures are worth retrying; a reply outside the protocol is not (the same peer
+/// will answer the same way), so the step fails at once as an unknown outcome and the
+/// order is compensated, instead of being retried until the circuit opens.
+pub fn step_reply(result: Result<OperationOutcome, CallError>) -> StepReply {
+    match result {
+        Ok(outcome) => StepReply::Settled { outcome },
+        Err(CallError::Malformed(reason)) => StepReply::Settled {
+            outcome: OperationOutcome::Exhausted {
+                reason: format!("protocol failure: {reason}"),
+            },
+        },
+        Err(error) => StepReply::Transient {
+            reason: error.to_string(),
+        },
+    }
 }
 
 #[async_trait]

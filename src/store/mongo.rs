@@ -1143,16 +1143,8 @@ mod tests {
 
     fn bare_order() -> Order {
         let request = NewOrder {
-            pickup_location: Location {
-                lat: 1.0,
-                lng: 2.0,
-                address: None,
-            },
-            delivery_address: Location {
-                lat: 3.0,
-                lng: 4.0,
-                address: None,
-            },
+            pickup_location: Location::at(1.0, 2.0, None),
+            delivery_address: Location::at(3.0, 4.0, None),
             package_details: PackageDetails {
                 weight: 1.5,
                 dimensions: None,
@@ -1184,10 +1176,10 @@ mod tests {
             }),
             warehouse: Some(Reservation {
                 warehouse: "WH-1".into(),
-                picking_location: "A-1".into(),
+                picking_location: Some("A-1".into()),
             }),
             route: Some(Route {
-                route_id: "R-1".into(),
+                route_id: Some("R-1".into()),
                 waypoints: vec![Waypoint { lat: 1.0, lng: 2.0 }],
                 distance: 3.5,
                 eta: "2026-02-04T18:00:00Z".into(),
