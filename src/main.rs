@@ -5,7 +5,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use swiftlogistics::config::{BusKind, LogFormat, Settings, StoreKind};
+use swiftlogistics::config::{
+    BusKind, DEFAULT_ROS_URL, DEFAULT_WMS_ADDR, LogFormat, Settings, StoreKind,
+};
+use swiftlogistics::domain::System;
 use swiftlogistics::{app, bench, bench_db, bench_ws, simulators};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -147,18 +150,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             BusKind::Amqp => "  bus: RabbitMQ".to_owned(),
         },
     ];
-    match &runtime.simulators {
-        Some(sims) => banner.push(format!(
-            "  simulators: CMS SOAP {} | ROS REST {} | WMS TCP {} | control {}",
-            sims.cms_url(),
-            sims.ros_url(),
-            sims.wms_addr,
-            sims.control_addr
-        )),
-        None => banner.push(format!(
-            "  external systems: CMS {} | ROS {} | WMS {}",
-            runtime.settings.cms.url, runtime.settings.ros.url, runtime.settings.wms.addr
-        )),
+    banner.push(systems_line(&runtime));
+    if let Some(sims) = &runtime.simulators {
+        banner.push(format!("  simulator control API: {}", sims.control_addr));
     }
     for (email, role, password) in &runtime.generated_accounts {
         banner.push(format!(
@@ -172,6 +166,30 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     println!("{}", banner.join("\n"));
     runtime.run_until(ctrl_c()).await
+}
+
+/// Where each system is, and which of them are simulated.
+fn systems_line(runtime: &app::Runtime) -> String {
+    let settings = &runtime.settings;
+    let simulated = |system: System| {
+        let simulated = runtime
+            .simulators
+            .as_ref()
+            .is_some_and(|s| s.standing_in.contains(&system));
+        if simulated { " (simulated)" } else { "" }
+    };
+    let cms = match &settings.cms.url {
+        Some(url) => url.clone(),
+        None => format!("as described by {}", settings.cms.wsdl()),
+    };
+    format!(
+        "  systems: CMS SOAP {cms}{} | ROS REST {}{} | WMS TCP {}{}",
+        simulated(System::Cms),
+        settings.ros.url.as_deref().unwrap_or(DEFAULT_ROS_URL),
+        simulated(System::Ros),
+        settings.wms.addr.as_deref().unwrap_or(DEFAULT_WMS_ADDR),
+        simulated(System::Wms),
+    )
 }
 
 async fn simulate(settings: Settings) -> anyhow::Result<()> {

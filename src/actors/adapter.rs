@@ -113,6 +113,7 @@ impl AdapterCore {
             last_latency_ms: inner.last_latency.map(|d| d.as_secs_f64() * 1000.0),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             waiting: inner.parked.len(),
+            contract: self.client.contract(),
         }
     }
 }

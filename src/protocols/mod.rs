@@ -58,4 +58,38 @@ pub trait SystemClient: Send + Sync + 'static {
     /// Runs one operation of this system. Every call is bounded by the client's
     /// timeout and carries `request.idempotency_key()`.
     async fn execute(&self, request: &StepRequest) -> Result<OperationOutcome, CallError>;
+
+    /// Where the client's view of the system's contract comes from, for systems that
+    /// describe themselves (the CMS's WSDL).
+    fn contract(&self) -> Option<ContractStatus> {
+        None
+    }
+}
+
+/// Whether a system is called as its own description says, shown in
+/// `/api/services/health`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractStatus {
+    /// `"wsdl"`: address and actions from the description; `"configured"`: it could
+    /// not be read, so the configured address and our own actions are used.
+    pub source: &'static str,
+    /// Where the description is read from.
+    pub wsdl: String,
+    /// The address calls go to.
+    pub address: String,
+    /// Why the description is not in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ContractStatus {
+    pub fn configured(wsdl: &str, address: &str, error: &str) -> Self {
+        Self {
+            source: "configured",
+            wsdl: wsdl.to_owned(),
+            address: address.to_owned(),
+            error: Some(error.to_owned()),
+        }
+    }
 }
