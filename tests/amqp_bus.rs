@@ -506,7 +506,7 @@ async fn dead_letters_are_listed_without_loss_and_redriven_back_to_work() {
 
     assert!(matches!(
         bus.redrive("no_such_queue").await,
-        Err(BusError::Rejected(_))
+        Err(BusError::NoSuchQueue(_))
     ));
     assert_eq!(bus.redrive("wms_order_queue").await.expect("redrive"), 2);
     let left = bus.dead_letters(10).await.expect("list");

@@ -862,3 +862,26 @@ async fn probes_metrics_and_unknown_paths() {
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn dead_letter_endpoints_answer_in_the_api_error_format() {
+    let node = node().await;
+    let admin = node.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let (status, headers, body) = node
+        .call(Method::GET, "/api/admin/dlq?limit=x", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert_eq!(error_code(&body), "BAD_REQUEST", "{body}");
+
+    let (status, body) = node
+        .post("/api/admin/dlq/no_such_queue/redrive", &admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(error_code(&body), "NOT_FOUND", "{body}");
+}

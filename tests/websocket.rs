@@ -645,3 +645,21 @@ async fn a_session_on_one_node_follows_orders_placed_on_another() {
     assert_eq!(statuses(&updates), JOURNEY_STATUSES);
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_close_from_the_client_is_echoed() {
+    let app = spawn_app().await;
+    let (token, _) = app.register_client().await;
+    let mut ws = connect(&app, &token).await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    match next_message(&mut ws).await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected the close echoed, got {other:?}"),
+    }
+    app.runtime.shutdown().await;
+}

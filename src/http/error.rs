@@ -162,6 +162,7 @@ impl From<BusError> for ApiError {
                 Self::unavailable("the message bus is temporarily unavailable", Some(5))
             }
             BusError::Rejected(cause) => Self::Internal(format!("bus rejected a message: {cause}")),
+            e @ BusError::NoSuchQueue(_) => Self::NotFound(e.to_string()),
         }
     }
 }

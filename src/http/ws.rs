@@ -164,8 +164,10 @@ struct SessionContext {
 /// Why a session ended, and so how it is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
-    /// The client closed, or the connection broke: nothing left to say.
+    /// The connection broke: nothing left to say.
     ClientGone,
+    /// The client sent a close frame: the echo tungstenite queued goes out.
+    ClientClosed,
     /// No answer to a ping in time.
     Silent,
     /// Did not keep up with its updates.
@@ -178,7 +180,7 @@ enum Ending {
 impl Ending {
     fn close_frame(self) -> Option<CloseFrame> {
         let (code, reason) = match self {
-            Self::ClientGone => return None,
+            Self::ClientGone | Self::ClientClosed => return None,
             Self::Silent => (GOING_AWAY, "no answer to ping"),
             Self::FellBehind => (
                 POLICY_VIOLATION,
@@ -264,6 +266,10 @@ async fn run(socket: WebSocket, context: SessionContext) {
 async fn close(mut socket: WebSocket, ending: Ending) {
     if let Some(frame) = ending.close_frame() {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+    } else if ending == Ending::ClientClosed {
+        // tungstenite answers a client's close frame with its echo, but only writes
+        // it on the next flush: without this, the client sees an abnormal close (1006).
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures::SinkExt::flush(&mut socket)).await;
     }
 }
 
@@ -363,7 +369,7 @@ impl Session {
                 .await
             }
             Message::Ping(_) | Message::Pong(_) => Ok(()),
-            Message::Close(_) => Err(Ending::ClientGone),
+            Message::Close(_) => Err(Ending::ClientClosed),
         }
     }
 
