@@ -10,7 +10,7 @@ use crate::domain::saga::{self, SagaRejection};
 use crate::domain::{
     NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId,
 };
-use crate::store::{Intake, OrderPage, OrderQuery, SharedStore, StoreError};
+use crate::store::{IdempotencyKey, Intake, OrderPage, OrderQuery, SharedStore, StoreError};
 use chrono::Utc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +24,8 @@ pub enum ServiceError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    #[error("the idempotency key was used with a different request")]
+    KeyReused,
     #[error("too many orders in flight; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },
     #[error(transparent)]
@@ -114,7 +116,7 @@ impl OrderService {
         &self,
         customer: &UserId,
         request: NewOrder,
-        idempotency_key: Option<&str>,
+        idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Placed, ServiceError> {
         if !self.admission.has_room() {
             return Err(ServiceError::Busy {
@@ -123,11 +125,8 @@ impl OrderService {
         }
         let now = Utc::now();
         let (order, event) = Order::receive(OrderId::generate(now), customer.clone(), request, now);
-        match self
-            .store
-            .create_order(&order, &event, idempotency_key)
-            .await?
-        {
+        match self.store.create_order(&order, &event, idempotency).await? {
+            Intake::KeyReused => Err(ServiceError::KeyReused),
             Intake::Replayed(existing) => Ok(Placed {
                 order: *existing,
                 replayed: true,

@@ -429,11 +429,27 @@ async fn an_idempotency_key_replay_returns_the_same_order() {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_ne!(theirs["orderId"], first["orderId"]);
 
+    // The same key with another body is refused, and creates nothing.
+    let mut heavier = flat_order();
+    heavier["packageDetails"]["weight"] = json!(99);
+    let reused = node
+        .http
+        .post(node.url("/api/orders"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "checkout-7f3a")
+        .json(&heavier)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = json_of(reused).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(error_code(&body), "IDEMPOTENCY_KEY_REUSED", "{body}");
+
     let (_, list) = node.get("/api/orders", &token).await;
     assert_eq!(
         list["orders"].as_array().unwrap().len(),
         2,
-        "the replay created nothing"
+        "the replay and the refused reuse created nothing"
     );
     node.stop().await;
 }

@@ -24,8 +24,13 @@ use swiftlogistics::domain::{
 use swiftlogistics::store::embedded::EmbeddedStore;
 use swiftlogistics::store::mongo::MongoStore;
 use swiftlogistics::store::{
-    DriverLocation, Intake, OrderCursor, OrderQuery, SharedStore, StoreError,
+    DriverLocation, IdempotencyKey, Intake, OrderCursor, OrderQuery, SharedStore, StoreError,
 };
+
+/// An idempotency key that came with the request fingerprinted `fingerprint`.
+fn key<'a>(key: &'a str, fingerprint: &'a str) -> Option<IdempotencyKey<'a>> {
+    Some(IdempotencyKey { key, fingerprint })
+}
 
 /// A store under test plus whatever must live as long as it (a temporary directory,
 /// a database to drop).
@@ -338,24 +343,33 @@ async fn idempotency_key_replays_the_first_order(store: SharedStore) {
     let jane = customer();
     let (first, first_event) = new_order(&jane);
     let created = store
-        .create_order(&first, &first_event, Some("key-1"))
+        .create_order(&first, &first_event, key("key-1", "body-a"))
         .await
         .expect("create");
     assert_eq!(created, Intake::Created);
 
     let (retry, retry_event) = new_order(&jane);
     let replay = store
-        .create_order(&retry, &retry_event, Some("key-1"))
+        .create_order(&retry, &retry_event, key("key-1", "body-a"))
         .await
         .expect("create again");
     assert_eq!(replay, Intake::Replayed(Box::new(first.clone())));
     assert_eq!(store.order(&retry.order_id).await.expect("read"), None);
 
+    // The same key with another request is refused, and writes nothing.
+    let (changed, changed_event) = new_order(&jane);
+    let reused = store
+        .create_order(&changed, &changed_event, key("key-1", "body-b"))
+        .await
+        .expect("create with a reused key");
+    assert_eq!(reused, Intake::KeyReused);
+    assert_eq!(store.order(&changed.order_id).await.expect("read"), None);
+
     // Keys belong to one customer: another customer's identical key is a new order.
     let (other, other_event) = new_order(&customer());
     assert_eq!(
         store
-            .create_order(&other, &other_event, Some("key-1"))
+            .create_order(&other, &other_event, key("key-1", "body-b"))
             .await
             .expect("create"),
         Intake::Created
@@ -364,7 +378,7 @@ async fn idempotency_key_replays_the_first_order(store: SharedStore) {
     let (second, second_event) = new_order(&jane);
     assert_eq!(
         store
-            .create_order(&second, &second_event, Some("key-2"))
+            .create_order(&second, &second_event, key("key-2", "body-a"))
             .await
             .expect("create"),
         Intake::Created
@@ -384,7 +398,7 @@ async fn fifty_concurrent_creates_with_one_key_make_one_order(store: SharedStore
         tokio::spawn(async move {
             let (order, event) = new_order(&jane);
             let intake = store
-                .create_order(&order, &event, Some("double-click"))
+                .create_order(&order, &event, key("double-click", "body"))
                 .await
                 .expect("create");
             (order, intake)
