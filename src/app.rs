@@ -144,13 +144,14 @@ async fn clients(settings: &Settings) -> anyhow::Result<Vec<(System, Arc<dyn Sys
     ])
 }
 
-pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
+pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
     let shutdown = CancellationToken::new();
+    let mut addressed = None;
     let simulators = if settings.simulators.enabled {
         let mut sims = simulators::start(&settings.simulators, shutdown.child_token()).await?;
         // Systems without an address of their own go to wherever the simulators
         // really listen (port 0 in tests).
-        sims.stand_in(&mut settings);
+        addressed = Some(sims.stand_in(&settings));
         Some(sims)
     } else {
         None
@@ -162,7 +163,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     let admission = Arc::new(Admission::new(settings.orders.max_in_flight));
     let (telemetry, _) = Actor::spawn(None, Telemetry, ()).await?;
 
-    let cores = clients(&settings)
+    let cores = clients(addressed.as_ref().unwrap_or(&settings))
         .await?
         .into_iter()
         .map(|(system, client)| AdapterCore::new(system, client, &settings));

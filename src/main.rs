@@ -171,25 +171,36 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// Where each system is, and which of them are simulated.
 fn systems_line(runtime: &app::Runtime) -> String {
     let settings = &runtime.settings;
-    let simulated = |system: System| {
-        let simulated = runtime
+    let simulator = |system: System| {
+        runtime
             .simulators
             .as_ref()
-            .is_some_and(|s| s.standing_in.contains(&system));
-        if simulated { " (simulated)" } else { "" }
+            .filter(|s| s.standing_in.contains(&system))
     };
-    let cms = match &settings.cms.url {
-        Some(url) => url.clone(),
-        None => format!("as described by {}", settings.cms.wsdl()),
+    let cms = match (simulator(System::Cms), &settings.cms.url) {
+        (Some(sims), _) => format!("{} (simulated)", sims.cms_url()),
+        (None, Some(url)) => url.clone(),
+        (None, None) => format!("as described by {}", settings.cms.wsdl()),
     };
-    format!(
-        "  systems: CMS SOAP {cms}{} | ROS REST {}{} | WMS TCP {}{}",
-        simulated(System::Cms),
-        settings.ros.url.as_deref().unwrap_or(DEFAULT_ROS_URL),
-        simulated(System::Ros),
-        settings.wms.addr.as_deref().unwrap_or(DEFAULT_WMS_ADDR),
-        simulated(System::Wms),
-    )
+    let ros = match simulator(System::Ros) {
+        Some(sims) => format!("{} (simulated)", sims.ros_url()),
+        None => settings
+            .ros
+            .url
+            .as_deref()
+            .unwrap_or(DEFAULT_ROS_URL)
+            .to_owned(),
+    };
+    let wms = match simulator(System::Wms) {
+        Some(sims) => format!("{} (simulated)", sims.wms_addr),
+        None => settings
+            .wms
+            .addr
+            .as_deref()
+            .unwrap_or(DEFAULT_WMS_ADDR)
+            .to_owned(),
+    };
+    format!("  systems: CMS SOAP {cms} | ROS REST {ros} | WMS TCP {wms}")
 }
 
 async fn simulate(settings: Settings) -> anyhow::Result<()> {

@@ -37,10 +37,12 @@ impl RunningSimulators {
         format!("http://{}", self.ros_addr)
     }
 
-    /// Points every system whose address is not configured at its simulator; an
-    /// address set explicitly stays (DESIGN section 2: configuration does what it
-    /// says). A CMS counts as configured by its WSDL too.
-    pub fn stand_in(&mut self, settings: &mut Settings) {
+    /// The settings the clients use: every system whose address is not configured
+    /// points at its simulator; an address set explicitly stays (configuration does
+    /// what it says). A CMS counts as configured by its WSDL too. The node's own
+    /// settings stay as configured, so a restart with them starts afresh.
+    pub fn stand_in(&mut self, configured: &Settings) -> Settings {
+        let mut settings = configured.clone();
         self.standing_in.clear();
         if settings.cms.url.is_none() && settings.cms.wsdl.is_none() {
             settings.cms.url = Some(self.cms_url());
@@ -54,6 +56,7 @@ impl RunningSimulators {
             settings.ros.url = Some(self.ros_url());
             self.standing_in.push(System::Ros);
         }
+        settings
     }
 
     /// Waits for every server to finish after the shutdown token was cancelled.
