@@ -18,6 +18,7 @@ pub mod control;
 pub mod notifier;
 pub mod order;
 pub mod orders;
+pub mod parked;
 pub mod root;
 pub mod supervision;
 pub mod telemetry;

@@ -178,6 +178,7 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::NotFound => Self::order_not_found(),
+            ServiceError::Invalid(errors) => Self::Validation(errors),
             ServiceError::Conflict(message) => Self::Conflict(message),
             ServiceError::KeyReused => Self::IdempotencyKeyReused,
             ServiceError::Busy { retry_after_secs } => Self::unavailable(

@@ -94,7 +94,7 @@ pub fn backend_env() -> Vec<(&'static str, String)> {
     env
 }
 
-fn merge(base: &mut Value, overrides: Value) {
+pub fn merge(base: &mut Value, overrides: Value) {
     match (base, overrides) {
         (Value::Object(base), Value::Object(overrides)) => {
             for (key, value) in overrides {
@@ -162,6 +162,30 @@ impl TestApp {
 
     pub async fn driver_token(&self) -> String {
         self.login(DRIVER_EMAIL, DRIVER_PASSWORD).await
+    }
+
+    /// An admin assigns the order to the driver whose token this is: drivers may
+    /// move only the orders assigned to them.
+    pub async fn assign(&self, order_id: &str, driver_token: &str) {
+        let driver: Value = self
+            .http
+            .get(self.url("/api/driver/status"))
+            .bearer_auth(driver_token)
+            .send()
+            .await
+            .expect("driver status")
+            .json()
+            .await
+            .expect("driver status body");
+        let response = self
+            .http
+            .post(self.url(&format!("/api/orders/{order_id}/assign")))
+            .bearer_auth(self.admin_token().await)
+            .json(&json!({"driverId": driver["driverId"]}))
+            .send()
+            .await
+            .expect("assign request");
+        assert_eq!(response.status(), 200, "assigning {order_id}");
     }
 
     /// Registers a fresh client; returns (token, user id).
