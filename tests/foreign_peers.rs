@@ -191,8 +191,8 @@ async fn spyne_python() -> String {
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout
         .lines()
-        .filter_map(|l| l.strip_prefix("SPYNE_PYTHON="))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("SPYNE_PYTHON="))
         .unwrap_or_else(|| panic!("{script} printed no SPYNE_PYTHON: {stdout}"))
         .to_owned()
 }
