@@ -14,7 +14,7 @@ use crate::domain::{
 use crate::store::{IdempotencyKey, Intake, OrderPage, OrderQuery, SharedStore, StoreError};
 use chrono::Utc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Most times a request re-reads and re-decides after losing a compare-and-set race.
 const MAX_CAS_ATTEMPTS: usize = 8;
@@ -33,6 +33,9 @@ pub enum ServiceError {
     KeyReused,
     #[error("too many orders in flight; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },
+    /// The node is shutting down; another node (or this one restarted) takes it.
+    #[error("this node is shutting down; retry in {retry_after_secs} s")]
+    Draining { retry_after_secs: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -92,6 +95,8 @@ pub struct DriverWork {
 pub struct Admission {
     in_flight: AtomicUsize,
     max: usize,
+    /// Set when the node drains: it takes no new order (and is not ready).
+    closed: AtomicBool,
 }
 
 impl Admission {
@@ -99,11 +104,21 @@ impl Admission {
         Self {
             in_flight: AtomicUsize::new(0),
             max,
+            closed: AtomicBool::new(false),
         }
     }
 
     pub fn has_room(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) < self.max
+    }
+
+    /// For good: the node is draining.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     pub fn enter(&self) {
@@ -154,6 +169,11 @@ impl OrderService {
         request: NewOrder,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Placed, ServiceError> {
+        if self.admission.is_closed() {
+            return Err(ServiceError::Draining {
+                retry_after_secs: 1,
+            });
+        }
         if !self.admission.has_room() {
             return Err(ServiceError::Busy {
                 retry_after_secs: 1,

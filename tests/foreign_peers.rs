@@ -80,6 +80,7 @@ fn seed_step(id: &str, operation: Operation) -> StepRequest {
         customer_id: UserId::from_trusted("usr_12345"),
         operation,
         attempt: 1,
+        epoch: 0,
         pickup: serde_json::from_value(seed_pickup()).unwrap(),
         delivery: serde_json::from_value(seed_delivery()).unwrap(),
         package: PackageDetails {

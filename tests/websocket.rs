@@ -582,7 +582,7 @@ async fn since_replays_without_gap_across_a_node_restart() {
         "unexpected frame {ending:?}"
     );
     let code = close_code(ending);
-    assert!(code.is_none() || code == Some(1001), "closed with {code:?}");
+    assert!(code.is_none() || code == Some(1012), "closed with {code:?}");
 
     let runtime = app::start(settings)
         .await

@@ -409,6 +409,7 @@ async fn send_reply(
         order_id: request.order_id.clone(),
         operation: request.operation,
         attempt: request.attempt,
+        epoch: request.epoch,
         reply,
     };
     match bus.send_to_order(command).await {

@@ -185,6 +185,10 @@ impl From<ServiceError> for ApiError {
                 "too many orders are being processed; retry shortly",
                 Some(retry_after_secs),
             ),
+            ServiceError::Draining { retry_after_secs } => Self::unavailable(
+                "this node is shutting down; retry (any node of the cluster takes orders)",
+                Some(retry_after_secs),
+            ),
             ServiceError::Store(e) => e.into(),
             ServiceError::Bus(e) => e.into(),
         }

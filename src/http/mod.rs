@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/services/health", get(services::health))
         .route("/api/services/{service}/recover", post(services::recover))
         .route("/api/telemetry/supervision", get(services::supervision))
+        .route("/api/cluster", get(services::cluster))
         .route("/api/admin/dlq", get(dead_letters::list))
         .route(
             "/api/admin/dlq/{queue}/redrive",

@@ -89,6 +89,8 @@ const MAX_EVERYTHING_REPLAY: usize = 50_000;
 
 /// Close codes (RFC 6455 section 7.4.1).
 const GOING_AWAY: u16 = 1001;
+/// The node is restarting or draining: reconnect (to any node) and resume.
+const SERVICE_RESTART: u16 = 1012;
 const POLICY_VIOLATION: u16 = 1008;
 const INTERNAL_ERROR: u16 = 1011;
 
@@ -114,7 +116,8 @@ pub fn tune_connection(tcp: &mut tokio::net::TcpStream) {
 #[derive(Clone)]
 pub struct Tracking {
     pub notifier: Notifier,
-    /// Cancelled when the node shuts down; open sessions then close with 1001.
+    /// Cancelled when the node drains or shuts down; open sessions then close with
+    /// 1012 (service restart).
     pub shutdown: CancellationToken,
 }
 
@@ -201,7 +204,7 @@ impl Ending {
                 POLICY_VIOLATION,
                 "too slow: fell behind its updates; reconnect and subscribe with since",
             ),
-            Self::ShuttingDown => (GOING_AWAY, "node shutting down; reconnect with since"),
+            Self::ShuttingDown => (SERVICE_RESTART, "node shutting down; reconnect with since"),
             Self::ReplayFailed => (
                 INTERNAL_ERROR,
                 "missed updates cannot be read now; reconnect with since",

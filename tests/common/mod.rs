@@ -2,6 +2,8 @@
 //! ports with its own data directory, and speaks to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod process;
+
 use serde_json::{Value, json};
 use std::future::Future;
 use std::time::Duration;
@@ -60,7 +62,9 @@ pub fn backend_overrides() -> Value {
     let isolation = format!("t{}", uuid::Uuid::new_v4().simple());
     json!({
         "store": {"kind": "mongo", "mongodb_uri": required("MONGODB_URI"), "database": isolation},
-        "bus": {"kind": "amqp", "rabbitmq_url": required("RABBITMQ_URL"), "namespace": isolation}
+        // Few shards: every shard is a quorum queue each test's namespace creates.
+        "bus": {"kind": "amqp", "rabbitmq_url": required("RABBITMQ_URL"), "namespace": isolation,
+                "shards": 4}
     })
 }
 
@@ -90,6 +94,7 @@ pub fn backend_env() -> Vec<(&'static str, String)> {
             "SWIFT__BUS__NAMESPACE",
             bus["namespace"].as_str().unwrap_or_default().to_owned(),
         ));
+        env.push(("SWIFT__BUS__SHARDS", bus["shards"].to_string()));
     }
     env
 }
