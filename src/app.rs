@@ -14,10 +14,10 @@ use crate::actors::{
 use crate::bus::amqp::AmqpBus;
 use crate::bus::local::LocalBus;
 use crate::bus::{ClusterMessage, SharedBus};
-use crate::config::{BusKind, Settings, StoreKind};
+use crate::config::{BusKind, DEFAULT_ROS_URL, DEFAULT_WMS_ADDR, Settings, StoreKind};
 use crate::domain::{Email, Role, System};
 use crate::protocols::SystemClient;
-use crate::protocols::cms::CmsClient;
+use crate::protocols::cms::{CmsClient, CmsTarget};
 use crate::protocols::ros::RosClient;
 use crate::protocols::wms::WmsClient;
 use crate::service::{Admission, OrderService};
@@ -118,20 +118,28 @@ async fn open_bus(settings: &Settings, queue_owner: &str) -> anyhow::Result<Shar
     }
 }
 
-fn clients(settings: &Settings) -> anyhow::Result<Vec<(System, Arc<dyn SystemClient>)>> {
+async fn clients(settings: &Settings) -> anyhow::Result<Vec<(System, Arc<dyn SystemClient>)>> {
     let ms = Duration::from_millis;
+    let cms = CmsTarget {
+        wsdl: settings.cms.wsdl(),
+        url: settings.cms.url.clone(),
+        fallback_url: settings.cms.url().to_owned(),
+        reread_every: Duration::from_secs(settings.cms.wsdl_reread_secs),
+    };
     Ok(vec![
         (
             System::Cms,
-            Arc::new(CmsClient::new(
-                &settings.cms.url,
-                ms(settings.cms.timeout_ms),
-            )?) as Arc<dyn SystemClient>,
+            Arc::new(CmsClient::from_wsdl(cms, ms(settings.cms.timeout_ms)).await?)
+                as Arc<dyn SystemClient>,
         ),
         (
             System::Wms,
             Arc::new(WmsClient::new(
-                settings.wms.addr.clone(),
+                settings
+                    .wms
+                    .addr
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_WMS_ADDR.into()),
                 settings.wms.connections,
                 ms(settings.wms.timeout_ms),
             )),
@@ -139,21 +147,21 @@ fn clients(settings: &Settings) -> anyhow::Result<Vec<(System, Arc<dyn SystemCli
         (
             System::Ros,
             Arc::new(RosClient::new(
-                &settings.ros.url,
+                settings.ros.url.as_deref().unwrap_or(DEFAULT_ROS_URL),
                 ms(settings.ros.timeout_ms),
             )?),
         ),
     ])
 }
 
-pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
+pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
     let shutdown = CancellationToken::new();
+    let mut addressed = None;
     let simulators = if settings.simulators.enabled {
-        let sims = simulators::start(&settings.simulators, shutdown.child_token()).await?;
-        // Point the clients at wherever the simulators really listen (port 0 in tests).
-        settings.cms.url = sims.cms_url();
-        settings.ros.url = sims.ros_url();
-        settings.wms.addr = sims.wms_addr.to_string();
+        let mut sims = simulators::start(&settings.simulators, shutdown.child_token()).await?;
+        // Systems without an address of their own go to wherever the simulators
+        // really listen (port 0 in tests).
+        addressed = Some(sims.stand_in(&settings));
         Some(sims)
     } else {
         None
@@ -176,7 +184,8 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     metrics::gauge!("swift_node_info", "node" => node_id.clone()).set(1.0);
     tracing::info!(node = %node_id, %incarnation, shards = shards.shards(), "node starting");
 
-    let cores = clients(&settings)?
+    let cores = clients(addressed.as_ref().unwrap_or(&settings))
+        .await?
         .into_iter()
         .map(|(system, client)| AdapterCore::new(system, client, &settings));
     let context = Arc::new(Context {

@@ -31,7 +31,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub store: StoreSettings,
     pub bus: BusSettings,
-    pub cms: HttpSystemSettings,
+    pub cms: CmsSettings,
     pub ros: HttpSystemSettings,
     pub wms: WmsSettings,
     pub circuit: CircuitSettings,
@@ -125,10 +125,43 @@ pub struct BusSettings {
     pub quorum_initial_group_size: u32,
 }
 
+/// Where each system is when nothing says otherwise (seed 000 section 11's ports).
+pub const DEFAULT_CMS_URL: &str = "http://127.0.0.1:4000/cms";
+pub const DEFAULT_ROS_URL: &str = "http://127.0.0.1:4001";
+pub const DEFAULT_WMS_ADDR: &str = "127.0.0.1:4002";
+
+/// A system's address is optional: unset, an enabled simulator stands in for the
+/// system, else the default address is used; set, it is used whatever else is on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CmsSettings {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub wsdl: Option<String>,
+    pub wsdl_reread_secs: u64,
+    pub timeout_ms: u64,
+    pub concurrency: usize,
+}
+
+impl CmsSettings {
+    pub fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or(DEFAULT_CMS_URL)
+    }
+
+    /// The WSDL's URL or path: `<url>?wsdl` unless set.
+    pub fn wsdl(&self) -> String {
+        self.wsdl
+            .clone()
+            .unwrap_or_else(|| format!("{}?wsdl", self.url()))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSystemSettings {
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
     pub timeout_ms: u64,
     pub concurrency: usize,
 }
@@ -136,7 +169,8 @@ pub struct HttpSystemSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WmsSettings {
-    pub addr: String,
+    #[serde(default)]
+    pub addr: Option<String>,
     pub timeout_ms: u64,
     pub concurrency: usize,
     pub connections: usize,
@@ -311,6 +345,9 @@ impl Settings {
         }
         if self.bus.shards == 0 || self.saga.max_attempts == 0 || self.wms.connections == 0 {
             return invalid("bus.shards, saga.max_attempts and wms.connections must be positive");
+        }
+        if self.cms.wsdl_reread_secs == 0 {
+            return invalid("cms.wsdl_reread_secs must be positive");
         }
         if self.cms.concurrency == 0 || self.ros.concurrency == 0 || self.wms.concurrency == 0 {
             return invalid("the concurrency of each system must be positive");

@@ -5,7 +5,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use swiftlogistics::config::{BusKind, LogFormat, Profile, Settings, StoreKind};
+use swiftlogistics::config::{
+    BusKind, DEFAULT_ROS_URL, DEFAULT_WMS_ADDR, LogFormat, Profile, Settings, StoreKind,
+};
+use swiftlogistics::domain::System;
 use swiftlogistics::{app, bench, bench_db, bench_ws, simulators};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -170,18 +173,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         format!("  node: {}", runtime.context.node_id),
     ];
-    match &runtime.simulators {
-        Some(sims) => banner.push(format!(
-            "  simulators: CMS SOAP {} | ROS REST {} | WMS TCP {} | control {}",
-            sims.cms_url(),
-            sims.ros_url(),
-            sims.wms_addr,
-            sims.control_addr
-        )),
-        None => banner.push(format!(
-            "  external systems: CMS {} | ROS {} | WMS {}",
-            runtime.settings.cms.url, runtime.settings.ros.url, runtime.settings.wms.addr
-        )),
+    banner.push(systems_line(&runtime));
+    if let Some(sims) = &runtime.simulators {
+        banner.push(format!("  simulator control API: {}", sims.control_addr));
     }
     banner.extend(swiftlogistics::auth::hand_over_generated_passwords(
         &runtime.settings,
@@ -192,6 +186,41 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     println!("{}", banner.join("\n"));
     runtime.run_until(stop_signal()).await
+}
+
+/// Where each system is, and which of them are simulated.
+fn systems_line(runtime: &app::Runtime) -> String {
+    let settings = &runtime.settings;
+    let simulator = |system: System| {
+        runtime
+            .simulators
+            .as_ref()
+            .filter(|s| s.standing_in.contains(&system))
+    };
+    let cms = match (simulator(System::Cms), &settings.cms.url) {
+        (Some(sims), _) => format!("{} (simulated)", sims.cms_url()),
+        (None, Some(url)) => url.clone(),
+        (None, None) => format!("as described by {}", settings.cms.wsdl()),
+    };
+    let ros = match simulator(System::Ros) {
+        Some(sims) => format!("{} (simulated)", sims.ros_url()),
+        None => settings
+            .ros
+            .url
+            .as_deref()
+            .unwrap_or(DEFAULT_ROS_URL)
+            .to_owned(),
+    };
+    let wms = match simulator(System::Wms) {
+        Some(sims) => format!("{} (simulated)", sims.wms_addr),
+        None => settings
+            .wms
+            .addr
+            .as_deref()
+            .unwrap_or(DEFAULT_WMS_ADDR)
+            .to_owned(),
+    };
+    format!("  systems: CMS SOAP {cms} | ROS REST {ros} | WMS TCP {wms}")
 }
 
 async fn simulate(settings: Settings) -> anyhow::Result<()> {

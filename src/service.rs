@@ -11,7 +11,7 @@ use crate::domain::{
     NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId,
     ValidationErrors,
 };
-use crate::store::{Intake, OrderPage, OrderQuery, SharedStore, StoreError};
+use crate::store::{IdempotencyKey, Intake, OrderPage, OrderQuery, SharedStore, StoreError};
 use chrono::Utc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,6 +29,8 @@ pub enum ServiceError {
     Invalid(ValidationErrors),
     #[error("{0}")]
     Conflict(String),
+    #[error("the idempotency key was used with a different request")]
+    KeyReused,
     #[error("too many orders in flight; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },
     /// The node is shutting down; another node (or this one restarted) takes it.
@@ -165,7 +167,7 @@ impl OrderService {
         &self,
         customer: &UserId,
         request: NewOrder,
-        idempotency_key: Option<&str>,
+        idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Placed, ServiceError> {
         if self.admission.is_closed() {
             return Err(ServiceError::Draining {
@@ -179,11 +181,8 @@ impl OrderService {
         }
         let now = Utc::now();
         let (order, event) = Order::receive(OrderId::generate(now), customer.clone(), request, now);
-        match self
-            .store
-            .create_order(&order, &event, idempotency_key)
-            .await?
-        {
+        match self.store.create_order(&order, &event, idempotency).await? {
+            Intake::KeyReused => Err(ServiceError::KeyReused),
             Intake::Replayed(existing) => Ok(Placed {
                 order: *existing,
                 replayed: true,
@@ -393,11 +392,7 @@ mod tests {
     use crate::domain::{Location, PackageDetails};
 
     fn order_of(customer: &str, driver: Option<&str>) -> Order {
-        let here = Location {
-            lat: 1.0,
-            lng: 2.0,
-            address: None,
-        };
+        let here = Location::at(1.0, 2.0, None);
         let request = NewOrder {
             pickup_location: here.clone(),
             delivery_address: here,

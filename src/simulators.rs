@@ -2,7 +2,8 @@
 //! addresses: in-process for the embedded default, or alone with `swiftlogistics
 //! simulate`.
 
-use crate::config::SimulatorSettings;
+use crate::config::{Settings, SimulatorSettings};
+use crate::domain::System;
 use crate::protocols::cms::CmsSimulator;
 use crate::protocols::ros::RosSimulator;
 use crate::protocols::simulator::{ControlledSimulator, KnobSettings, Simulators, control_router};
@@ -22,6 +23,8 @@ pub struct RunningSimulators {
     pub ros_addr: SocketAddr,
     pub wms_addr: SocketAddr,
     pub control_addr: SocketAddr,
+    /// The systems the simulators stand in for (those without an address of their own).
+    pub standing_in: Vec<System>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -32,6 +35,28 @@ impl RunningSimulators {
 
     pub fn ros_url(&self) -> String {
         format!("http://{}", self.ros_addr)
+    }
+
+    /// The settings the clients use: every system whose address is not configured
+    /// points at its simulator; an address set explicitly stays (configuration does
+    /// what it says). A CMS counts as configured by its WSDL too. The node's own
+    /// settings stay as configured, so a restart with them starts afresh.
+    pub fn stand_in(&mut self, configured: &Settings) -> Settings {
+        let mut settings = configured.clone();
+        self.standing_in.clear();
+        if settings.cms.url.is_none() && settings.cms.wsdl.is_none() {
+            settings.cms.url = Some(self.cms_url());
+            self.standing_in.push(System::Cms);
+        }
+        if settings.wms.addr.is_none() {
+            settings.wms.addr = Some(self.wms_addr.to_string());
+            self.standing_in.push(System::Wms);
+        }
+        if settings.ros.url.is_none() {
+            settings.ros.url = Some(self.ros_url());
+            self.standing_in.push(System::Ros);
+        }
+        settings
     }
 
     /// Waits for every server to finish after the shutdown token was cancelled.
@@ -102,6 +127,7 @@ pub async fn start(
         ros_addr,
         wms_addr,
         control_addr,
+        standing_in: Vec::new(),
         tasks,
     })
 }

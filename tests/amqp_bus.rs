@@ -164,11 +164,7 @@ impl Drop for Namespace {
 }
 
 fn step(order_id: &OrderId, operation: Operation) -> StepRequest {
-    let place = |lat| Location {
-        lat,
-        lng: -74.0,
-        address: Some("1 Dock Rd".into()),
-    };
+    let place = |lat| Location::at(lat, -74.0, Some("1 Dock Rd".into()));
     StepRequest {
         order_id: order_id.clone(),
         customer_id: UserId::from_trusted("usr_amqp_test"),
@@ -732,7 +728,7 @@ async fn dead_letters_are_listed_without_loss_and_redriven_back_to_work() {
 
     assert!(matches!(
         bus.redrive("no_such_queue").await,
-        Err(BusError::Rejected(_))
+        Err(BusError::NoSuchQueue(_))
     ));
     assert_eq!(bus.redrive("wms_order_queue").await.expect("redrive"), 2);
     let left = bus.dead_letters(10).await.expect("list");

@@ -448,11 +448,27 @@ async fn an_idempotency_key_replay_returns_the_same_order() {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_ne!(theirs["orderId"], first["orderId"]);
 
+    // The same key with another body is refused, and creates nothing.
+    let mut heavier = flat_order();
+    heavier["packageDetails"]["weight"] = json!(99);
+    let reused = node
+        .http
+        .post(node.url("/api/orders"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "checkout-7f3a")
+        .json(&heavier)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = json_of(reused).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(error_code(&body), "IDEMPOTENCY_KEY_REUSED", "{body}");
+
     let (_, list) = node.get("/api/orders", &token).await;
     assert_eq!(
         list["orders"].as_array().unwrap().len(),
         2,
-        "the replay created nothing"
+        "the replay and the refused reuse created nothing"
     );
     node.stop().await;
 }
@@ -1021,4 +1037,27 @@ async fn probes_metrics_and_unknown_paths() {
         (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED")
     );
     node.stop().await;
+}
+
+#[tokio::test]
+async fn dead_letter_endpoints_answer_in_the_api_error_format() {
+    let node = node().await;
+    let admin = node.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let (status, headers, body) = node
+        .call(Method::GET, "/api/admin/dlq?limit=x", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert_eq!(error_code(&body), "BAD_REQUEST", "{body}");
+
+    let (status, body) = node
+        .post("/api/admin/dlq/no_such_queue/redrive", &admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(error_code(&body), "NOT_FOUND", "{body}");
 }

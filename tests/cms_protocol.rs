@@ -57,11 +57,7 @@ impl RunningCms {
 }
 
 fn step(operation: Operation, order: &str, customer: &str) -> StepRequest {
-    let place = |lat, lng| Location {
-        lat,
-        lng,
-        address: None,
-    };
+    let place = |lat, lng| Location::at(lat, lng, None);
     StepRequest {
         order_id: OrderId::parse(order).unwrap(),
         customer_id: UserId::from_trusted(customer),
@@ -383,4 +379,40 @@ async fn non_soap_replies_are_errors_not_outcomes() {
         );
         shutdown.cancel();
     }
+}
+
+#[tokio::test]
+async fn the_simulator_takes_our_soap_actions_and_the_bare_style() {
+    let cms = RunningCms::start().await;
+    let http = reqwest::Client::new();
+    let request = swiftlogistics::protocols::cms::codec::CmsRequest {
+        idempotency_key: None,
+        call: swiftlogistics::protocols::cms::codec::CmsCall::ValidateCustomer {
+            customer_id: "usr_1".into(),
+            order_id: "ORD-1".into(),
+        },
+    };
+    let envelope = swiftlogistics::protocols::cms::codec::encode_request(&request);
+    for action in [
+        Some("\"http://swiftlogistics.com/cms/ValidateCustomer\""),
+        Some("\"ValidateCustomer\""),
+        Some("ValidateCustomer"),
+        None,
+    ] {
+        let mut post = http
+            .post(&cms.url)
+            .header(header::CONTENT_TYPE, "text/xml; charset=utf-8")
+            .body(envelope.clone());
+        if let Some(action) = action {
+            post = post.header("SOAPAction", action);
+        }
+        let response = post.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{action:?}");
+        let reply = decode_reply(&response.bytes().await.unwrap()).unwrap();
+        assert!(
+            matches!(reply, CmsReply::Validation(_)),
+            "{action:?}: {reply:?}"
+        );
+    }
+    cms.stop().await;
 }

@@ -58,11 +58,7 @@ async fn start() -> Running {
 }
 
 fn step(id: &str, operation: Operation, route_id: Option<&str>) -> StepRequest {
-    let at = |lat, lng| Location {
-        lat,
-        lng,
-        address: Some("somewhere".into()),
-    };
+    let at = |lat, lng| Location::at(lat, lng, Some("somewhere".into()));
     StepRequest {
         order_id: OrderId::parse(id).unwrap(),
         customer_id: UserId::from_trusted("usr_test"),
@@ -99,7 +95,13 @@ async fn an_order_gets_a_plausible_route_once_however_often_it_asks() {
     let optimize = step("ORD-R1", Operation::OptimizeRoute, None);
 
     let planned = route(ros.execute(&optimize).await);
-    assert!(planned.route_id.starts_with("RT-"));
+    assert!(
+        planned
+            .route_id
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("RT-")
+    );
     assert!(
         (90.0..100.0).contains(&planned.distance),
         "{}",
@@ -162,7 +164,11 @@ async fn cancelling_a_known_route_deletes_it_once() {
     );
     assert_eq!(active_routes(&server), 1);
 
-    let cancel = step("ORD-R3", Operation::CancelRoute, Some(&planned.route_id));
+    let cancel = step(
+        "ORD-R3",
+        Operation::CancelRoute,
+        planned.route_id.as_deref(),
+    );
     assert_eq!(ros.execute(&cancel).await, Ok(OperationOutcome::Undone));
     assert_eq!(ros.execute(&cancel).await, Ok(OperationOutcome::Undone));
     assert_eq!(active_routes(&server), 0);
@@ -243,5 +249,30 @@ async fn bad_requests_get_a_json_error_and_the_key_falls_back_to_the_order() {
     }
     assert_eq!(ids[0], ids[1]);
     assert_eq!(active_routes(&server), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_simulator_plans_the_seed_adapters_request() {
+    // Seed 000 6.3: no order id, no idempotency key, the nested location form.
+    let server = start().await;
+    let body = serde_json::json!({
+        "pickup": {"address": "123 Main St", "coordinates": {"lat": 40.7128, "lng": -74.0060}},
+        "delivery": {"address": "456 Oak Ave", "coordinates": {"lat": 40.7589, "lng": -73.9851}},
+    });
+    let url = format!("{}/api/routes/optimize", server.url());
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let planned: Route = response.json().await.unwrap();
+    assert_eq!(planned.waypoints.first().map(|w| w.lat), Some(40.7128));
+    assert!(
+        planned.distance > 1.0 && planned.distance < 10.0,
+        "{planned:?}"
+    );
     server.stop().await;
 }

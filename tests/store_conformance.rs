@@ -24,8 +24,13 @@ use swiftlogistics::domain::{
 use swiftlogistics::store::embedded::EmbeddedStore;
 use swiftlogistics::store::mongo::MongoStore;
 use swiftlogistics::store::{
-    DriverLocation, Intake, OrderCursor, OrderQuery, SharedStore, StoreError,
+    DriverLocation, IdempotencyKey, Intake, OrderCursor, OrderQuery, SharedStore, StoreError,
 };
+
+/// An idempotency key that came with the request fingerprinted `fingerprint`.
+fn key<'a>(key: &'a str, fingerprint: &'a str) -> Option<IdempotencyKey<'a>> {
+    Some(IdempotencyKey { key, fingerprint })
+}
 
 /// A store under test plus whatever must live as long as it (a temporary directory,
 /// a database to drop).
@@ -158,16 +163,8 @@ fn customer() -> UserId {
 
 fn request() -> NewOrder {
     NewOrder {
-        pickup_location: Location {
-            lat: 40.5,
-            lng: -74.25,
-            address: Some("123 Main St".into()),
-        },
-        delivery_address: Location {
-            lat: 40.75,
-            lng: -73.5,
-            address: Some("456 Oak Ave".into()),
-        },
+        pickup_location: Location::at(40.5, -74.25, Some("123 Main St".into())),
+        delivery_address: Location::at(40.75, -73.5, Some("456 Oak Ave".into())),
         package_details: PackageDetails {
             weight: 5.5,
             dimensions: None,
@@ -218,7 +215,7 @@ fn reserved(order: &Order) -> SagaDecision {
         Operation::ReserveInventory,
         OperationOutcome::InventoryReserved(Reservation {
             warehouse: "WH-1".into(),
-            picking_location: "A-12".into(),
+            picking_location: Some("A-12".into()),
         }),
     )
 }
@@ -228,7 +225,7 @@ fn routed(order: &Order) -> SagaDecision {
         order,
         Operation::OptimizeRoute,
         OperationOutcome::RouteOptimized(Route {
-            route_id: "RT-1".into(),
+            route_id: Some("RT-1".into()),
             waypoints: vec![Waypoint {
                 lat: 40.5,
                 lng: -74.0,
@@ -437,24 +434,33 @@ async fn idempotency_key_replays_the_first_order(store: SharedStore) {
     let jane = customer();
     let (first, first_event) = new_order(&jane);
     let created = store
-        .create_order(&first, &first_event, Some("key-1"))
+        .create_order(&first, &first_event, key("key-1", "body-a"))
         .await
         .expect("create");
     assert_eq!(created, Intake::Created);
 
     let (retry, retry_event) = new_order(&jane);
     let replay = store
-        .create_order(&retry, &retry_event, Some("key-1"))
+        .create_order(&retry, &retry_event, key("key-1", "body-a"))
         .await
         .expect("create again");
     assert_eq!(replay, Intake::Replayed(Box::new(first.clone())));
     assert_eq!(store.order(&retry.order_id).await.expect("read"), None);
 
+    // The same key with another request is refused, and writes nothing.
+    let (changed, changed_event) = new_order(&jane);
+    let reused = store
+        .create_order(&changed, &changed_event, key("key-1", "body-b"))
+        .await
+        .expect("create with a reused key");
+    assert_eq!(reused, Intake::KeyReused);
+    assert_eq!(store.order(&changed.order_id).await.expect("read"), None);
+
     // Keys belong to one customer: another customer's identical key is a new order.
     let (other, other_event) = new_order(&customer());
     assert_eq!(
         store
-            .create_order(&other, &other_event, Some("key-1"))
+            .create_order(&other, &other_event, key("key-1", "body-b"))
             .await
             .expect("create"),
         Intake::Created
@@ -463,7 +469,7 @@ async fn idempotency_key_replays_the_first_order(store: SharedStore) {
     let (second, second_event) = new_order(&jane);
     assert_eq!(
         store
-            .create_order(&second, &second_event, Some("key-2"))
+            .create_order(&second, &second_event, key("key-2", "body-a"))
             .await
             .expect("create"),
         Intake::Created
@@ -483,7 +489,7 @@ async fn fifty_concurrent_creates_with_one_key_make_one_order(store: SharedStore
         tokio::spawn(async move {
             let (order, event) = new_order(&jane);
             let intake = store
-                .create_order(&order, &event, Some("double-click"))
+                .create_order(&order, &event, key("double-click", "body"))
                 .await
                 .expect("create");
             (order, intake)

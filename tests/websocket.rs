@@ -396,7 +396,7 @@ async fn a_bad_frame_gets_an_error_frame_and_the_session_keeps_working() {
         Message::text(json!({"orderId": "*"}).to_string()),
         Message::text(json!({"type": "subscribe", "orderId": "ORD-X", "since": -1}).to_string()),
         Message::text(json!({"type": "subscribe", "orderId": "ORD-X", "since": "3"}).to_string()),
-        Message::text(json!({"type": "subscribe", "orderId": "*", "since": 1}).to_string()),
+        Message::text(json!({"type": "subscribe", "orderId": "*", "since": "soon"}).to_string()),
         Message::binary(vec![0_u8, 159, 146, 150]),
     ];
     for bad in bad_frames {
@@ -645,4 +645,103 @@ async fn a_session_on_one_node_follows_orders_placed_on_another() {
     assert_eq!(seqs(&updates), [1, 2, 3, 4, 5]);
     assert_eq!(statuses(&updates), JOURNEY_STATUSES);
     second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_close_from_the_client_is_echoed() {
+    let app = spawn_app().await;
+    let (token, _) = app.register_client().await;
+    let mut ws = connect(&app, &token).await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    match next_message(&mut ws).await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected the close echoed, got {other:?}"),
+    }
+    app.runtime.shutdown().await;
+}
+
+/// Order updates through "*" until every order of `orders` reached `status` (updates
+/// of `also` may come in between); returns the seqs received per order and the
+/// cursor of the last update.
+async fn everything_until(
+    ws: &mut Ws,
+    orders: &[&str],
+    also: &[&str],
+    status: &str,
+) -> (BTreeMap<String, Vec<u64>>, String) {
+    let mut received: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut done = BTreeSet::new();
+    let mut cursor = String::new();
+    while done.len() < orders.len() {
+        let frame = next_frame(ws).await;
+        assert_eq!(frame["type"], "order-update", "{frame}");
+        let order_id = frame["orderId"].as_str().unwrap().to_owned();
+        assert!(
+            orders.contains(&order_id.as_str()) || also.contains(&order_id.as_str()),
+            "not followed: {frame}"
+        );
+        cursor = frame["cursor"].as_str().expect("a cursor").to_owned();
+        if frame["status"] == status && orders.contains(&order_id.as_str()) {
+            done.insert(order_id.clone());
+        }
+        received
+            .entry(order_id)
+            .or_default()
+            .push(frame["seq"].as_u64().unwrap());
+    }
+    (received, cursor)
+}
+
+#[tokio::test]
+async fn a_customer_follows_all_its_orders_on_one_session_and_catches_up_after_a_reconnect() {
+    let app = spawn_app().await;
+    let (token, _) = app.register_client().await;
+    let (stranger, _) = app.register_client().await;
+    let mut ws = connect(&app, &token).await;
+    subscribe(&mut ws, "*", None).await;
+    let first = app.place(&token).await;
+    let (seen, cursor) = everything_until(&mut ws, &[&first], &[], "READY_FOR_DELIVERY").await;
+    assert_eq!(seen[&first], [1, 2, 3, 4, 5]);
+    drop(ws);
+
+    // While away: two new orders of its own, one of someone else's.
+    let missed = [app.place(&token).await, app.place(&token).await];
+    let theirs = app.place(&stranger).await;
+    for order_id in &missed {
+        app.wait_for_status(&token, order_id, "READY_FOR_DELIVERY", JOURNEY)
+            .await;
+    }
+    app.wait_for_status(&stranger, &theirs, "READY_FOR_DELIVERY", JOURNEY)
+        .await;
+
+    let mut ws = connect(&app, &token).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "orderId": "*", "since": cursor}),
+    )
+    .await;
+    assert_eq!(next_frame(&mut ws).await["type"], "subscribed");
+    // Replayed in full (updates of the first order from just before the cursor may
+    // come again), then live: a new order placed now follows on the same feed.
+    let (replayed, _) = everything_until(
+        &mut ws,
+        &[&missed[0], &missed[1]],
+        &[&first],
+        "READY_FOR_DELIVERY",
+    )
+    .await;
+    for order_id in &missed {
+        assert_eq!(replayed[order_id], [1, 2, 3, 4, 5], "{order_id}");
+    }
+    let again = replayed.get(&first).cloned().unwrap_or_default();
+    assert!(again.windows(2).all(|w| w[1] == w[0] + 1), "{again:?}");
+    let live = app.place(&token).await;
+    let (followed, _) = everything_until(&mut ws, &[&live], &[&first], "READY_FOR_DELIVERY").await;
+    assert_eq!(followed[&live], [1, 2, 3, 4, 5]);
+    app.runtime.shutdown().await;
 }

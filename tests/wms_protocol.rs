@@ -85,11 +85,7 @@ fn order(id: &str) -> OrderId {
 }
 
 fn step(id: &str, operation: Operation) -> StepRequest {
-    let at = |lat, lng| Location {
-        lat,
-        lng,
-        address: None,
-    };
+    let at = |lat, lng| Location::at(lat, lng, None);
     StepRequest {
         order_id: order(id),
         customer_id: UserId::from_trusted("usr_test"),
@@ -445,4 +441,19 @@ async fn dropping_the_client_closes_its_connections() {
         .await
         .expect("the connection is closed once the client is gone");
     assert_eq!(read.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_simulator_serves_the_seed_adapters_request() {
+    // Seed 000 6.4 writes a trailing `|`; CRLF line ends are read too.
+    let server = start(Arc::new(WmsSimulator::default())).await;
+    let mut peer = Peer::connect(server.addr).await;
+    peer.send(b"RESERVE|ORD-20260204-ABC123|{\"weight\":5,\"dimensions\":\"30x20x10\"}|\n")
+        .await;
+    let reply = peer.line().await;
+    assert!(reply.starts_with("ACK|WH-00"), "{reply}");
+    assert!(reply.contains("|INVENTORY_RESERVED"), "{reply}");
+    peer.send(b"RELEASE|ORD-20260204-ABC123|\r\n").await;
+    assert!(peer.line().await.ends_with("|RELEASED"));
+    server.stop().await;
 }

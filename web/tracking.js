@@ -563,7 +563,8 @@ function rememberOrder(summary) {
 function addressLine(location) {
   if (!location) return "";
   if (location.address) return location.address;
-  if (typeof location.lat === "number") return `${location.lat.toFixed(4)}, ${location.lng.toFixed(4)}`;
+  const point = location.coordinates || location;
+  if (typeof point.lat === "number") return `${point.lat.toFixed(4)}, ${point.lng.toFixed(4)}`;
   return "";
 }
 
@@ -888,7 +889,8 @@ function renderDetail() {
     fact("Package", packageText || "—"),
   ];
   if (order.warehouse) {
-    facts.push(fact("Warehouse", `${order.warehouse.warehouse} · ${order.warehouse.pickingLocation}`));
+    const where = order.warehouse.pickingLocation ? ` · ${order.warehouse.pickingLocation}` : "";
+    facts.push(fact("Warehouse", `${order.warehouse.warehouse}${where}`));
   }
   if (order.route) {
     const distance = typeof order.route.distance === "number" ? `${order.route.distance.toFixed(1)} km` : "";

@@ -118,6 +118,7 @@ impl AdapterCore {
             last_latency_ms: inner.last_latency.map(|d| d.as_secs_f64() * 1000.0),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             waiting: inner.parked.len(),
+            contract: self.client.contract(),
         }
     }
 }
@@ -325,12 +326,7 @@ impl AdapterState {
             if let Ok(OperationOutcome::Refused { reason }) = &result {
                 tracing::info!(order_id = %request.order_id, operation = request.operation.name(), %reason, "refused by the system");
             }
-            let reply = match result {
-                Ok(outcome) => StepReply::Settled { outcome },
-                Err(error) => StepReply::Transient {
-                    reason: error.to_string(),
-                },
-            };
+            let reply = crate::protocols::step_reply(result);
             send_reply(&bus, &request, reply, ack).await;
             core.mailbox.queued();
             if myself

@@ -21,6 +21,10 @@ pub struct ServiceHealth {
     pub in_flight: usize,
     /// Requests parked while the circuit is open, retried when it closes.
     pub waiting: usize,
+    /// For a system that describes itself (the CMS's WSDL): whether the description
+    /// is in use or the configured fallback, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<crate::protocols::ContractStatus>,
 }
 
 /// One actor of the live tree, for `GET /api/telemetry/supervision`.

@@ -73,7 +73,15 @@ struct UpdateFrame<'a> {
     message: &'a str,
     seq: u64,
     timestamp: DateTime<Utc>,
+    /// Where a session following `"*"` resumes after a reconnect (`since`).
+    cursor: String,
     data: &'a Value,
+}
+
+/// The position of an update in a customer's stream of updates across orders: the
+/// milliseconds of its timestamp, as an opaque string.
+pub fn cursor_of(timestamp: DateTime<Utc>) -> String {
+    timestamp.timestamp_millis().to_string()
 }
 
 impl Update {
@@ -85,6 +93,7 @@ impl Update {
             message: &event.message,
             seq: event.seq,
             timestamp: event.timestamp,
+            cursor: cursor_of(event.timestamp),
             data: &event.data,
         })?;
         Ok(Self {

@@ -487,7 +487,7 @@ impl OrderState {
             pickup: order.pickup_location.clone(),
             delivery: order.delivery_address.clone(),
             package: order.package_details.clone(),
-            route_id: order.route.as_ref().map(|r| r.route_id.clone()),
+            route_id: order.route.as_ref().and_then(|r| r.route_id.clone()),
         };
         self.ensure_lease()?;
         self.context.bus.send_step(request).await?;

@@ -119,11 +119,7 @@ mod tests {
     use chrono::Utc;
 
     fn received() -> Order {
-        let here = Location {
-            lat: 1.0,
-            lng: 2.0,
-            address: None,
-        };
+        let here = Location::at(1.0, 2.0, None);
         let request = NewOrder {
             pickup_location: here.clone(),
             delivery_address: here,

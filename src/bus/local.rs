@@ -183,7 +183,8 @@ impl Bus for LocalBus {
         Ok(Vec::new())
     }
 
-    async fn redrive(&self, _queue: &str) -> Result<usize, BusError> {
-        Ok(0)
+    /// No queue of this bus has dead letters: every name is unknown.
+    async fn redrive(&self, queue: &str) -> Result<usize, BusError> {
+        Err(BusError::NoSuchQueue(queue.to_owned()))
     }
 }

@@ -28,6 +28,9 @@ pub enum BusError {
     Unavailable(String),
     #[error("the message bus refused the message: {0}")]
     Rejected(String),
+    /// An operator named a queue the bus does not have.
+    #[error("no queue named {0:?} has dead letters")]
+    NoSuchQueue(String),
 }
 
 /// A call the order saga asks an adapter to make. Carries what every protocol needs,

@@ -12,8 +12,8 @@ pub mod validation;
 
 pub use ids::{OrderId, UserId};
 pub use order::{
-    Compensation, CustomerProfile, Location, NewOrder, Order, OrderEvent, PackageDetails,
-    Reservation, Route, Waypoint,
+    Compensation, CustomerProfile, Location, LocationForm, NewOrder, Order, OrderEvent,
+    PackageDetails, Reservation, Route, Waypoint,
 };
 pub use saga::{Operation, OperationOutcome, SagaDecision, SagaInput, StepState, System};
 pub use status::OrderStatus;

@@ -13,13 +13,97 @@ use serde_json::{Map, Value};
 
 const MAX_TEXT_LEN: usize = 500;
 
+/// A place, kept in the form the client wrote it in (seed 000 uses both), because the
+/// route optimiser receives the order's locations as the client sent them (seed 000
+/// 6.3) and the API shows them that way too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(from = "LocationWire", into = "LocationWire")]
 pub struct Location {
     pub lat: f64,
     pub lng: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    pub form: LocationForm,
+}
+
+/// The two shapes of a location in the seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LocationForm {
+    /// `{lat, lng, address}` (seed 000 13.1)
+    #[default]
+    Flat,
+    /// `{address, coordinates: {lat, lng}}` (seed 000 8.1)
+    Nested,
+}
+
+impl Location {
+    /// A location in the flat form.
+    pub fn at(lat: f64, lng: f64, address: Option<String>) -> Self {
+        Self {
+            lat,
+            lng,
+            address,
+            form: LocationForm::Flat,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Coordinates {
+    lat: f64,
+    lng: f64,
+}
+
+/// How a location is written: untagged, the nested form recognised by its
+/// `coordinates` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum LocationWire {
+    Nested {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+        coordinates: Coordinates,
+    },
+    Flat {
+        lat: f64,
+        lng: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+}
+
+impl From<LocationWire> for Location {
+    fn from(wire: LocationWire) -> Self {
+        match wire {
+            LocationWire::Nested {
+                address,
+                coordinates: Coordinates { lat, lng },
+            } => Self {
+                lat,
+                lng,
+                address,
+                form: LocationForm::Nested,
+            },
+            LocationWire::Flat { lat, lng, address } => Self::at(lat, lng, address),
+        }
+    }
+}
+
+impl From<Location> for LocationWire {
+    fn from(location: Location) -> Self {
+        let Location {
+            lat,
+            lng,
+            address,
+            form,
+        } = location;
+        match form {
+            LocationForm::Nested => Self::Nested {
+                address,
+                coordinates: Coordinates { lat, lng },
+            },
+            LocationForm::Flat => Self::Flat { lat, lng, address },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,19 +156,15 @@ fn optional_text(
 }
 
 fn parse_location(value: Option<&Value>, path: &str, errors: &mut ValidationErrors) -> Location {
-    let fallback = Location {
-        lat: 0.0,
-        lng: 0.0,
-        address: None,
-    };
+    let fallback = Location::at(0.0, 0.0, None);
     let Some(obj) = value.and_then(Value::as_object) else {
         errors.add(path, "is required and must be an object");
         return fallback;
     };
     // Seed 000 8.1 nests coordinates; seed 000 13.1 puts lat/lng at the top.
-    let (coords, coords_path) = match obj.get("coordinates").and_then(Value::as_object) {
-        Some(inner) => (inner, format!("{path}.coordinates")),
-        None => (obj, path.to_owned()),
+    let (coords, coords_path, form) = match obj.get("coordinates").and_then(Value::as_object) {
+        Some(inner) => (inner, format!("{path}.coordinates"), LocationForm::Nested),
+        None => (obj, path.to_owned(), LocationForm::Flat),
     };
     let address = optional_text(obj, "address", &format!("{path}.address"), errors);
     let mut coordinate = |key: &str, limit: f64| match number(coords, key) {
@@ -106,7 +186,12 @@ fn parse_location(value: Option<&Value>, path: &str, errors: &mut ValidationErro
     };
     let lat = coordinate("lat", 90.0);
     let lng = coordinate("lng", 180.0);
-    Location { lat, lng, address }
+    Location {
+        lat,
+        lng,
+        address,
+        form,
+    }
 }
 
 fn parse_package(value: Option<&Value>, errors: &mut ValidationErrors) -> PackageDetails {
@@ -216,7 +301,10 @@ pub struct CustomerProfile {
 #[serde(rename_all = "camelCase")]
 pub struct Reservation {
     pub warehouse: String,
-    pub picking_location: String,
+    /// Absent when the warehouse does not name one (seed 000 6.4 answers
+    /// `ACK|WH-001|INVENTORY_RESERVED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picking_location: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -228,7 +316,10 @@ pub struct Waypoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
-    pub route_id: String,
+    /// The optimiser's handle for cancelling the route. Seed 000's optimiser names
+    /// none; such a route has nothing to cancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_id: Option<String>,
     pub waypoints: Vec<Waypoint>,
     pub distance: f64,
     pub eta: String,
@@ -372,6 +463,30 @@ mod tests {
 
     fn fields(err: ValidationErrors) -> Vec<String> {
         err.0.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn each_location_keeps_the_form_the_client_wrote() {
+        let nested =
+            json!({"address": "123 Main St", "coordinates": {"lat": 40.7128, "lng": -74.006}});
+        let flat = json!({"lat": 40.6782, "lng": -73.9442, "address": "456 Oak Ave"});
+        let body = json!({
+            "pickupLocation": nested,
+            "deliveryAddress": flat,
+            "packageDetails": {"weight": 5.5},
+        });
+        let order = NewOrder::parse(&body).unwrap();
+        assert_eq!(order.pickup_location.form, LocationForm::Nested);
+        assert_eq!(order.delivery_address.form, LocationForm::Flat);
+        assert_eq!(
+            serde_json::to_value(&order.pickup_location).unwrap(),
+            nested
+        );
+        assert_eq!(serde_json::to_value(&order.delivery_address).unwrap(), flat);
+        for written in [nested, flat] {
+            let read: Location = serde_json::from_value(written.clone()).unwrap();
+            assert_eq!(serde_json::to_value(read).unwrap(), written);
+        }
     }
 
     #[test]

@@ -169,8 +169,9 @@ pub enum OperationOutcome {
     Refused {
         reason: String,
     },
-    /// Transient failures outlasted the retry budget. `reason` is the last error,
-    /// for the logs only: customers read `System::no_answer`.
+    /// Transient failures outlasted the retry budget, or the reply broke the
+    /// protocol: either way the outcome on the remote side is unknown. `reason` is
+    /// the last error, for the logs only: customers read `System::no_answer`.
     Exhausted {
         reason: String,
     },
@@ -235,7 +236,10 @@ fn compensation_plan(order: &Order) -> Vec<Operation> {
         .into_iter()
         .rev()
         .filter(|s| match order.integration_status.get(*s) {
-            StepState::Completed => true,
+            // A route the optimiser gave no id for cannot be cancelled.
+            StepState::Completed => {
+                *s != System::Ros || order.route.as_ref().is_none_or(|r| r.route_id.is_some())
+            }
             StepState::Failed => s.uncertain_call_may_have_effect(),
             StepState::Pending => Some(*s) == current && s.uncertain_call_may_have_effect(),
             StepState::Refused | StepState::Compensated => false,
@@ -401,8 +405,10 @@ fn settle_forward(
                 .order
                 .integration_status
                 .set(system, StepState::Completed);
-            let data = json!({"inventory": "RESERVED", "warehouse": reservation.warehouse,
-                "pickingLocation": reservation.picking_location});
+            let mut data = json!({"inventory": "RESERVED", "warehouse": reservation.warehouse});
+            if let Some(location) = &reservation.picking_location {
+                data["pickingLocation"] = json!(location);
+            }
             draft.order.warehouse = Some(reservation);
             draft.announce(
                 OrderStatus::InventoryReserved,
@@ -564,11 +570,7 @@ mod tests {
     }
 
     fn received() -> Order {
-        let loc = Location {
-            lat: 1.0,
-            lng: 2.0,
-            address: None,
-        };
+        let loc = Location::at(1.0, 2.0, None);
         let request = NewOrder {
             pickup_location: loc.clone(),
             delivery_address: loc,
@@ -600,13 +602,13 @@ mod tests {
     fn reserved() -> OperationOutcome {
         OperationOutcome::InventoryReserved(Reservation {
             warehouse: "WH-001".into(),
-            picking_location: "A-1".into(),
+            picking_location: Some("A-1".into()),
         })
     }
 
     fn routed() -> OperationOutcome {
         OperationOutcome::RouteOptimized(Route {
-            route_id: "RT-1".into(),
+            route_id: Some("RT-1".into()),
             waypoints: vec![],
             distance: 1.0,
             eta: "2026-02-05T10:45:00Z".into(),

@@ -33,6 +33,11 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
+    /// An `Idempotency-Key` used before with a different request body.
+    #[error(
+        "this Idempotency-Key was used with a different request; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
     #[error("the request body is too large")]
     PayloadTooLarge,
     #[error("too many requests; retry in {retry_after_secs} s")]
@@ -58,6 +63,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -74,6 +80,7 @@ impl ApiError {
             Self::NotFound(_) => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Conflict(_) => "CONFLICT",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Unavailable { .. } => "SERVICE_UNAVAILABLE",
@@ -162,6 +169,7 @@ impl From<BusError> for ApiError {
                 Self::unavailable("the message bus is temporarily unavailable", Some(5))
             }
             BusError::Rejected(cause) => Self::Internal(format!("bus rejected a message: {cause}")),
+            e @ BusError::NoSuchQueue(_) => Self::NotFound(e.to_string()),
         }
     }
 }
@@ -172,6 +180,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound => Self::order_not_found(),
             ServiceError::Invalid(errors) => Self::Validation(errors),
             ServiceError::Conflict(message) => Self::Conflict(message),
+            ServiceError::KeyReused => Self::IdempotencyKeyReused,
             ServiceError::Busy { retry_after_secs } => Self::unavailable(
                 "too many orders are being processed; retry shortly",
                 Some(retry_after_secs),

@@ -3,8 +3,10 @@
 //! Idempotent intake: a request with an `Idempotency-Key` that the same customer used
 //! before creates nothing and is answered `200 OK` (not `202`) with the earlier order:
 //! the same `orderId` and `createdAt`, its current `status`, and the header
-//! `Idempotency-Replayed: true`. The body of the replay is not compared with the
-//! original; the key alone identifies the request.
+//! `Idempotency-Replayed: true`. The key is stored with a fingerprint of the request
+//! body (SHA-256 of its canonical JSON: key order and spacing do not matter), and a
+//! key reused with a different body is refused with 422 `IDEMPOTENCY_KEY_REUSED`, as
+//! the well-known payment APIs do.
 //!
 //! Orders of other customers answer 404, exactly like orders that do not exist, so
 //! order ids cannot be probed.
@@ -17,7 +19,7 @@ use crate::domain::{
     NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, StepState, System, UserId,
     ValidationErrors,
 };
-use crate::store::{OrderCursor, OrderQuery};
+use crate::store::{IdempotencyKey, OrderCursor, OrderQuery};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +27,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
@@ -47,6 +50,45 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         ));
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// SHA-256 of the body's canonical JSON (object keys sorted, no spacing), in hex.
+pub fn fingerprint(body: &Value) -> String {
+    fn canonical(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (i, (key, value)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push(':');
+                    canonical(value, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical(item, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut text = String::new();
+    canonical(body, &mut text);
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn encode_cursor(cursor: &OrderCursor) -> Result<String, ApiError> {
@@ -128,10 +170,15 @@ pub async fn place(
     let ApiJson(body) = body?;
     // `customerId` in the body is ignored: the caller is the customer.
     let request = NewOrder::parse(&body)?;
+    let fingerprint = key.as_ref().map(|_| fingerprint(&body));
+    let idempotency = key
+        .as_deref()
+        .zip(fingerprint.as_deref())
+        .map(|(key, fingerprint)| IdempotencyKey { key, fingerprint });
     let placed = state
         .app
         .orders
-        .place(&caller.user_id, request, key.as_deref())
+        .place(&caller.user_id, request, idempotency)
         .await?;
     let order = &placed.order;
     let location = HeaderValue::from_str(&format!("/api/orders/{}", order.order_id))
@@ -391,11 +438,7 @@ mod tests {
     use chrono::Utc;
 
     fn received() -> (Order, OrderEvent) {
-        let loc = Location {
-            lat: 1.0,
-            lng: 2.0,
-            address: None,
-        };
+        let loc = Location::at(1.0, 2.0, None);
         let request = NewOrder {
             pickup_location: loc.clone(),
             delivery_address: loc,
@@ -450,7 +493,7 @@ mod tests {
                 Operation::ReserveInventory,
                 OperationOutcome::InventoryReserved(Reservation {
                     warehouse: "WH-1".into(),
-                    picking_location: "A-1".into(),
+                    picking_location: Some("A-1".into()),
                 }),
             ),
             Utc::now(),
@@ -511,6 +554,16 @@ mod tests {
         ] {
             assert!(parse(status, limit).is_err(), "{status:?} {limit:?}");
         }
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_key_order_and_spacing_but_not_content() {
+        let a: Value = serde_json::from_str(r#"{"b": [1, {"y": 2, "x": 1}], "a": "z"}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":"z","b":[1,{"x":1,"y":2}]}"#).unwrap();
+        let c: Value = serde_json::from_str(r#"{"a":"z","b":[1,{"x":1,"y":3}]}"#).unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        assert_eq!(fingerprint(&a).len(), 64);
     }
 
     #[test]

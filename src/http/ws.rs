@@ -7,14 +7,14 @@
 //! ```text
 //! client -> server
 //!   {"type":"subscribe","orderId":"ORD-...","since":3}    since is optional
-//!   {"type":"subscribe","orderId":"*"}                    every order the caller may see
+//!   {"type":"subscribe","orderId":"*","since":"<cursor>"} every order the caller may see
 //!   {"type":"unsubscribe","orderId":"ORD-..."}
 //!   {"type":"renew","token":"<a fresh access token>"}   before the current one expires
 //! server -> client
 //!   {"type":"subscribed","orderId","status","seq"}        (no status and seq for "*")
 //!   {"type":"unsubscribed","orderId"}
 //!   {"type":"renewed","expiresAt"}
-//!   {"type":"order-update","orderId","status","message","seq","timestamp","data"}
+//!   {"type":"order-update","orderId","status","message","seq","timestamp","cursor","data"}
 //!   {"type":"error","code","message","orderId"?}
 //! ```
 //!
@@ -25,7 +25,15 @@
 //! if its `seq` is exactly one more than the last one sent: anything older is a
 //! duplicate and is dropped, anything newer means updates were missed (a lagging
 //! bus, updates of two writers announced out of order) and the gap is read from
-//! the log first. `"*"` is a live feed (an admin's dashboard): no replay.
+//! the log first.
+//!
+//! `"*"` follows every order the caller may see (a customer's own, all for an
+//! admin) on one subscription. With `since` (the `cursor` of the last update the
+//! caller received), the updates of those orders from a little before that cursor
+//! ([`REPLAY_OVERLAP`], to cover updates of different orders delivered out of
+//! timestamp order) are replayed from the event log in timestamp order, then live
+//! updates follow, each order's without duplicates or gaps on this session. An update
+//! received just before the disconnect may come again: `(orderId, seq)` identifies it.
 //!
 //! Another customer's order is answered exactly like an order that does not exist.
 //! A bad frame gets an error frame and the session goes on. The server pings every
@@ -82,6 +90,13 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 const REPLAY_PAGE: usize = 256;
 /// Longest client-supplied order id echoed back in an error frame.
 const MAX_ECHOED_ID: usize = 64;
+/// How far before its cursor a `"*"` replay starts.
+pub const REPLAY_OVERLAP: Duration = Duration::from_secs(5);
+/// Orders read from the store per call while looking for a `"*"` replay.
+const REPLAY_ORDERS_PAGE: usize = 100;
+/// Most updates one `"*"` replay sends; a caller that missed more follows its
+/// orders one by one, or lists them over HTTP.
+const MAX_EVERYTHING_REPLAY: usize = 50_000;
 
 /// Close codes (RFC 6455 section 7.4.1).
 const GOING_AWAY: u16 = 1001;
@@ -253,8 +268,10 @@ struct SessionContext {
 /// Why a session ended, and so how it is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
-    /// The client closed, or the connection broke: nothing left to say.
+    /// The connection broke: nothing left to say.
     ClientGone,
+    /// The client sent a close frame: the echo tungstenite queued goes out.
+    ClientClosed,
     /// No answer to a ping in time.
     Silent,
     /// Did not keep up with its updates.
@@ -271,7 +288,7 @@ enum Ending {
 impl Ending {
     fn close_frame(self) -> Option<CloseFrame> {
         let (code, reason) = match self {
-            Self::ClientGone => return None,
+            Self::ClientGone | Self::ClientClosed => return None,
             Self::Silent => (GOING_AWAY, "no answer to ping"),
             Self::FellBehind => (
                 POLICY_VIOLATION,
@@ -315,6 +332,9 @@ struct Session {
     everything: bool,
     expires_at: DateTime<Utc>,
     sessions: Arc<crate::auth::Sessions>,
+    /// Last seq sent through `"*"` for each order a `"*"` replay touched, so the
+    /// live updates that follow the replay come without duplicates or gaps.
+    everything_sent: std::collections::HashMap<OrderId, u64>,
 }
 
 async fn run(socket: WebSocket, context: SessionContext) {
@@ -349,6 +369,7 @@ async fn run(socket: WebSocket, context: SessionContext) {
         everything: false,
         expires_at,
         sessions,
+        everything_sent: std::collections::HashMap::new(),
     };
     let ending = session.serve(updates).await;
     tracing::debug!(
@@ -370,7 +391,20 @@ async fn run(socket: WebSocket, context: SessionContext) {
 async fn close(mut socket: WebSocket, ending: Ending) {
     if let Some(frame) = ending.close_frame() {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+    } else if ending == Ending::ClientClosed {
+        // tungstenite answers a client's close frame with its echo, but only writes
+        // it on the next flush: without this, the client sees an abnormal close (1006).
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures::SinkExt::flush(&mut socket)).await;
     }
+}
+
+/// A `"*"` cursor: the string the server handed out, or the same as a number.
+fn parse_cursor(value: &Value) -> Option<i64> {
+    match value {
+        Value::String(text) => text.trim().parse().ok(),
+        other => other.as_i64(),
+    }
+    .filter(|ms| *ms >= 0)
 }
 
 fn error_frame(code: &str, message: &str, order_id: Option<&str>) -> Value {
@@ -506,7 +540,7 @@ impl Session {
                 .await
             }
             Message::Ping(_) | Message::Pong(_) => Ok(()),
-            Message::Close(_) => Err(Ending::ClientGone),
+            Message::Close(_) => Err(Ending::ClientClosed),
         }
     }
 
@@ -540,6 +574,24 @@ impl Session {
             };
         };
         match kind {
+            Some("subscribe") if order_id == "*" => {
+                let since = match command.get("since") {
+                    None | Some(Value::Null) => None,
+                    Some(since) => match parse_cursor(since) {
+                        Some(since) => Some(since),
+                        None => {
+                            return self
+                                .error(
+                                    "BAD_REQUEST",
+                                    "since for \"*\" must be the cursor of an update",
+                                    Some(order_id),
+                                )
+                                .await;
+                        }
+                    },
+                };
+                self.subscribe_everything(since).await
+            }
             Some("subscribe") => {
                 let since = match command.get("since") {
                     None | Some(Value::Null) => None,
@@ -578,26 +630,107 @@ impl Session {
             .await
     }
 
-    async fn subscribe(&mut self, raw_id: &str, since: Option<u64>) -> Result<(), Ending> {
-        if raw_id == "*" {
-            if since.is_some() {
-                return self
-                    .error(
-                        "BAD_REQUEST",
-                        "since applies to one order; \"*\" is a live feed",
-                        Some(raw_id),
-                    )
-                    .await;
-            }
-            if !self.everything {
-                self.everything = true;
-                self.notifier
-                    .follow(self.registration.id, Topic::Everything);
-            }
-            return self
-                .send_json(&json!({"type": "subscribed", "orderId": "*"}))
-                .await;
+    /// Follows every order the viewer may see; with `since` (a cursor, in ms), first
+    /// replays what was logged from [`REPLAY_OVERLAP`] before it.
+    async fn subscribe_everything(&mut self, since: Option<i64>) -> Result<(), Ending> {
+        // Follow first, read the log second, as for one order.
+        if !self.everything {
+            self.everything = true;
+            self.notifier
+                .follow(self.registration.id, Topic::Everything);
         }
+        self.send_json(&json!({"type": "subscribed", "orderId": "*"}))
+            .await?;
+        let Some(since) = since else {
+            return Ok(());
+        };
+        let overlap = i64::try_from(REPLAY_OVERLAP.as_millis()).unwrap_or(i64::MAX);
+        let from = chrono::DateTime::from_timestamp_millis(since.saturating_sub(overlap))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let events = match self.logged_since(from).await {
+            Ok(events) => events,
+            Err(message) => {
+                return self.error("SERVICE_UNAVAILABLE", &message, Some("*")).await;
+            }
+        };
+        for event in events {
+            if self
+                .everything_sent
+                .get(&event.order_id)
+                .is_some_and(|sent| *sent >= event.seq)
+            {
+                continue;
+            }
+            let update = Update::of(&event).map_err(|_| Ending::ReplayFailed)?;
+            self.send(Message::Text(update.frame)).await?;
+            self.everything_sent.insert(event.order_id, event.seq);
+        }
+        Ok(())
+    }
+
+    /// The logged updates since `from` of every order the viewer may see, in
+    /// timestamp order. An order unchanged since `from` has none, so only the
+    /// others' logs are read.
+    async fn logged_since(
+        &mut self,
+        from: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::domain::OrderEvent>, String> {
+        let unavailable = || "the missed updates cannot be read now; subscribe again".to_owned();
+        // What the notifier lets through "*": the viewer's own orders, every order
+        // for an admin.
+        let customer =
+            (self.viewer.role != crate::domain::Role::Admin).then(|| self.viewer.user_id.clone());
+        let mut query = crate::store::OrderQuery {
+            customer,
+            driver: None,
+            status: None,
+            limit: REPLAY_ORDERS_PAGE,
+            after: None,
+        };
+        let mut events = Vec::new();
+        loop {
+            let page = tokio::time::timeout(STORE_TIMEOUT, self.store.orders(&query))
+                .await
+                .map_err(|_| unavailable())?
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "cannot list orders for a replay");
+                    unavailable()
+                })?;
+            for order in page.orders.iter().filter(|o| o.updated_at >= from) {
+                let mut after = 0;
+                loop {
+                    let logged = tokio::time::timeout(
+                        STORE_TIMEOUT,
+                        self.store.events(&order.order_id, after, REPLAY_PAGE),
+                    )
+                    .await
+                    .map_err(|_| unavailable())?
+                    .map_err(|_| unavailable())?;
+                    let full = logged.len() == REPLAY_PAGE;
+                    after = logged.last().map_or(after, |e| e.seq);
+                    events.extend(logged.into_iter().filter(|e| e.timestamp >= from));
+                    if events.len() > MAX_EVERYTHING_REPLAY {
+                        return Err(format!(
+                            "more than {MAX_EVERYTHING_REPLAY} updates were missed; follow orders one by one with since"
+                        ));
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        events.sort_by(|a, b| {
+            (a.timestamp, &a.order_id, a.seq).cmp(&(b.timestamp, &b.order_id, b.seq))
+        });
+        Ok(events)
+    }
+
+    async fn subscribe(&mut self, raw_id: &str, since: Option<u64>) -> Result<(), Ending> {
         let Some(order_id) = OrderId::parse(raw_id) else {
             return self.not_found(raw_id).await;
         };
@@ -668,6 +801,7 @@ impl Session {
                 self.notifier
                     .unfollow(self.registration.id, Topic::Everything);
             }
+            self.everything_sent.clear();
         } else if let Some(order_id) = OrderId::parse(raw_id) {
             self.forget(&order_id);
         }
@@ -718,7 +852,7 @@ impl Session {
             // Not followed on its own: it came through "*" (or the order was just
             // unsubscribed, and the notifier did not know yet).
             if self.everything {
-                return self.send(Message::Text(update.frame.clone())).await;
+                return self.forward_everything(update).await;
             }
             return Ok(());
         };
@@ -734,6 +868,43 @@ impl Session {
         }
         self.send(Message::Text(update.frame.clone())).await?;
         self.mark_sent(&update.order_id, update.seq);
+        Ok(())
+    }
+
+    /// An update that came through `"*"`: for an order a replay touched, duplicates
+    /// are dropped and a gap is read from the log first.
+    async fn forward_everything(&mut self, update: &Update) -> Result<(), Ending> {
+        let Some(&sent) = self.everything_sent.get(&update.order_id) else {
+            return self.send(Message::Text(update.frame.clone())).await;
+        };
+        if update.seq <= sent {
+            return Ok(());
+        }
+        let mut sent = sent;
+        while sent + 1 < update.seq {
+            let missed = tokio::time::timeout(
+                STORE_TIMEOUT,
+                self.store.events(
+                    &update.order_id,
+                    sent,
+                    (update.seq - sent - 1).min(REPLAY_PAGE as u64) as usize,
+                ),
+            )
+            .await
+            .map_err(|_| Ending::ReplayFailed)?
+            .map_err(|_| Ending::ReplayFailed)?;
+            let Some(last) = missed.last().map(|e| e.seq) else {
+                return Err(Ending::ReplayFailed);
+            };
+            for event in missed.iter().filter(|e| e.seq < update.seq) {
+                let frame = Update::of(event).map_err(|_| Ending::ReplayFailed)?.frame;
+                self.send(Message::Text(frame)).await?;
+            }
+            sent = last.min(update.seq - 1);
+        }
+        self.send(Message::Text(update.frame.clone())).await?;
+        self.everything_sent
+            .insert(update.order_id.clone(), update.seq);
         Ok(())
     }
 

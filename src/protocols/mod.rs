@@ -15,7 +15,7 @@ pub mod ros;
 pub mod simulator;
 pub mod wms;
 
-use crate::bus::StepRequest;
+use crate::bus::{StepReply, StepRequest};
 use crate::domain::OperationOutcome;
 use async_trait::async_trait;
 
@@ -35,9 +35,61 @@ pub enum CallError {
     Malformed(String),
 }
 
+/// What the saga makes of a call: timeouts, connection trouble and the remote's own
+/// failures are worth retrying; a reply outside the protocol is not (the same peer
+/// will answer the same way), so the step fails at once as an unknown outcome and the
+/// order is compensated, instead of being retried until the circuit opens.
+pub fn step_reply(result: Result<OperationOutcome, CallError>) -> StepReply {
+    match result {
+        Ok(outcome) => StepReply::Settled { outcome },
+        Err(CallError::Malformed(reason)) => StepReply::Settled {
+            outcome: OperationOutcome::Exhausted {
+                reason: format!("protocol failure: {reason}"),
+            },
+        },
+        Err(error) => StepReply::Transient {
+            reason: error.to_string(),
+        },
+    }
+}
+
 #[async_trait]
 pub trait SystemClient: Send + Sync + 'static {
     /// Runs one operation of this system. Every call is bounded by the client's
     /// timeout and carries `request.idempotency_key()`.
     async fn execute(&self, request: &StepRequest) -> Result<OperationOutcome, CallError>;
+
+    /// Where the client's view of the system's contract comes from, for systems that
+    /// describe themselves (the CMS's WSDL).
+    fn contract(&self) -> Option<ContractStatus> {
+        None
+    }
+}
+
+/// Whether a system is called as its own description says, shown in
+/// `/api/services/health`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractStatus {
+    /// `"wsdl"`: address and actions from the description; `"configured"`: it could
+    /// not be read, so the configured address and our own actions are used.
+    pub source: &'static str,
+    /// Where the description is read from.
+    pub wsdl: String,
+    /// The address calls go to.
+    pub address: String,
+    /// Why the description is not in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ContractStatus {
+    pub fn configured(wsdl: &str, address: &str, error: &str) -> Self {
+        Self {
+            source: "configured",
+            wsdl: wsdl.to_owned(),
+            address: address.to_owned(),
+            error: Some(error.to_owned()),
+        }
+    }
 }

@@ -17,7 +17,9 @@
 //! microseconds, but a cold page is a disk read, and a listing loads up to `limit`
 //! documents; neither may stall a runtime worker that also serves sockets.
 
-use super::{DriverLocation, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError};
+use super::{
+    DriverLocation, IdempotencyKey, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError,
+};
 use crate::domain::{Email, LoginSession, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -56,6 +58,10 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_by_email");
 /// `(customerId, idempotency key) -> orderId`.
 const IDEMPOTENCY: TableDefinition<(&str, &str), &str> = TableDefinition::new("idempotency");
+/// `(customerId, idempotency key) -> fingerprint of the request`. A table of its own
+/// so that data files written before fingerprints existed open unchanged.
+const IDEMPOTENCY_FINGERPRINTS: TableDefinition<(&str, &str), &str> =
+    TableDefinition::new("idempotency_fingerprints");
 /// `(customerId, createdAt secs, createdAt nanos, orderId) -> status`. The status in
 /// the value lets a filtered customer listing skip orders without loading them.
 const BY_CUSTOMER: TableDefinition<(&str, i64, u32, &str), &str> =
@@ -151,7 +157,8 @@ enum Write {
     CreateOrder {
         order: OrderRecord,
         first_event: Vec<u8>,
-        idempotency_key: Option<String>,
+        /// The key and the fingerprint of its request.
+        idempotency: Option<(String, String)>,
     },
     Apply {
         order: OrderRecord,
@@ -191,6 +198,8 @@ enum Done {
     Revoked(u64),
     /// The stored document of the order an earlier request with the same key made.
     Replayed(Vec<u8>),
+    /// The key came with another request before.
+    KeyReused,
 }
 
 struct Request {
@@ -306,6 +315,7 @@ fn create_tables(db: &Database) -> Result<(), Fatal> {
     txn.open_table(USERS)?;
     txn.open_table(USERS_BY_EMAIL)?;
     txn.open_table(IDEMPOTENCY)?;
+    txn.open_table(IDEMPOTENCY_FINGERPRINTS)?;
     txn.open_table(BY_CUSTOMER)?;
     txn.open_table(BY_DRIVER)?;
     txn.open_table(BY_TIME)?;
@@ -402,11 +412,11 @@ fn apply_batch(db: &Database, batch: &[Request]) -> Result<Vec<Result<Done, Stor
                 Write::CreateOrder {
                     order,
                     first_event,
-                    idempotency_key,
+                    idempotency,
                 } => tables.create_order(
                     order,
                     first_event,
-                    idempotency_key.as_deref(),
+                    idempotency.as_ref().map(|(k, f)| (k.as_str(), f.as_str())),
                     &mut counts,
                 )?,
                 Write::Apply { order, events } => tables.apply(order, events, &mut counts)?,
@@ -451,6 +461,7 @@ struct Tables<'txn> {
     users: redb::Table<'txn, &'static str, &'static [u8]>,
     users_by_email: redb::Table<'txn, &'static str, &'static str>,
     idempotency: redb::Table<'txn, (&'static str, &'static str), &'static str>,
+    fingerprints: redb::Table<'txn, (&'static str, &'static str), &'static str>,
     by_customer: redb::Table<'txn, (&'static str, i64, u32, &'static str), &'static str>,
     by_driver: redb::Table<'txn, (&'static str, i64, u32, &'static str), &'static str>,
     by_time: redb::Table<'txn, (i64, u32, &'static str), ()>,
@@ -469,6 +480,7 @@ impl<'txn> Tables<'txn> {
             users: txn.open_table(USERS)?,
             users_by_email: txn.open_table(USERS_BY_EMAIL)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
+            fingerprints: txn.open_table(IDEMPOTENCY_FINGERPRINTS)?,
             by_customer: txn.open_table(BY_CUSTOMER)?,
             by_driver: txn.open_table(BY_DRIVER)?,
             by_time: txn.open_table(BY_TIME)?,
@@ -558,17 +570,21 @@ impl<'txn> Tables<'txn> {
         &mut self,
         order: &OrderRecord,
         first_event: &[u8],
-        idempotency_key: Option<&str>,
+        idempotency: Option<(&str, &str)>,
         counts: &mut HashMap<OrderStatus, i64>,
     ) -> OpResult {
         let customer = order.customer_id.as_str();
         let id = order.order_id.as_str();
-        if let Some(key) = idempotency_key {
+        if let Some((key, fingerprint)) = idempotency {
             let earlier = self
                 .idempotency
                 .get((customer, key))?
                 .map(|id| id.value().to_owned());
             if let Some(earlier) = earlier {
+                let stored = self.fingerprints.get((customer, key))?;
+                if stored.is_some_and(|stored| stored.value() != fingerprint) {
+                    return Ok(Ok(Done::KeyReused));
+                }
                 return Ok(match self.orders.get(earlier.as_str())? {
                     Some(document) => Ok(Done::Replayed(document.value().to_vec())),
                     None => Err(StoreError::Corrupt(format!(
@@ -585,8 +601,9 @@ impl<'txn> Tables<'txn> {
         let status = order.status.as_str();
         self.orders.insert(id, order.document.as_slice())?;
         self.events.insert((id, order.seq), first_event)?;
-        if let Some(key) = idempotency_key {
+        if let Some((key, fingerprint)) = idempotency {
             self.idempotency.insert((customer, key), id)?;
+            self.fingerprints.insert((customer, key), fingerprint)?;
         }
         self.by_customer
             .insert((customer, secs, nanos, id), status)?;
@@ -806,7 +823,7 @@ impl Store for EmbeddedStore {
         &self,
         order: &Order,
         first_event: &OrderEvent,
-        idempotency_key: Option<&str>,
+        idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Intake, StoreError> {
         if first_event.order_id != order.order_id || first_event.seq != order.seq {
             return Err(StoreError::Corrupt(format!(
@@ -817,9 +834,10 @@ impl Store for EmbeddedStore {
         let write = Write::CreateOrder {
             order: OrderRecord::new(order)?,
             first_event: encode(first_event)?,
-            idempotency_key: idempotency_key.map(str::to_owned),
+            idempotency: idempotency.map(|i| (i.key.to_owned(), i.fingerprint.to_owned())),
         };
         match self.write(write).await? {
+            Done::KeyReused => Ok(Intake::KeyReused),
             Done::Replayed(document) => {
                 decode(&document).map(|order| Intake::Replayed(Box::new(order)))
             }

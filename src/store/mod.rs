@@ -59,8 +59,19 @@ pub struct OrderPage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Intake {
     Created,
-    /// The customer already placed an order with this idempotency key.
+    /// The customer already placed an order with this idempotency key and the same
+    /// request.
     Replayed(Box<Order>),
+    /// The customer used this idempotency key before for a different request.
+    KeyReused,
+}
+
+/// A client's idempotency key with the fingerprint of the request it came with, so
+/// that the key cannot be reused for another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyKey<'a> {
+    pub key: &'a str,
+    pub fingerprint: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,13 +118,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 
     /// Persists a new order with its first event, atomically. With an idempotency key
-    /// that the same customer used before, nothing is written and the earlier order
-    /// is returned.
+    /// that the same customer used before, nothing is written: the earlier order is
+    /// returned if the fingerprints match (or the earlier one was stored without
+    /// one), `Intake::KeyReused` if they differ.
     async fn create_order(
         &self,
         order: &Order,
         first_event: &OrderEvent,
-        idempotency_key: Option<&str>,
+        idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Intake, StoreError>;
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;

@@ -55,7 +55,9 @@
 //! treat `Unavailable` as "outcome unknown", as with the embedded store.
 
 use super::batch::Batcher;
-use super::{DriverLocation, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError};
+use super::{
+    DriverLocation, IdempotencyKey, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError,
+};
 use crate::domain::{Email, LoginSession, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -84,6 +86,8 @@ const DUPLICATE_KEY: i32 = 11000;
 /// The embedded event log inside an order document.
 const EVENTS_FIELD: &str = "events";
 const IDEMPOTENCY_FIELD: &str = "idempotencyKey";
+/// The fingerprint of the request that came with the key.
+const FINGERPRINT_FIELD: &str = "idempotencyFingerprint";
 /// The random id a compare-and-set stamps on the first event it appends.
 const COMMIT_FIELD: &str = "commit";
 
@@ -220,7 +224,7 @@ fn encode_events(events: &[OrderEvent]) -> Result<Vec<Document>, StoreError> {
 
 /// Reads an order document without its log and key (which `Order` does not carry).
 fn order_projection() -> Document {
-    doc! { "_id": 0, EVENTS_FIELD: 0, IDEMPOTENCY_FIELD: 0 }
+    doc! { "_id": 0, EVENTS_FIELD: 0, IDEMPOTENCY_FIELD: 0, FINGERPRINT_FIELD: 0 }
 }
 
 /// The part of a stored order that explains why a compare-and-set matched nothing.
@@ -642,16 +646,6 @@ impl MongoStore {
         Ok(())
     }
 
-    async fn find_order(&self, filter: Document) -> Result<Option<Order>, StoreError> {
-        self.orders
-            .find_one(filter)
-            .projection(order_projection())
-            .await
-            .map_err(failure)?
-            .map(|document| decode(document, ORDER_DATES))
-            .transpose()
-    }
-
     async fn insert_user_once(&self, user: &User) -> Result<(), StoreError> {
         let document = encode(user, USER_DATES)?;
         match self.users.insert_one(document).await {
@@ -683,24 +677,37 @@ impl MongoStore {
         &self,
         order: &Order,
         first_event: &OrderEvent,
-        idempotency_key: Option<&str>,
+        idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Intake, StoreError> {
         let mut document = encode(order, ORDER_DATES)?;
         document.insert(EVENTS_FIELD, vec![encode(first_event, EVENT_DATES)?]);
-        if let Some(key) = idempotency_key {
+        if let Some(IdempotencyKey { key, fingerprint }) = idempotency {
             document.insert(IDEMPOTENCY_FIELD, key);
+            document.insert(FINGERPRINT_FIELD, fingerprint);
         }
         match self.batches.inserts.submit(document).await? {
             Inserted::Created => Ok(Intake::Created),
             Inserted::Duplicate => {
                 // Either the key was used before (its order exists: no order is ever
                 // deleted) or, far less likely, the generated order id collided.
-                if let Some(key) = idempotency_key {
+                if let Some(IdempotencyKey { key, fingerprint }) = idempotency {
                     let filter = doc! {
                         "customerId": order.customer_id.as_str(),
                         IDEMPOTENCY_FIELD: key,
                     };
-                    if let Some(earlier) = self.find_order(filter).await? {
+                    let earlier = self
+                        .orders
+                        .find_one(filter)
+                        .projection(doc! { "_id": 0, EVENTS_FIELD: 0, IDEMPOTENCY_FIELD: 0 })
+                        .await
+                        .map_err(failure)?;
+                    if let Some(mut earlier) = earlier {
+                        // Orders stored before fingerprints existed replay as before.
+                        let stored = earlier.remove(FINGERPRINT_FIELD);
+                        if stored.is_some_and(|s| s.as_str() != Some(fingerprint)) {
+                            return Ok(Intake::KeyReused);
+                        }
+                        let earlier = decode(earlier, ORDER_DATES)?;
                         return Ok(Intake::Replayed(Box::new(earlier)));
                     }
                 }
@@ -1013,7 +1020,7 @@ impl Store for MongoStore {
         &self,
         order: &Order,
         first_event: &OrderEvent,
-        idempotency_key: Option<&str>,
+        idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Intake, StoreError> {
         if first_event.order_id != order.order_id || first_event.seq != order.seq {
             return Err(StoreError::Corrupt(format!(
@@ -1022,7 +1029,7 @@ impl Store for MongoStore {
             )));
         }
         let intake = self
-            .bounded(self.insert_order(order, first_event, idempotency_key))
+            .bounded(self.insert_order(order, first_event, idempotency))
             .await?;
         if intake == Intake::Created {
             self.copy_events(std::slice::from_ref(first_event)).await;
@@ -1241,16 +1248,8 @@ mod tests {
 
     fn bare_order() -> Order {
         let request = NewOrder {
-            pickup_location: Location {
-                lat: 1.0,
-                lng: 2.0,
-                address: None,
-            },
-            delivery_address: Location {
-                lat: 3.0,
-                lng: 4.0,
-                address: None,
-            },
+            pickup_location: Location::at(1.0, 2.0, None),
+            delivery_address: Location::at(3.0, 4.0, None),
             package_details: PackageDetails {
                 weight: 1.5,
                 dimensions: None,
@@ -1282,10 +1281,10 @@ mod tests {
             }),
             warehouse: Some(Reservation {
                 warehouse: "WH-1".into(),
-                picking_location: "A-1".into(),
+                picking_location: Some("A-1".into()),
             }),
             route: Some(Route {
-                route_id: "R-1".into(),
+                route_id: Some("R-1".into()),
                 waypoints: vec![Waypoint { lat: 1.0, lng: 2.0 }],
                 distance: 3.5,
                 eta: "2026-02-04T18:00:00Z".into(),

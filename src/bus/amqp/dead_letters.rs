@@ -182,7 +182,7 @@ pub(super) async fn redrive(link: &Link, queue: &str) -> Result<usize, BusError>
     let work = link
         .names()
         .resolve(queue)
-        .ok_or_else(|| BusError::Rejected(format!("no queue named {queue:?} has dead letters")))?
+        .ok_or_else(|| BusError::NoSuchQueue(queue.to_owned()))?
         .clone();
     let channel = open_channel(link).await?;
     let moved = move_back(link.limit, &channel, &work).await;

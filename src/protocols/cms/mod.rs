@@ -7,9 +7,10 @@
 //! - `CmsSimulator`: the other side, for tests, benchmarks and the embedded default
 
 pub mod codec;
+pub mod wsdl;
 
 mod client;
 mod simulator;
 
-pub use client::{CmsClient, CmsClientError};
+pub use client::{CmsClient, CmsClientError, CmsTarget};
 pub use simulator::CmsSimulator;

@@ -6,9 +6,9 @@
 //! comes back is the one to delete. That keeps compensation exact without asking the
 //! optimiser for a lookup it does not offer.
 
-use super::{ErrorBody, OptimizeRequest};
+use super::{ErrorBody, OptimizeRequest, read_route};
 use crate::bus::StepRequest;
-use crate::domain::{Operation, OperationOutcome, Route};
+use crate::domain::{Operation, OperationOutcome};
 use crate::protocols::{CallError, SystemClient};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -66,11 +66,8 @@ impl RosClient {
             .json(request);
         let (status, body) = self.send(post).await?;
         if status.is_success() {
-            let route: Route = serde_json::from_slice(&body)
-                .map_err(|e| CallError::Malformed(format!("route: {e}")))?;
-            if route.route_id.is_empty() {
-                return Err(CallError::Malformed("route without a routeId".into()));
-            }
+            let route =
+                read_route(&body).map_err(|e| CallError::Malformed(format!("route: {e}")))?;
             return Ok(OperationOutcome::RouteOptimized(route));
         }
         settle_failure(status, &body)
@@ -104,10 +101,11 @@ impl RosClient {
             .optimize(&optimize_request(request), &optimize_key)
             .await?
         {
-            OperationOutcome::RouteOptimized(route) => {
-                self.cancel(&route.route_id, &request.idempotency_key())
-                    .await
-            }
+            OperationOutcome::RouteOptimized(route) => match route.route_id {
+                Some(route_id) => self.cancel(&route_id, &request.idempotency_key()).await,
+                // An optimiser that names no route offers no way to cancel one.
+                None => Ok(OperationOutcome::Undone),
+            },
             // Refused now, so nothing was planned under that key before either.
             _ => Ok(OperationOutcome::Undone),
         }
@@ -176,7 +174,7 @@ impl SystemClient for RosClient {
 
 fn optimize_request(request: &StepRequest) -> OptimizeRequest {
     OptimizeRequest {
-        order_id: request.order_id.clone(),
+        order_id: Some(request.order_id.clone()),
         pickup: request.pickup.clone(),
         delivery: request.delivery.clone(),
     }

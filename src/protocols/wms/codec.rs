@@ -33,10 +33,11 @@ pub enum Request {
 /// What the warehouse answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// `ACK|<warehouse>|INVENTORY_RESERVED|<pickingLocation>`
+    /// `ACK|<warehouse>|INVENTORY_RESERVED|<pickingLocation>`, or without the picking
+    /// location as seed 000 6.4 answers: `ACK|WH-001|INVENTORY_RESERVED`.
     Reserved {
         warehouse: String,
-        picking_location: String,
+        picking_location: Option<String>,
     },
     /// `ACK|<warehouse>|RELEASED`
     Released { warehouse: String },
@@ -81,6 +82,7 @@ pub trait Line: Sized {
 
 impl Line for Request {
     fn parse(line: &str) -> Result<Self, LineError> {
+        let line = tolerated(line);
         if line.is_empty() {
             return Err(LineError::Empty);
         }
@@ -133,30 +135,35 @@ impl Line for Request {
 
 impl Line for Reply {
     fn parse(line: &str) -> Result<Self, LineError> {
+        // `NACK|` and `ERR|` keep their separator: an empty reason is still a reason.
+        if let Some(reason) = line.strip_prefix("NACK|") {
+            return Ok(Self::Refused {
+                reason: tolerated(reason).to_owned(),
+            });
+        }
+        if let Some(reason) = line.strip_prefix("ERR|") {
+            return Ok(Self::Error {
+                reason: tolerated(reason).to_owned(),
+            });
+        }
+        let line = tolerated(line);
         if line.is_empty() {
             return Err(LineError::Empty);
         }
         if line == "PONG" {
             return Ok(Self::Pong);
         }
-        if let Some(reason) = line.strip_prefix("NACK|") {
-            return Ok(Self::Refused {
-                reason: reason.to_owned(),
-            });
-        }
-        if let Some(reason) = line.strip_prefix("ERR|") {
-            return Ok(Self::Error {
-                reason: reason.to_owned(),
-            });
-        }
         let fields: Vec<&str> = line.split('|').collect();
         match fields.as_slice() {
-            ["ACK", warehouse, "INVENTORY_RESERVED", location]
-                if !warehouse.is_empty() && !location.is_empty() =>
+            ["ACK", warehouse, "INVENTORY_RESERVED", location @ ..]
+                if !warehouse.is_empty() && location.len() <= 1 =>
             {
                 Ok(Self::Reserved {
                     warehouse: (*warehouse).to_owned(),
-                    picking_location: (*location).to_owned(),
+                    picking_location: location
+                        .first()
+                        .filter(|l| !l.is_empty())
+                        .map(|l| (*l).to_owned()),
                 })
             }
             ["ACK", warehouse, "RELEASED"] if !warehouse.is_empty() => Ok(Self::Released {
@@ -172,12 +179,16 @@ impl Line for Reply {
             Self::Pong => "PONG".to_owned(),
             Self::Reserved {
                 warehouse,
-                picking_location,
+                picking_location: Some(location),
             } => format!(
                 "ACK|{}|INVENTORY_RESERVED|{}",
                 field(warehouse, "warehouse")?,
-                field(picking_location, "picking location")?
+                field(location, "picking location")?
             ),
+            Self::Reserved {
+                warehouse,
+                picking_location: None,
+            } => format!("ACK|{}|INVENTORY_RESERVED", field(warehouse, "warehouse")?),
             Self::Released { warehouse } => {
                 format!("ACK|{}|RELEASED", field(warehouse, "warehouse")?)
             }
@@ -199,8 +210,17 @@ impl Reply {
             .map(|c| if c.is_control() { ' ' } else { c })
             .take(MAX_REASON)
             .collect();
+        let reason = reason.trim_end_matches(['|', ' ']).to_owned();
         Self::Error { reason }
     }
+}
+
+/// What a tolerant reader ignores at the end of a line: one trailing `|` (seed 000's
+/// adapter sends `RESERVE|<orderId>|<package>|`) and trailing blanks. Line ends,
+/// `\n` or `\r\n`, are the framing layer's business.
+fn tolerated(line: &str) -> &str {
+    let line = line.trim_end_matches([' ', '\t']);
+    line.strip_suffix('|').unwrap_or(line)
 }
 
 fn malformed(reason: &str) -> LineError {
@@ -211,19 +231,27 @@ fn parse_order_id(raw: &str) -> Result<OrderId, LineError> {
     OrderId::parse(raw).ok_or_else(|| malformed("invalid order id"))
 }
 
-/// A field between separators: non-empty, no separator, no line break.
+/// A field between separators: non-empty, no separator, no line break, and no
+/// trailing blank a tolerant reader would drop.
 fn field<'a>(value: &'a str, name: &'static str) -> Result<&'a str, CodecError> {
-    let ok = !value.is_empty() && !value.contains(['|', '\r', '\n']);
+    let ok = !value.is_empty() && !value.contains(['|', '\r', '\n']) && !ends_loosely(value);
     ok.then_some(value).ok_or(CodecError::Unencodable(name))
 }
 
-/// The last field of a line: anything but a line break.
+/// The last field of a line: anything but a line break, and no trailing `|` or
+/// blank a tolerant reader would drop.
 fn tail(value: &str) -> Result<&str, CodecError> {
-    if value.contains(['\r', '\n']) {
-        Err(CodecError::Unencodable("a reason with a line break"))
+    if value.contains(['\r', '\n']) || ends_loosely(value) {
+        Err(CodecError::Unencodable(
+            "a reason with a line break or a loose end",
+        ))
     } else {
         Ok(value)
     }
+}
+
+fn ends_loosely(value: &str) -> bool {
+    value.ends_with(['|', ' ', '\t'])
 }
 
 fn capped(line: String) -> Result<String, CodecError> {
@@ -409,7 +437,7 @@ mod tests {
             Reply::parse("ACK|WH-001|INVENTORY_RESERVED|A-12-05"),
             Ok(Reply::Reserved {
                 warehouse: "WH-001".into(),
-                picking_location: "A-12-05".into()
+                picking_location: Some("A-12-05".into())
             })
         );
         assert_eq!(
@@ -447,9 +475,15 @@ mod tests {
     fn refuses_to_encode_what_the_peer_could_not_split() {
         let bad = Reply::Reserved {
             warehouse: "WH|1".into(),
-            picking_location: "A".into(),
+            picking_location: Some("A".into()),
         };
         assert!(bad.render().is_err());
+        for loose in ["no stock|", "no stock "] {
+            let refusal = Reply::Refused {
+                reason: loose.into(),
+            };
+            assert!(refusal.render().is_err(), "{loose:?} would lose its end");
+        }
         assert!(
             Reply::Error {
                 reason: "a\nb".into()
@@ -474,6 +508,64 @@ mod tests {
             Reply::error("bad\r\nline").render().unwrap(),
             "ERR|bad  line"
         );
+    }
+
+    #[test]
+    fn reads_the_forms_of_seed_000() {
+        // Section 6.4: the adapter's request ends with `|`, the answer has no
+        // picking location.
+        let reserve =
+            Request::parse(r#"RESERVE|ORD-20260204-ABC123|{"weight":5,"dimensions":"30x20x10"}|"#);
+        assert!(
+            matches!(&reserve, Ok(Request::Reserve { package, .. }) if package.weight == 5.0),
+            "{reserve:?}"
+        );
+        assert_eq!(
+            Reply::parse("ACK|WH-001|INVENTORY_RESERVED"),
+            Ok(Reply::Reserved {
+                warehouse: "WH-001".into(),
+                picking_location: None
+            })
+        );
+        for trailing in [
+            "ACK|WH-001|INVENTORY_RESERVED|",
+            "ACK|WH-001|INVENTORY_RESERVED| ",
+        ] {
+            assert_eq!(
+                Reply::parse(trailing),
+                Reply::parse("ACK|WH-001|INVENTORY_RESERVED")
+            );
+        }
+        assert_eq!(Reply::parse("PONG|"), Ok(Reply::Pong));
+        assert_eq!(Request::parse("PING|"), Ok(Request::Ping));
+        assert_eq!(
+            Request::parse("RELEASE|ORD-1|"),
+            Ok(Request::Release {
+                order_id: order("ORD-1")
+            })
+        );
+        assert_eq!(
+            Reply::parse("NACK|no stock|"),
+            Ok(Reply::Refused {
+                reason: "no stock".into()
+            })
+        );
+        let mut client = ClientCodec::default();
+        let mut wire = BytesMut::from(&b"ACK|WH-001|INVENTORY_RESERVED\r\n"[..]);
+        assert_eq!(
+            client.decode(&mut wire).unwrap(),
+            Some(Reply::parse("ACK|WH-001|INVENTORY_RESERVED"))
+        );
+        for bad in [
+            "ACK|WH-001|INVENTORY_RESERVED|A-1|extra",
+            "ACK||INVENTORY_RESERVED",
+            "RESERVE|ORD-1|{\"weight\":1}||",
+        ] {
+            assert!(
+                Reply::parse(bad).is_err() && Request::parse(bad).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
     }
 
     #[test]
@@ -570,13 +662,15 @@ mod tests {
     }
 
     fn reply() -> impl Strategy<Value = Reply> {
-        let token = "[A-Za-z0-9 _.-]{1,20}";
-        let reason = "[^\r\n]{0,80}";
+        let token = "[A-Za-z0-9_.-]([A-Za-z0-9 _.-]{0,18}[A-Za-z0-9_.-])?";
+        let reason = "([^\r\n]{0,79}[^\r\n| \t])?";
         prop_oneof![
             Just(Reply::Pong),
-            (token, token).prop_map(|(warehouse, picking_location)| Reply::Reserved {
-                warehouse,
-                picking_location
+            (token, proptest::option::of(token)).prop_map(|(warehouse, picking_location)| {
+                Reply::Reserved {
+                    warehouse,
+                    picking_location,
+                }
             }),
             token.prop_map(|warehouse| Reply::Released { warehouse }),
             reason.prop_map(|reason| Reply::Refused { reason }),
@@ -603,6 +697,26 @@ mod tests {
             let mut client = ClientCodec::default();
             prop_assert_eq!(client.decode(&mut wire).unwrap(), Some(Ok(reply)));
             prop_assert!(wire.is_empty());
+        }
+
+        /// What a tolerant reader accepts besides the strict form: a trailing `|`
+        /// and CRLF line ends, in either direction.
+        #[test]
+        fn the_loose_forms_read_as_the_strict_ones(
+            request in request(),
+            reply in reply(),
+            pipe in any::<bool>(),
+            crlf in any::<bool>(),
+        ) {
+            let loosen = |line: String| {
+                let pipe = if pipe { "|" } else { "" };
+                let end = if crlf { "\r\n" } else { "\n" };
+                BytesMut::from(format!("{line}{pipe}{end}").as_bytes())
+            };
+            let mut wire = loosen(request.render().unwrap());
+            prop_assert_eq!(ServerCodec::default().decode(&mut wire).unwrap(), Some(Ok(request)));
+            let mut wire = loosen(reply.render().unwrap());
+            prop_assert_eq!(ClientCodec::default().decode(&mut wire).unwrap(), Some(Ok(reply)));
         }
 
         #[test]
