@@ -909,6 +909,48 @@ mod embedded_only {
         Arc::new(EmbeddedStore::open(dir).expect("open the embedded store"))
     }
 
+    /// Reads served from the cache of recent orders answer what the file holds, also
+    /// when the cache is too small for every order and when racing writers conflict.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recent_orders_read_from_memory_match_the_file() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let jane = customer();
+        let tuning = swiftlogistics::store::embedded::Tuning {
+            cached_orders: 2,
+            ..Default::default()
+        };
+        let mut expected = Vec::new();
+        {
+            let store: SharedStore = Arc::new(
+                EmbeddedStore::open_with(dir.path(), Duration::from_secs(10), tuning)
+                    .expect("open the embedded store"),
+            );
+            for _ in 0..4 {
+                let placed = place(&store, &jane).await;
+                let order = advance(&store, validated(&placed)).await;
+                // A writer that lost the race changes neither the file nor the cache.
+                let stale = validated(&placed);
+                let lost = store.apply(&stale.order, &stale.events).await;
+                assert!(lost.is_err(), "{lost:?}");
+                let order = advance(&store, reserved(&order)).await;
+                expected.push(order);
+            }
+            for order in &expected {
+                let read = store.order(&order.order_id).await.expect("read");
+                assert_eq!(read.as_ref(), Some(order));
+                let log = store.events(&order.order_id, 0, 100).await.expect("log");
+                assert_eq!(log.len() as u64, order.seq);
+                let tail = store.events(&order.order_id, 1, 1).await.expect("tail");
+                assert_eq!(tail, log[1..2].to_vec());
+            }
+        }
+        let reopened = open(dir.path());
+        for order in &expected {
+            let read = reopened.order(&order.order_id).await.expect("read");
+            assert_eq!(read.as_ref(), Some(order));
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn data_survives_close_and_reopen() {
         let dir = tempfile::tempdir().expect("temporary directory");
