@@ -12,8 +12,8 @@
 //!
 //! Documents are serialised as JSON on the calling task, not on the writer thread, so
 //! the single writer spends its time on B-tree work only. When writes arrive one by
-//! one (a light load), the writer waits up to `[store] commit_window_us` for company
-//! before committing: at 1,000 orders a second that turns about four commits per order
+//! one (a light load: the writer was idle when one came), it waits
+//! `[store] commit_window_us` for company before committing: at 1,000 orders a second that turns about four commits per order
 //! into a fraction of one, for a millisecond of latency per transition.
 //!
 //! The orders written last (`[store] cached_orders` of them) are kept in memory with
@@ -415,10 +415,20 @@ fn gather(queue: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
 impl Writer {
     fn run(&self, db: &Database, mut queue: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = queue.blocking_recv() {
+        loop {
+            // A writer that finds work waiting is busy: batches fill while it commits,
+            // and waiting would only slow a saturated node down. One that had to wait
+            // for this write sees a light load, where the window pays.
+            let (first, was_idle) = match queue.try_recv() {
+                Ok(request) => (request, false),
+                Err(_) => match queue.blocking_recv() {
+                    Some(request) => (request, true),
+                    None => return,
+                },
+            };
             batch.push(first);
             gather(&mut queue, &mut batch);
-            if batch.len() < GATHER_BELOW && !self.window.is_zero() {
+            if was_idle && batch.len() < GATHER_BELOW && !self.window.is_zero() {
                 std::thread::sleep(self.window);
                 gather(&mut queue, &mut batch);
             }
