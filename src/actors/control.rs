@@ -4,13 +4,8 @@ use crate::domain::System;
 use async_trait::async_trait;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum CircuitState {
-    Closed,
-    Open,
-    HalfOpen,
-}
+/// Defined with the cluster view, which carries circuit states between nodes.
+pub use crate::domain::cluster::CircuitState;
 
 /// One external system as `GET /api/services/health` reports it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -51,4 +46,6 @@ pub trait RuntimeControl: Send + Sync + 'static {
     /// Closes the system's circuit and retries the requests waiting on it.
     async fn recover(&self, system: System) -> Option<ServiceHealth>;
     async fn supervision(&self) -> ActorNode;
+    /// The cluster as this node sees it; `None` if the node did not answer.
+    async fn cluster(&self) -> Option<super::cluster::ClusterView>;
 }
