@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """1 node against 3 nodes on one RabbitMQ and one MongoDB-compatible server, for
-BENCHMARKS.md ("Cluster"). Needs RABBITMQ_URL and MONGODB_URI; uses the release build.
+BENCHMARKS.md ("Cluster"). Needs RABBITMQ_URL and MONGODB_URI; uses the release build
+(or the binary named by SWIFT_BIN).
 
     scripts/bench-cluster.py [--orders 1500] [--concurrency 32]
 
@@ -24,7 +25,7 @@ import time
 import urllib.request
 import uuid
 
-BIN = os.path.join(
+BIN = os.environ.get("SWIFT_BIN") or os.path.join(
     os.environ.get("CARGO_TARGET_DIR", "target"), "release", "swiftlogistics"
 )
 ADMIN_PASSWORD = "bench-admin-password"

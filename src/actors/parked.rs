@@ -63,11 +63,13 @@ pub fn verdict(request: &StepRequest, order: Option<&Order>) -> Result<(), Moot>
     }
 }
 
-/// First in, first out, remembering the newest attempt parked per order operation.
+/// First in, first out, remembering the newest attempt parked per order operation:
+/// the highest attempt number within one shard ownership (`epoch`), and the latest
+/// parked when the shard changed owners (attempt numbers start again with each).
 #[derive(Default)]
 pub struct ParkedQueue {
     queue: VecDeque<(Box<StepRequest>, Acker)>,
-    newest: HashMap<(OrderId, Operation), u32>,
+    newest: HashMap<(OrderId, Operation), (u64, u32)>,
 }
 
 impl ParkedQueue {
@@ -80,11 +82,14 @@ impl ParkedQueue {
     }
 
     pub fn push(&mut self, request: Box<StepRequest>, ack: Acker) {
+        let this = (request.epoch, request.attempt);
         let newest = self
             .newest
             .entry((request.order_id.clone(), request.operation))
-            .or_insert(request.attempt);
-        *newest = (*newest).max(request.attempt);
+            .or_insert(this);
+        if newest.0 != this.0 || newest.1 < this.1 {
+            *newest = this;
+        }
         self.queue.push_back((request, ack));
     }
 
@@ -94,7 +99,7 @@ impl ParkedQueue {
         let (request, ack) = self.queue.pop_front()?;
         let key = (request.order_id.clone(), request.operation);
         let current = match self.newest.get(&key) {
-            Some(newest) if *newest > request.attempt => Err(Moot::Superseded),
+            Some(newest) if *newest != (request.epoch, request.attempt) => Err(Moot::Superseded),
             _ => {
                 self.newest.remove(&key);
                 Ok(())
@@ -141,6 +146,7 @@ mod tests {
             customer_id: order.customer_id.clone(),
             operation,
             attempt,
+            epoch: 0,
             pickup: order.pickup_location.clone(),
             delivery: order.delivery_address.clone(),
             package: order.package_details.clone(),
@@ -261,5 +267,21 @@ mod tests {
             Acker::none(),
         );
         assert_eq!(parked.pop().unwrap().2, Ok(()));
+    }
+
+    #[test]
+    fn a_new_owners_first_attempt_supersedes_the_old_owners_later_ones() {
+        let order = received();
+        let mut parked = ParkedQueue::default();
+        let mut old_owner = request(&order, Operation::ValidateCustomer, 3);
+        old_owner.epoch = 7;
+        let mut new_owner = request(&order, Operation::ValidateCustomer, 1);
+        new_owner.epoch = 9;
+        parked.push(Box::new(old_owner), Acker::none());
+        parked.push(Box::new(new_owner), Acker::none());
+        let (first, _, current) = parked.pop().unwrap();
+        assert_eq!((first.epoch, current), (7, Err(Moot::Superseded)));
+        let (second, _, current) = parked.pop().unwrap();
+        assert_eq!((second.epoch, second.attempt, current), (9, 1, Ok(())));
     }
 }
