@@ -80,9 +80,15 @@ pub fn metrics_handle() -> PrometheusHandle {
 async fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
     match settings.store.kind {
         StoreKind::Embedded => {
-            let store = EmbeddedStore::open_with_timeout(
+            let tuning = crate::store::embedded::Tuning {
+                cache_bytes: settings.store.cache_mib.saturating_mul(1024 * 1024),
+                cached_orders: settings.store.cached_orders,
+                commit_window: Duration::from_micros(settings.store.commit_window_us),
+            };
+            let store = EmbeddedStore::open_with(
                 &settings.store.path,
                 Duration::from_secs(settings.store.timeout_secs),
+                tuning,
             )
             .with_context(|| {
                 format!(

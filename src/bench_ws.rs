@@ -44,7 +44,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// thousands of them cheap for the bench process.
 const CLIENT_READ_BUFFER: usize = 4096;
 /// Updates of one order on its way to READY_FOR_DELIVERY.
-const UPDATES_PER_JOURNEY: u64 = 5;
+pub(crate) const UPDATES_PER_JOURNEY: u64 = 5;
 const ORDER_BODY: &str = r#"{"pickupLocation":{"lat":40.7128,"lng":-74.0060,"address":"123 Main St"},"deliveryAddress":{"lat":40.7589,"lng":-73.9851,"address":"456 Oak Ave"},"packageDetails":{"weight":5.5,"description":"Electronics","fragile":true}}"#;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -165,15 +165,15 @@ struct Account {
 }
 
 /// What the sessions observe, shared by all of them.
-struct Observed {
-    latency: Mutex<Histogram<u64>>,
-    updates: AtomicU64,
-    out_of_sequence: AtomicU64,
-    closed_by_node: Mutex<BTreeMap<u16, u64>>,
+pub(crate) struct Observed {
+    pub(crate) latency: Mutex<Histogram<u64>>,
+    pub(crate) updates: AtomicU64,
+    pub(crate) out_of_sequence: AtomicU64,
+    pub(crate) closed_by_node: Mutex<BTreeMap<u16, u64>>,
 }
 
 impl Observed {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         Ok(Self {
             latency: Mutex::new(latency_histogram()?),
             updates: AtomicU64::new(0),
@@ -208,7 +208,7 @@ struct Frame {
     timestamp: Option<DateTime<Utc>>,
 }
 
-fn ws_base(url: &str) -> anyhow::Result<String> {
+pub(crate) fn ws_base(url: &str) -> anyhow::Result<String> {
     match url.trim_end_matches('/').strip_prefix("http://") {
         Some(rest) => Ok(format!("ws://{rest}")),
         None => bail!("--url must start with http:// (the bench speaks plain WebSocket)"),
@@ -396,7 +396,7 @@ impl Fleet {
     }
 }
 
-async fn open_session(url: String) -> Result<Ws, String> {
+pub(crate) async fn open_session(url: String) -> Result<Ws, String> {
     let config = WebSocketConfig::default()
         .read_buffer_size(CLIENT_READ_BUFFER)
         .write_buffer_size(0);
@@ -425,7 +425,7 @@ async fn open_session(url: String) -> Result<Ws, String> {
 }
 
 /// Reads the session's updates until `stop`, recording each one's delivery latency.
-async fn follow(mut ws: Ws, observed: Arc<Observed>, stop: CancellationToken) {
+pub(crate) async fn follow(mut ws: Ws, observed: Arc<Observed>, stop: CancellationToken) {
     let mut sequences = Sequences::default();
     loop {
         let message = tokio::select! {
@@ -536,7 +536,7 @@ async fn place_orders(
 }
 
 /// Waits until updates stop arriving (the journeys have ended), within a limit.
-async fn drain(observed: &Observed, shutdown: &CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn drain(observed: &Observed, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let deadline = Instant::now() + DRAIN_LIMIT;
     let mut seen = observed.updates.load(Ordering::Relaxed);
     while Instant::now() < deadline {

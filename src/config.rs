@@ -103,6 +103,12 @@ pub struct StoreSettings {
     pub mongodb_uri: String,
     pub database: String,
     pub timeout_secs: u64,
+    /// Page cache of the embedded store, in MiB.
+    pub cache_mib: u64,
+    /// Recently written orders the embedded store keeps in memory.
+    pub cached_orders: usize,
+    /// How long a lone write of the embedded store waits to share its commit.
+    pub commit_window_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

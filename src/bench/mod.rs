@@ -9,12 +9,14 @@
 //! they run. The bench assumes nobody else places orders on the node meanwhile: it
 //! counts settled orders node-wide.
 
+pub mod follow;
 pub mod report;
 pub mod scrape;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use follow::{FollowMode, Followers};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,6 +37,8 @@ const MAX_CONCURRENCY: u32 = 4096;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+/// How often the node's memory is read for its peak.
+const MEMORY_EVERY: Duration = Duration::from_millis(100);
 /// Event logs read at once after the run: enough to finish quickly, few enough not
 /// to crowd a node that may still be passivating actors.
 const HISTORY_CONCURRENCY: usize = 16;
@@ -71,6 +75,18 @@ pub struct BenchArgs {
     /// its memory too when it exports no process_resident_memory_bytes gauge.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Clients following their orders while the load runs: `poll` reads each
+    /// order's status every --poll-every-ms until it settles, `ws` holds one
+    /// WebSocket session per client account.
+    #[arg(long, value_enum, default_value_t = FollowMode::None)]
+    pub follow: FollowMode,
+    /// Milliseconds between two status polls of one order (`--follow poll`).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub poll_every_ms: u64,
+    /// Seconds to wait after the run before reading the node's memory once more
+    /// (0: do not), to see what it returns once the orders are done.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub settle_secs: u64,
     /// Also print the summary as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -132,37 +148,63 @@ pub async fn bench(args: &BenchArgs, shutdown: CancellationToken) -> anyhow::Res
     let baseline = scrape::settled_orders(&page);
     let memory_source = scrape::memory_source(&http, &base, args.server_pid).await;
 
-    let clients: Vec<Client> = register_accounts(&http, &base, args.users, "bench", &shutdown)
-        .await?
-        .into_iter()
-        .map(|token| Client { token })
-        .collect();
+    let tokens = register_accounts(&http, &base, args.users, "bench", &shutdown).await?;
+    let followers = Followers::start(
+        args.follow,
+        &http,
+        &base,
+        &tokens,
+        Duration::from_millis(args.poll_every_ms),
+        concurrency,
+        &shutdown,
+    )
+    .await?;
+    let clients: Vec<Client> = tokens.into_iter().map(|token| Client { token }).collect();
     let rss_before = match memory_source {
         Some(source) => source.read(&http, &base).await,
         None => None,
     };
+    let sampling = shutdown.child_token();
+    let peak = memory_source.map(|source| {
+        tokio::spawn(scrape::peak_memory(
+            source,
+            http.clone(),
+            base.clone(),
+            MEMORY_EVERY,
+            sampling.clone(),
+        ))
+    });
 
     let started = Instant::now();
     let (node_cpu_before, bench_cpu_before) = cpu_now(args.server_pid).await;
-    let intake = place_orders(&http, &base, &clients, args, &shutdown).await?;
+    let intake = place_orders(&http, &base, &clients, &followers, args, &shutdown).await?;
     let accepted = intake.placed.len() as u64;
-    let timed_out = follow(
-        &http,
-        &base,
-        baseline,
-        accepted,
-        Duration::from_secs(args.timeout_secs),
-        &shutdown,
-    )
-    .await?;
+    let give_up = Duration::from_secs(args.timeout_secs);
+    let timed_out = follow(&http, &base, baseline, accepted, give_up, &shutdown).await?;
+    let follow = followers.finish(accepted, give_up, &shutdown).await?;
     let (node_cpu_after, bench_cpu_after) = cpu_now(args.server_pid).await;
     let wall_secs = started.elapsed().as_secs_f64();
     let rss_after = match memory_source {
         Some(source) => source.read(&http, &base).await,
         None => None,
     };
+    sampling.cancel();
+    let peak_bytes = match peak {
+        Some(task) => task.await.ok().flatten(),
+        None => None,
+    };
     let mut journey = read_journeys(&http, &base, &clients, &intake.placed, &shutdown).await?;
     journey.timed_out = timed_out;
+    let settled_bytes = match memory_source {
+        Some(source) if args.settle_secs > 0 => {
+            tokio::select! {
+                _ = shutdown.cancelled() => bail!("bench interrupted while settling"),
+                _ = tokio::time::sleep(Duration::from_secs(args.settle_secs)) => {}
+            }
+            source.read(&http, &base).await
+        }
+        _ => None,
+    };
 
     let memory = match (memory_source, rss_before, rss_after) {
         (Some(source), Some(before), Some(after)) => Some(Memory {
@@ -173,6 +215,8 @@ pub async fn bench(args: &BenchArgs, shutdown: CancellationToken) -> anyhow::Res
                 let grown = i128::from(after) - i128::from(before);
                 i64::try_from(grown / i128::from(accepted)).unwrap_or(i64::MAX)
             }),
+            peak_bytes: peak_bytes.unwrap_or(after).max(after),
+            settled_bytes,
         }),
         _ => None,
     };
@@ -192,6 +236,7 @@ pub async fn bench(args: &BenchArgs, shutdown: CancellationToken) -> anyhow::Res
             transport_errors: intake.transport_errors,
         },
         journey,
+        follow,
         memory,
         cpu: cpu_summary(
             wall_secs,
@@ -376,6 +421,7 @@ async fn place_orders(
     http: &reqwest::Client,
     base: &str,
     clients: &[Client],
+    followers: &Followers,
     args: &BenchArgs,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<IntakeRun> {
@@ -393,13 +439,19 @@ async fn place_orders(
     let progress = bar(args.orders, "intake");
     let mut tasks = JoinSet::new();
     let started = Instant::now();
-    let record = |run: &mut IntakeRun, joined| {
-        progress.inc(1);
-        match joined {
-            Ok((client, answer, latency)) => run.record(client, answer, latency),
-            Err(_) => run.record(0, Answer::Unanswered("bench task failed"), Duration::ZERO),
-        }
-    };
+    let record =
+        |run: &mut IntakeRun, joined: Result<(usize, Answer, Duration), tokio::task::JoinError>| {
+            progress.inc(1);
+            match joined {
+                Ok((client, answer, latency)) => {
+                    if let (Answer::Accepted(order_id), Some(c)) = (&answer, clients.get(client)) {
+                        followers.accepted(&c.token, order_id);
+                    }
+                    run.record(client, answer, latency);
+                }
+                Err(_) => run.record(0, Answer::Unanswered("bench task failed"), Duration::ZERO),
+            }
+        };
     for n in 0..args.orders {
         let scheduled = args
             .rate
@@ -615,6 +667,9 @@ mod tests {
             users: 2,
             timeout_secs: 60,
             server_pid: Some(std::process::id()),
+            follow: FollowMode::None,
+            poll_every_ms: 20,
+            settle_secs: 0,
             json: false,
         }
     }
@@ -660,6 +715,34 @@ mod tests {
             "{summary:?}"
         );
         assert!(summary.cpu.node_micros_per_order.is_some());
+        runtime.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn followers_poll_each_order_until_it_settles_or_receive_every_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = node(dir.path(), json!({})).await;
+        let mut polled = args(runtime.base_url(), 20);
+        polled.follow = FollowMode::Poll;
+        polled.poll_every_ms = 5;
+        let summary = bench(&polled, CancellationToken::new()).await.unwrap();
+        assert_eq!(summary.journey.ready, 20, "{summary:?}");
+        let follow = summary.follow.as_ref().expect("a poll report");
+        assert!(follow.received >= 20, "{follow:?}");
+        assert_eq!(follow.failed, 0, "{follow:?}");
+        assert_eq!(follow.latency.count, follow.received);
+        assert!(summary.render().contains("status polls"));
+        let memory = summary.memory.as_ref().unwrap();
+        assert!(memory.peak_bytes >= memory.before_bytes.min(memory.after_bytes));
+
+        let mut watched = args(runtime.base_url(), 20);
+        watched.follow = FollowMode::Ws;
+        let summary = bench(&watched, CancellationToken::new()).await.unwrap();
+        let follow = summary.follow.as_ref().expect("a ws report");
+        // RECEIVED, CMS_VALIDATED, INVENTORY_RESERVED, ROUTE_OPTIMIZED, READY.
+        assert_eq!(follow.expected, Some(100), "{follow:?}");
+        assert_eq!(follow.received, 100, "{follow:?}");
+        assert_eq!(follow.failed, 0, "{follow:?}");
         runtime.shutdown().await;
     }
 

@@ -108,6 +108,26 @@ pub struct Memory {
     /// Read as soon as the journeys had settled, while the order actors are alive.
     pub after_bytes: u64,
     pub per_live_order_bytes: Option<i64>,
+    /// The highest reading, sampled every 100 ms while orders were placed and followed.
+    pub peak_bytes: u64,
+    /// Read again `--settle-secs` after the run (actors passivated, buffers freed).
+    pub settled_bytes: Option<u64>,
+}
+
+/// What the `--follow` clients did and saw.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowReport {
+    pub mode: super::follow::FollowMode,
+    /// Status polls answered (`poll`) or update frames received (`ws`).
+    pub received: u64,
+    /// Updates full journeys would deliver (`ws` only).
+    pub expected: Option<u64>,
+    pub per_order: f64,
+    /// Polls without a readable answer (`poll`), updates out of sequence (`ws`).
+    pub failed: u64,
+    /// Each poll's round trip (`poll`), or event timestamp to frame received (`ws`).
+    pub latency: Latency,
 }
 
 /// CPU spent while the orders were placed and followed (not while registering or
@@ -134,6 +154,7 @@ pub struct Summary {
     pub users: usize,
     pub intake: Intake,
     pub journey: Journey,
+    pub follow: Option<FollowReport>,
     pub memory: Option<Memory>,
     pub cpu: Cpu,
 }
@@ -212,6 +233,21 @@ impl Summary {
             "         latency {} (RECEIVED to READY_FOR_DELIVERY, node clock)",
             journey.latency.render()
         );
+        if let Some(follow) = &self.follow {
+            let (what, failed) = match follow.mode {
+                super::follow::FollowMode::Ws => ("updates received", "out of sequence"),
+                _ => ("status polls", "unreadable"),
+            };
+            let expected = follow
+                .expected
+                .map_or_else(String::new, |n| format!(" of {n} for full journeys"));
+            let _ = writeln!(
+                text,
+                "follow   {} {what}{expected} ({:.1} per order), {} {failed}",
+                follow.received, follow.per_order, follow.failed
+            );
+            let _ = writeln!(text, "         latency {}", follow.latency.render());
+        }
         match &self.memory {
             Some(memory) => {
                 let per_order = memory
@@ -219,11 +255,15 @@ impl Summary {
                     .map_or_else(|| "n/a".to_owned(), |b| format!("{b} bytes"));
                 let _ = writeln!(
                     text,
-                    "memory   RSS {} before, {} right after the journeys ({}): {per_order} per live order",
+                    "memory   RSS {} before, peak {}, {} right after the journeys ({}): {per_order} per live order",
                     mebibytes(memory.before_bytes),
+                    mebibytes(memory.peak_bytes),
                     mebibytes(memory.after_bytes),
                     memory.source
                 );
+                if let Some(settled) = memory.settled_bytes {
+                    let _ = writeln!(text, "         RSS {} after settling", mebibytes(settled));
+                }
             }
             None => {
                 let _ = writeln!(
@@ -327,6 +367,7 @@ mod tests {
                 throughput_per_sec: 40.0,
                 latency: Latency::default(),
             },
+            follow: None,
             memory: None,
             cpu: Cpu {
                 wall_secs: 0.3,

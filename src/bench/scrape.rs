@@ -154,19 +154,44 @@ impl MemorySource {
     }
 }
 
-/// The node's own gauge when it exports one, else `/proc` of `--server-pid`.
+/// Reads `source` every `every` until `stop` and returns the highest reading (a
+/// `/proc` read costs the node nothing; a gauge is one more scrape per interval).
+pub async fn peak_memory(
+    source: MemorySource,
+    http: reqwest::Client,
+    base: String,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> Option<u64> {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peak = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return peak,
+            _ = ticks.tick() => {}
+        }
+        if let Some(now) = source.read(&http, &base).await {
+            peak = peak.max(Some(now));
+        }
+    }
+}
+
+/// `/proc` of `--server-pid` when it can be read (sampling it costs the node
+/// nothing), else the node's own gauge when it exports one.
 pub async fn memory_source(
     http: &reqwest::Client,
     base: &str,
     server_pid: Option<u32>,
 ) -> Option<MemorySource> {
-    if let Ok(text) = metrics(http, base).await {
-        if resident_bytes(&text).is_some() {
-            return Some(MemorySource::Gauge);
+    if let Some(pid) = server_pid {
+        let source = MemorySource::Proc(pid);
+        if source.read(http, base).await.is_some() {
+            return Some(source);
         }
     }
-    let source = MemorySource::Proc(server_pid?);
-    source.read(http, base).await.map(|_| source)
+    let text = metrics(http, base).await.ok()?;
+    resident_bytes(&text).map(|_| MemorySource::Gauge)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ type Reply<Out> = oneshot::Sender<Result<Out, StoreError>>;
 const QUEUE_PER_CALL: usize = 2;
 
 pub struct Batcher<In, Out> {
-    queue: mpsc::Sender<(In, Option<Reply<Out>>)>,
+    queue: mpsc::Sender<(In, Reply<Out>)>,
 }
 
 impl<In, Out> Batcher<In, Out>
@@ -40,7 +40,7 @@ where
         let max_batch = max_batch.max(1);
         let in_flight = in_flight.max(1);
         let (queue, mut requests) =
-            mpsc::channel::<(In, Option<Reply<Out>>)>(max_batch * in_flight * QUEUE_PER_CALL);
+            mpsc::channel::<(In, Reply<Out>)>(max_batch * in_flight * QUEUE_PER_CALL);
         let slots = Arc::new(Semaphore::new(in_flight));
         let run = Arc::new(run);
         tokio::spawn(async move {
@@ -66,10 +66,8 @@ where
                                 "a batch of {count} requests got fewer results"
                             )))
                         });
-                        if let Some(reply) = reply {
-                            // The caller may have given up waiting (its own timeout).
-                            let _ = reply.send(result);
-                        }
+                        // The caller may have given up waiting (its own timeout).
+                        let _ = reply.send(result);
                     }
                     drop(slot);
                 });
@@ -82,20 +80,12 @@ where
     pub async fn submit(&self, request: In) -> Result<Out, StoreError> {
         let (reply, result) = oneshot::channel();
         self.queue
-            .send((request, Some(reply)))
+            .send((request, reply))
             .await
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         result
             .await
             .map_err(|_| StoreError::Unavailable("a batched call was abandoned".into()))?
-    }
-
-    /// Queues `request` without waiting for its result (waiting only for queue room).
-    pub async fn send(&self, request: In) -> Result<(), StoreError> {
-        self.queue
-            .send((request, None))
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))
     }
 }
 

@@ -11,16 +11,13 @@
 //!   at all, whatever crashes when. `events()` reads this array: it is the
 //!   authoritative log, complete and gap-free by construction. An order's log is
 //!   short (one event per step, retry and compensation of one journey), far from the
-//!   16 MB document limit.
-//! * **`order_events` is a copy for operators** (one document per event, unique
-//!   `orderId + seq`, as DESIGN section 8 asks), inserted right after the commit.
-//!   Writing it first instead would leave events of transitions that then lose the
-//!   compare-and-set or die before it; writing it as the only log would leave
-//!   transitions without events after a crash between the two writes. So the copy
-//!   comes second and nothing in the runtime reads it: if a process dies between the
-//!   commit and the copy, or the copy fails, the copy lacks that transition's events
-//!   (logged as a warning, counted in `swift_store_event_copy_failures_total`) while
-//!   the log that replay and the API serve stays whole.
+//!   16 MB document limit. The log's sequence is unique by construction (the filter
+//!   pins where new events continue it), `since` replay reads the events after a
+//!   seq from it, and it is the audit trail. There is no separate event collection:
+//!   no documented feature needs one, and copying every event into one doubled the
+//!   writes per order (an operator finds an order's events with
+//!   `db.orders.find({orderId}, {events: 1})`, or every event with
+//!   `$unwind: "$events"`).
 //! * **The idempotency key is a field of the order document** (`idempotencyKey`,
 //!   unique per customer through a partial unique index), so intake is one insert
 //!   that writes the order, its first event and its key together. A separate key
@@ -31,8 +28,7 @@
 //!   window to handle.
 //!
 //! * **Concurrent orders share round trips.** Inserts of new orders, compare-and-set
-//!   updates, lookups by order id and the `order_events` copies each go through a
-//!   group-commit queue (`store::batch`): what callers ask for while earlier calls are
+//!   updates and lookups by order id each go through a group-commit queue (`store::batch`): what callers ask for while earlier calls are
 //!   in flight travels in the next call, as one `insert_many`, one `update` command
 //!   with many statements, or one `find` with `$in`. Every statement stays a
 //!   single-document write with its own filter, so batching changes how many round
@@ -50,8 +46,7 @@
 //!
 //! Every call is bounded by the store timeout (`[store] timeout_secs`), both through
 //! the driver's server selection and connect timeouts and a `tokio` timeout around
-//! the whole call (the copy into `order_events` after a commit has a bound of its
-//! own and never fails the call). A call that times out may still take effect afterwards: callers
+//! the whole call. A call that times out may still take effect afterwards: callers
 //! treat `Unavailable` as "outcome unknown", as with the embedded store.
 
 use super::batch::Batcher;
@@ -75,7 +70,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const ORDERS: &str = "orders";
-const ORDER_EVENTS: &str = "order_events";
 const USERS: &str = "users";
 const DRIVERS: &str = "drivers";
 const SESSIONS: &str = "login_sessions";
@@ -98,9 +92,6 @@ const COMMIT_FIELD: &str = "commit";
 /// orders' transitions, and numerous enough to keep the server busy.
 const BATCH: usize = 64;
 const BATCHES_IN_FLIGHT: usize = 2;
-/// Event copies are cheap per document and nobody waits for them: fewer, larger calls.
-const COPY_BATCH: usize = 128;
-const COPIES_IN_FLIGHT: usize = 1;
 /// Connections the driver may open unless the URI says otherwise: every batch queue's
 /// calls in flight, plus room for the unbatched calls (listings, users, event logs).
 const MIN_POOL_SIZE: u32 = 32;
@@ -254,7 +245,6 @@ struct Batches {
     inserts: Batcher<Document, Inserted>,
     updates: Batcher<CasWrite, CasOutcome>,
     reads: Batcher<String, Option<Document>>,
-    copies: Batcher<Vec<Document>, ()>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,7 +272,6 @@ enum CasOutcome {
 impl Batches {
     fn start(db: &Database, timeout: Duration) -> Self {
         let orders: Collection<Document> = db.collection(ORDERS);
-        let order_events: Collection<Document> = db.collection(ORDER_EVENTS);
         let inserts = {
             let orders = orders.clone();
             Batcher::spawn(BATCH, BATCHES_IN_FLIGHT, move |documents| {
@@ -301,14 +290,10 @@ impl Batches {
                 read_orders(orders.clone(), timeout, ids)
             })
         };
-        let copies = Batcher::spawn(COPY_BATCH, COPIES_IN_FLIGHT, move |logs| {
-            copy_events(order_events.clone(), timeout, logs)
-        });
         Self {
             inserts,
             updates,
             reads,
-            copies,
         }
     }
 }
@@ -520,34 +505,6 @@ async fn read_orders(
         .collect()
 }
 
-/// Copies committed events into `order_events` for operators, many orders' events in
-/// one `insert_many`. Never fails anyone: the events are already committed in their
-/// orders' own logs, and an error here only leaves the copy short (see the module
-/// documentation).
-async fn copy_events(
-    order_events: Collection<Document>,
-    timeout: Duration,
-    logs: Vec<Vec<Document>>,
-) -> Vec<Result<(), StoreError>> {
-    let count = logs.len();
-    let documents: Vec<Document> = logs.into_iter().flatten().collect();
-    let copied = documents.len();
-    let result =
-        tokio::time::timeout(timeout, order_events.insert_many(documents).ordered(false)).await;
-    let error = match result {
-        Ok(Ok(_)) => None,
-        // Already copied (a repeated call after an unknown outcome).
-        Ok(Err(e)) if is_duplicate_key(&e) => None,
-        Ok(Err(e)) => Some(failure(e)),
-        Err(_) => Some(no_answer(timeout)),
-    };
-    if let Some(error) = error {
-        metrics::counter!("swift_store_event_copy_failures_total").increment(copied as u64);
-        tracing::warn!(events = copied, %error, "events committed but not copied to order_events");
-    }
-    same_for_all(count, Ok(()))
-}
-
 impl MongoStore {
     /// Connects to `uri`, uses `database`, and creates the collections' indexes if
     /// they are missing (idempotent: every node runs this at start). `timeout` bounds
@@ -621,11 +578,6 @@ impl MongoStore {
                 index(doc! { "driverId": 1, "status": 1, "createdAt": -1, "orderId": -1 }),
                 idempotency,
             ])
-            .await
-            .map_err(failure)?;
-        self.db
-            .collection::<Document>(ORDER_EVENTS)
-            .create_index(unique_index(doc! { "orderId": 1, "seq": 1 }))
             .await
             .map_err(failure)?;
         self.users
@@ -812,29 +764,6 @@ impl MongoStore {
             "order {id}: events must continue the log after seq {}",
             head.seq
         ))
-    }
-
-    /// Queues committed events for the `order_events` copy. Never fails the caller:
-    /// the events are already committed in the order's own log.
-    async fn copy_events(&self, events: &[OrderEvent]) {
-        let Some(first) = events.first() else {
-            return;
-        };
-        let queued = match encode_events(events) {
-            Ok(documents) => self.bounded(self.batches.copies.send(documents)).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = queued {
-            metrics::counter!("swift_store_event_copy_failures_total")
-                .increment(events.len() as u64);
-            tracing::warn!(
-                order_id = %first.order_id,
-                from_seq = first.seq,
-                count = events.len(),
-                error = %e,
-                "events committed but not copied to order_events"
-            );
-        }
     }
 
     async fn put_driver_once(&self, document: Document, driver: &str) -> Result<(), StoreError> {
@@ -1028,13 +957,8 @@ impl Store for MongoStore {
                 order.order_id
             )));
         }
-        let intake = self
-            .bounded(self.insert_order(order, first_event, idempotency))
-            .await?;
-        if intake == Intake::Created {
-            self.copy_events(std::slice::from_ref(first_event)).await;
-        }
-        Ok(intake)
+        self.bounded(self.insert_order(order, first_event, idempotency))
+            .await
     }
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
@@ -1105,9 +1029,7 @@ impl Store for MongoStore {
 
     async fn apply(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError> {
         validate_apply(order, events)?;
-        self.bounded(self.compare_and_set(order, events)).await?;
-        self.copy_events(events).await;
-        Ok(())
+        self.bounded(self.compare_and_set(order, events)).await
     }
 
     async fn events(
