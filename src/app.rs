@@ -5,7 +5,9 @@ use crate::actors::adapter::AdapterCore;
 use crate::actors::notifier::{self, Notifier};
 use crate::actors::orders::OrdersMsg;
 use crate::actors::root::{RootArgs, RootMsg};
-use crate::actors::telemetry::{MailboxGauge, Telemetry, TelemetryMsg};
+use crate::actors::telemetry::{
+    EventPage, EventQuery, MailboxGauge, Telemetry, TelemetryArgs, TelemetryMsg,
+};
 use crate::actors::{
     ActorNode, AdapterDirectory, Context, Root, RuntimeControl, ServiceHealth, bridge,
 };
@@ -153,7 +155,11 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     let node_id = format!("node-{}", uuid::Uuid::new_v4().simple());
     let bus = open_bus(&settings, &node_id).await?;
     let admission = Arc::new(Admission::new(settings.orders.max_in_flight));
-    let (telemetry, _) = Actor::spawn(None, Telemetry, ()).await?;
+    let telemetry_args = TelemetryArgs {
+        node: node_id.clone(),
+        history: settings.telemetry.history,
+    };
+    let (telemetry, _) = Actor::spawn(None, Telemetry, telemetry_args).await?;
 
     let cores = clients(&settings)?
         .into_iter()
@@ -376,6 +382,11 @@ impl RuntimeControl for Control {
             timeout
         )
         .ok()
+    }
+
+    async fn events(&self, query: EventQuery) -> Option<EventPage> {
+        let timeout = CONTROL_TIMEOUT.as_millis() as u64;
+        ractor::call_t!(self.0.telemetry, TelemetryMsg::Events, timeout, query).ok()
     }
 
     async fn supervision(&self) -> ActorNode {

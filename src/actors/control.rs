@@ -1,5 +1,6 @@
 //! What operators can see of and do to the running tree, independent of HTTP.
 
+use super::telemetry::{EventPage, EventQuery};
 use crate::domain::System;
 use async_trait::async_trait;
 use serde::Serialize;
@@ -51,4 +52,6 @@ pub trait RuntimeControl: Send + Sync + 'static {
     /// Closes the system's circuit and retries the requests waiting on it.
     async fn recover(&self, system: System) -> Option<ServiceHealth>;
     async fn supervision(&self) -> ActorNode;
+    /// A page of the restart history; `None` if telemetry did not answer.
+    async fn events(&self, query: EventQuery) -> Option<EventPage>;
 }

@@ -124,12 +124,23 @@ impl Actor for OrdersSupervisor {
                 let failures = state.failures.entry(order_id.clone()).or_default();
                 *failures += 1;
                 tracing::error!(%order_id, %error, failures = *failures, "order actor failed");
-                let detail = Some(format!("{order_id}: {error}"));
-                telemetry::lifecycle(&state.context.telemetry, NAME, Lifecycle::Failed, detail);
-                if *failures <= MAX_ORDER_RESTARTS {
+                let failures = *failures;
+                let actor = format!("order-{order_id}");
+                let telemetry = state.context.telemetry.clone();
+                telemetry::lifecycle(
+                    &telemetry,
+                    &actor,
+                    Lifecycle::Failed,
+                    Some(error.to_string()),
+                );
+                if failures <= MAX_ORDER_RESTARTS {
                     // Rebuilt from the store: whatever it had persisted is where it resumes.
                     let wake = OrderCommand::Wake { order_id };
                     state.route(&myself, wake, Acker::none()).await?;
+                    telemetry::lifecycle(&telemetry, &actor, Lifecycle::Restarted, None);
+                } else {
+                    let detail = format!("gave up after {failures} failures");
+                    telemetry::lifecycle(&telemetry, &actor, Lifecycle::Stopped, Some(detail));
                 }
             }
             _ => {}

@@ -143,11 +143,25 @@ impl Actor for Root {
         telemetry::lifecycle(telemetry, adapters::NAME, Lifecycle::Failed, failure);
         match state.intensity.on_failure(Instant::now()) {
             RestartDecision::Restart { after } => {
-                telemetry::lifecycle(telemetry, adapters::NAME, Lifecycle::Restarting, None);
+                telemetry::lifecycle(
+                    telemetry,
+                    adapters::NAME,
+                    Lifecycle::Restarting,
+                    Some(format!("in {after:?}")),
+                );
                 myself.send_after(after, || RootMsg::RestartAdapters);
                 Ok(())
             }
-            RestartDecision::Escalate => Err("the adapters keep failing; stopping the node".into()),
+            RestartDecision::Escalate => {
+                let reason = "the adapters keep failing; stopping the node";
+                telemetry::lifecycle(
+                    telemetry,
+                    adapters::NAME,
+                    Lifecycle::Escalated,
+                    Some(reason.into()),
+                );
+                Err(reason.into())
+            }
         }
     }
 }

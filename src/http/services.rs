@@ -1,9 +1,10 @@
-//! Operator endpoints: external systems' health, manual recovery (seed 001), and the
-//! live supervision tree (DESIGN section 3). Admins only.
+//! Operator endpoints: external systems' health, manual recovery (seed 001), the
+//! live supervision tree (DESIGN section 3) and its restart history. Admins only.
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{ApiPath, Caller};
+use super::extract::{ApiPath, ApiQuery, Caller};
+use crate::actors::telemetry::EventQuery;
 use crate::domain::{Role, System};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -59,4 +60,18 @@ pub async fn supervision(
     caller.require(&[Role::Admin])?;
     let tree = ask(state.app.control.supervision()).await?;
     Ok(axum::Json(tree).into_response())
+}
+
+/// `GET /api/telemetry/events?actor=&kind=&before=&limit=`: the restart history of
+/// this node, newest first (see `telemetry::EventQuery`).
+pub async fn events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<EventQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let page = ask(state.app.control.events(query))
+        .await?
+        .ok_or_else(|| ApiError::unavailable("telemetry did not answer", Some(1)))?;
+    Ok(axum::Json(page).into_response())
 }
