@@ -60,11 +60,17 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let builder = crate::observability::prometheus_builder().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "histogram buckets refused; exporting summaries");
+                PrometheusBuilder::new()
+            });
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; then ours stays
             // unused and /metrics shows what it can.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                crate::observability::describe_metrics();
+            }
             handle
         })
         .clone()
@@ -151,6 +157,8 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         None
     };
     let settings = Arc::new(settings);
+    // Installed before anything records, so that every metric lands in it.
+    let metrics = metrics_handle();
     let store = open_store(&settings).await?;
     let node_id = format!("node-{}", uuid::Uuid::new_v4().simple());
     let bus = open_bus(&settings, &node_id).await?;
@@ -171,6 +179,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         admission: admission.clone(),
         telemetry: telemetry.clone(),
         adapters: AdapterDirectory::new(cores),
+        node_id: node_id.clone(),
     });
 
     let orders_mailbox = MailboxGauge::default();
@@ -212,7 +221,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     ));
 
     let generated_accounts = crate::auth::ensure_bootstrap_accounts(&store, &settings).await?;
-    let orders = OrderService::new(store.clone(), bus.clone(), admission);
+    let orders = OrderService::new(store.clone(), bus.clone(), admission, &node_id);
 
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
         .await
@@ -225,7 +234,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         bus: bus.clone(),
         orders: orders.clone(),
         control: Arc::new(Control(context.clone())),
-        metrics: metrics_handle(),
+        metrics,
         tracking: crate::http::ws::Tracking {
             notifier,
             shutdown: shutdown.child_token(),

@@ -14,7 +14,7 @@ use super::telemetry::MailboxGauge;
 use super::{Acker, Context};
 use crate::bus::{OrderCommand, StepReply, StepRequest};
 use crate::config::Settings;
-use crate::domain::System;
+use crate::domain::{OperationOutcome, System};
 use crate::protocols::{CallError, SystemClient};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::VecDeque;
@@ -125,6 +125,8 @@ pub struct AdapterArgs {
 pub struct AdapterState {
     core: Arc<AdapterCore>,
     context: Arc<Context>,
+    /// The circuit state last exported, to count transitions.
+    circuit: CircuitState,
 }
 
 pub struct Adapter;
@@ -139,9 +141,11 @@ impl Actor for Adapter {
         _: ActorRef<Self::Msg>,
         args: AdapterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let circuit = args.core.lock().breaker.state();
         Ok(AdapterState {
             core: args.core,
             context: args.context,
+            circuit,
         })
     }
 
@@ -216,6 +220,7 @@ impl AdapterState {
             let reply = StepReply::Transient {
                 reason: format!("{} circuit is open", self.core.system.as_str()),
             };
+            count_outcome(self.core.system, &request, "circuit_open");
             self.answer_now(request, reply, ack);
         }
     }
@@ -288,6 +293,7 @@ impl AdapterState {
             metrics::histogram!("swift_step_duration_seconds",
                 "system" => core.system.as_str(), "operation" => request.operation.name())
             .record(latency.as_secs_f64());
+            count_outcome(core.system, &request, outcome_kind(&result));
             let failure = result.as_ref().err().map(ToString::to_string);
             if let Some(error) = &failure {
                 tracing::warn!(order_id = %request.order_id, operation = request.operation.name(), %error, "call failed");
@@ -314,14 +320,51 @@ impl AdapterState {
         tokio::spawn(async move { send_reply(&bus, &request, reply, ack).await });
     }
 
-    fn export_circuit_metric(&self) {
-        let value = match self.core.lock().breaker.state() {
+    /// Exports the circuit state after every message, and counts a transition when
+    /// it changed (the breaker only changes state inside this actor's handlers).
+    fn export_circuit_metric(&mut self) {
+        let state = self.core.lock().breaker.state();
+        let system = self.core.system.as_str();
+        if state != self.circuit {
+            self.circuit = state;
+            metrics::counter!("swift_circuit_transitions_total",
+                "system" => system, "to" => circuit_label(state))
+            .increment(1);
+        }
+        let value = match state {
             CircuitState::Closed => 0.0,
             CircuitState::HalfOpen => 1.0,
             CircuitState::Open => 2.0,
         };
-        metrics::gauge!("swift_circuit_state", "system" => self.core.system.as_str()).set(value);
+        metrics::gauge!("swift_circuit_state", "system" => system).set(value);
     }
+}
+
+fn circuit_label(state: CircuitState) -> &'static str {
+    match state {
+        CircuitState::Closed => "closed",
+        CircuitState::HalfOpen => "half_open",
+        CircuitState::Open => "open",
+    }
+}
+
+/// How a call ended, for `swift_step_outcomes_total`: a business refusal is an
+/// answer, not a failure of the system.
+fn outcome_kind(result: &Result<OperationOutcome, CallError>) -> &'static str {
+    match result {
+        Ok(OperationOutcome::Refused { .. }) => "refusal",
+        Ok(_) => "success",
+        Err(CallError::Timeout(_)) => "timeout",
+        Err(CallError::Connection(_)) => "transport",
+        Err(CallError::Remote(_)) => "remote",
+        Err(CallError::Malformed(_)) => "malformed",
+    }
+}
+
+fn count_outcome(system: System, request: &StepRequest, kind: &'static str) {
+    metrics::counter!("swift_step_outcomes_total",
+        "system" => system.as_str(), "operation" => request.operation.name(), "outcome" => kind)
+    .increment(1);
 }
 
 /// The step's result goes to the order's owner; the request is acknowledged only

@@ -44,6 +44,8 @@ pub struct Context {
     pub admission: Arc<Admission>,
     pub telemetry: ActorRef<TelemetryMsg>,
     pub adapters: AdapterDirectory,
+    /// This node's id, in logs and telemetry.
+    pub node_id: String,
 }
 
 /// The adapters' lasting cores and their current actors, which change on restart.

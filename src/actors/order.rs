@@ -360,7 +360,8 @@ impl OrderState {
                 Ok(decision) => decision,
                 Err(SagaRejection::Stale | SagaRejection::Conflict(_)) => return Ok(()),
             };
-            match commit(&self.context.store, &self.context.bus, &decision).await {
+            let context = &self.context;
+            match commit(&context.store, &context.bus, &context.node_id, &decision).await {
                 Ok(()) => {
                     self.order = Some(decision.order);
                     return Ok(());

@@ -146,6 +146,11 @@ pub trait Bus: Send + Sync + 'static {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError>;
     /// Moves every dead letter of `queue` back onto `queue`; returns how many moved.
     async fn redrive(&self, queue: &str) -> Result<usize, BusError>;
+    /// Dead letters waiting per work queue (for `/metrics`); none on a bus that
+    /// keeps no dead letters.
+    async fn dead_letter_depths(&self) -> Result<Vec<(String, u64)>, BusError> {
+        Ok(Vec::new())
+    }
 }
 
 pub type SharedBus = Arc<dyn Bus>;

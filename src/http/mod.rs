@@ -50,6 +50,9 @@ pub type OrderCounts = (
     std::collections::HashMap<crate::domain::OrderStatus, u64>,
 );
 
+/// Dead letters waiting per queue, and when they were counted.
+pub type DeadLetterDepths = (tokio::time::Instant, Vec<(String, u64)>);
+
 /// The handlers' state: the application plus what only the HTTP layer needs.
 #[derive(Clone)]
 pub struct ApiState {
@@ -58,6 +61,8 @@ pub struct ApiState {
     pub login_limiter: Arc<LoginLimiter>,
     /// The last order count by status and when it was read (see `health::metrics`).
     pub order_counts: Arc<tokio::sync::Mutex<Option<OrderCounts>>>,
+    /// The last dead-letter depths per queue and when they were read.
+    pub dead_letter_depths: Arc<tokio::sync::Mutex<Option<DeadLetterDepths>>>,
 }
 
 impl ApiState {
@@ -69,6 +74,7 @@ impl ApiState {
             tokens,
             login_limiter,
             order_counts: Arc::default(),
+            dead_letter_depths: Arc::default(),
         }
     }
 }

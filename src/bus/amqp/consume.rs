@@ -243,6 +243,8 @@ where
                 );
                 match subscription.acking {
                     Acking::ByReceiver => {
+                        metrics::counter!("swift_dead_lettered_messages_total", "reason" => "malformed")
+                            .increment(1);
                         let dropped = BasicNackOptions {
                             multiple: false,
                             requeue: false,
@@ -365,6 +367,8 @@ impl Acknowledge for BrokerAck {
                 attempt,
                 "delivery failed its last attempt; the broker dead-letters it"
             );
+            metrics::counter!("swift_dead_lettered_messages_total", "reason" => "delivery_limit")
+                .increment(1);
             let outcome = within(self.limit, "returning a delivery", self.acker.nack(again));
             return settled(outcome.await?);
         }

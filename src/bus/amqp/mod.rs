@@ -193,6 +193,10 @@ impl Bus for AmqpBus {
     async fn redrive(&self, queue: &str) -> Result<usize, BusError> {
         dead_letters::redrive(&self.link, queue).await
     }
+
+    async fn dead_letter_depths(&self) -> Result<Vec<(String, u64)>, BusError> {
+        dead_letters::depths(&self.link).await
+    }
 }
 
 #[cfg(test)]

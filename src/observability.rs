@@ -1,0 +1,188 @@
+//! What the node tells operators beyond its API: the Prometheus metrics it exports
+//! (one catalogue with their help texts and histogram buckets, so `/metrics` passes
+//! `promtool check metrics`), and the one log line per order transition.
+//!
+//! Metric names follow Prometheus conventions: `swift_` prefix, base units in the
+//! name (`_seconds`, `_bytes`), `_total` on counters only.
+
+use crate::domain::{Order, OrderEvent, OrderStatus, saga};
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+
+/// Time spent waiting in a mailbox: microseconds to seconds.
+pub const MAILBOX_WAIT: &str = "swift_mailbox_wait_seconds";
+const MAILBOX_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+/// Calls, requests and journeys: milliseconds to a minute.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// A whole journey, intake to its settled status: up to retries over minutes.
+pub const JOURNEY: &str = "swift_order_journey_seconds";
+const JOURNEY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// The exporter with our histogram buckets (without them it would render summaries,
+/// which cannot be aggregated across nodes).
+pub fn prometheus_builder() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(MAILBOX_WAIT.into()), MAILBOX_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(JOURNEY.into()), JOURNEY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+}
+
+/// Help texts of every metric the node exports.
+pub fn describe_metrics() {
+    describe_counter!(
+        "swift_http_requests_total",
+        "HTTP requests answered, by method, route template and status code."
+    );
+    describe_histogram!(
+        "swift_http_request_duration_seconds",
+        "Time to answer an HTTP request, by method and route template."
+    );
+    describe_gauge!(
+        "swift_orders",
+        "Orders by status, cluster-wide (read from the store)."
+    );
+    describe_gauge!(
+        "swift_orders_in_flight",
+        "Orders this node is processing (admission slots taken)."
+    );
+    describe_counter!(
+        "swift_order_transitions_total",
+        "Order status changes persisted by this node, by the status reached."
+    );
+    describe_histogram!(
+        JOURNEY,
+        "Time from intake to a settled status (ready, failed or cancelled), by that status."
+    );
+    describe_histogram!(
+        "swift_step_duration_seconds",
+        "Time of one call to an external system, by system and operation."
+    );
+    describe_counter!(
+        "swift_step_outcomes_total",
+        "Calls to external systems by system, operation and outcome: success, refusal, \
+         timeout, transport, remote, malformed or circuit_open."
+    );
+    describe_counter!(
+        "swift_step_retries_total",
+        "Step attempts that failed transiently and were retried, by system."
+    );
+    describe_gauge!(
+        "swift_circuit_state",
+        "Circuit breaker state per system: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        "swift_circuit_transitions_total",
+        "Circuit breaker state changes, by system and the state entered."
+    );
+    describe_counter!(
+        "swift_actor_restarts_total",
+        "Restarts of supervised actors (order actors count under actor=\"order\")."
+    );
+    describe_counter!(
+        "swift_actor_failures_total",
+        "Failures (panics, errors) of supervised actors."
+    );
+    describe_counter!(
+        "swift_actor_escalations_total",
+        "Times a supervisor gave up on a child (restart intensity exceeded) and failed itself."
+    );
+    describe_gauge!(
+        "swift_mailbox_depth",
+        "Messages waiting in an actor's mailbox, by family and actor."
+    );
+    describe_counter!(
+        "swift_mailbox_messages_total",
+        "Messages taken from an actor's mailbox, by family and actor."
+    );
+    describe_histogram!(
+        MAILBOX_WAIT,
+        "Time from sending a message to its handling, by family and actor \
+         (bridges: from publish to delivery)."
+    );
+    describe_counter!(
+        "swift_dead_lettered_messages_total",
+        "Messages this node sent to a dead-letter queue, by reason (malformed, delivery_limit)."
+    );
+    describe_gauge!(
+        "swift_dead_letter_queue_messages",
+        "Messages waiting in each dead-letter queue."
+    );
+    describe_gauge!("swift_ws_sessions", "Open WebSocket sessions.");
+    describe_counter!(
+        "swift_ws_updates_sent_total",
+        "Order updates handed to WebSocket sessions."
+    );
+    describe_counter!(
+        "swift_ws_sessions_cut_total",
+        "WebSocket sessions cut off for reading too slowly."
+    );
+    describe_counter!(
+        "swift_store_event_copy_failures_total",
+        "Order events whose copy into the event log failed (recovered later)."
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        "Resident memory of the node process."
+    );
+}
+
+/// Logs each status an order reached (one INFO line per transition, with the step
+/// it waits on next) and feeds the transition and journey metrics.
+pub fn order_transitions(node: &str, order: &Order, events: &[OrderEvent]) {
+    let step = saga::next_operation(order).map_or("none", |op| op.name());
+    for event in events {
+        tracing::info!(
+            order_id = %event.order_id,
+            status = event.status.as_str(),
+            step,
+            node,
+            seq = event.seq,
+            "order transition"
+        );
+        metrics::counter!("swift_order_transitions_total", "status" => event.status.as_str())
+            .increment(1);
+        if settles(event.status) {
+            let journey = (event.timestamp - order.created_at)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!(JOURNEY, "status" => event.status.as_str())
+                .record(journey.as_secs_f64());
+        }
+    }
+}
+
+/// Where processing ends: the journey latency is measured to these.
+fn settles(status: OrderStatus) -> bool {
+    matches!(
+        status,
+        OrderStatus::ReadyForDelivery | OrderStatus::Failed | OrderStatus::Cancelled
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exporter_takes_our_buckets() {
+        assert!(prometheus_builder().is_ok());
+    }
+
+    #[test]
+    fn journeys_end_where_processing_does() {
+        assert!(settles(OrderStatus::ReadyForDelivery));
+        assert!(settles(OrderStatus::Failed));
+        assert!(
+            !settles(OrderStatus::Delivered),
+            "delivery is the driver's, not ours"
+        );
+        assert!(!settles(OrderStatus::Received));
+    }
+}
