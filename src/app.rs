@@ -6,7 +6,7 @@ use crate::actors::notifier::{self, Notifier};
 use crate::actors::orders::OrdersMsg;
 use crate::actors::root::{RootArgs, RootMsg};
 use crate::actors::telemetry::{
-    EventPage, EventQuery, MailboxGauge, Telemetry, TelemetryArgs, TelemetryMsg,
+    EventPage, EventQuery, MailboxGauge, MailboxesView, Telemetry, TelemetryArgs, TelemetryMsg,
 };
 use crate::actors::{
     ActorNode, AdapterDirectory, Context, Root, RuntimeControl, ServiceHealth, bridge,
@@ -166,6 +166,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     let telemetry_args = TelemetryArgs {
         node: node_id.clone(),
         history: settings.telemetry.history,
+        metrics: Some(metrics.clone()),
     };
     let (telemetry, _) = Actor::spawn(None, Telemetry, telemetry_args).await?;
 
@@ -182,7 +183,11 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         node_id: node_id.clone(),
     });
 
-    let orders_mailbox = MailboxGauge::default();
+    let orders_mailbox = MailboxGauge::new(
+        crate::actors::orders::NAME,
+        crate::actors::orders::NAME,
+        settings.telemetry.mailbox_timing,
+    );
     let root_args = RootArgs {
         context: context.clone(),
         orders_mailbox: orders_mailbox.clone(),
@@ -208,6 +213,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     tasks.push(bridge::spawn_order_bridge(
         orders_supervisor,
         orders_mailbox,
+        bridge::gauge(&context, "bridge-orders"),
         inbox,
         shutdown.child_token(),
     ));
@@ -216,6 +222,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     let updates = bus.order_updates().await?;
     tasks.push(notifier::spawn_update_bridge(
         notifier.clone(),
+        bridge::gauge(&context, "bridge-updates"),
         updates,
         shutdown.child_token(),
     ));
@@ -391,6 +398,11 @@ impl RuntimeControl for Control {
             timeout
         )
         .ok()
+    }
+
+    async fn mailboxes(&self) -> Option<MailboxesView> {
+        let timeout = CONTROL_TIMEOUT.as_millis() as u64;
+        ractor::call_t!(self.0.telemetry, TelemetryMsg::Mailboxes, timeout).ok()
     }
 
     async fn events(&self, query: EventQuery) -> Option<EventPage> {

@@ -5,9 +5,14 @@
 //! Metric names follow Prometheus conventions: `swift_` prefix, base units in the
 //! name (`_seconds`, `_bytes`), `_total` on counters only.
 
-use crate::domain::{Order, OrderEvent, OrderStatus, saga};
+use crate::bus::StepRequest;
+use crate::domain::{Operation, Order, OrderEvent, OrderId, OrderStatus, saga};
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+/// The W3C trace context header, on bus messages as an AMQP header of this name.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// Time spent waiting in a mailbox: microseconds to seconds.
 pub const MAILBOX_WAIT: &str = "swift_mailbox_wait_seconds";
@@ -131,6 +136,88 @@ pub fn describe_metrics() {
         "process_resident_memory_bytes",
         "Resident memory of the node process."
     );
+}
+
+/// The W3C `traceparent` of the current span, if traces are exported.
+pub fn current_traceparent() -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
+/// The remote parent a `traceparent` names (invalid ones give an empty context).
+pub fn remote_parent(traceparent: &str) -> opentelemetry::Context {
+    use opentelemetry::propagation::TextMapPropagator;
+    let carrier =
+        std::collections::HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    TraceContextPropagator::new().extract(&carrier)
+}
+
+/// The span of one call to an external system, a child of the order step that
+/// asked for it (its `traceparent` came with the request over the bus).
+pub fn call_span(request: &StepRequest, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "adapter.call",
+        otel.name = %format!("call {}", request.operation.name()),
+        order_id = %request.order_id,
+        system = request.operation.system().as_str(),
+        operation = request.operation.name(),
+        attempt = request.attempt,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(traceparent) = traceparent {
+        adopt(&span, traceparent);
+    }
+    span
+}
+
+/// The span of one order actor incarnation: a child of `traceparent` (the command
+/// that woke it), or the root of a new trace when it came without one.
+pub fn order_span(order_id: &OrderId, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!("order", order_id = %order_id);
+    if let Some(traceparent) = traceparent {
+        adopt(&span, traceparent);
+    }
+    span
+}
+
+/// The span of one attempt at a step (compensations included), under the current
+/// order span; it lasts from the request to the reply that settles the attempt.
+pub fn step_span(operation: Operation, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "order.step",
+        otel.name = %format!("step {}", operation.name()),
+        system = operation.system().as_str(),
+        operation = operation.name(),
+        attempt,
+        error = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Marks an attempt's span as failed (it will be retried or given up on).
+pub fn step_failed(span: &tracing::Span, reason: &str) {
+    span.record("error", reason);
+    span.record("otel.status_code", "ERROR");
+}
+
+/// Records how the current call span's call ended.
+pub fn call_outcome(kind: &'static str, failure: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("outcome", kind);
+    if failure.is_some() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Makes `span` a child of the remote span `traceparent` names.
+pub fn adopt(span: &tracing::Span, traceparent: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let _ = span.set_parent(remote_parent(traceparent));
 }
 
 /// Logs each status an order reached (one INFO line per transition, with the step

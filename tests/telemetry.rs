@@ -98,3 +98,83 @@ async fn an_adapter_crash_is_in_the_restart_history_with_its_reason() {
     assert_eq!(status, 400);
     app.runtime.shutdown().await;
 }
+
+async fn metrics(app: &TestApp) -> String {
+    app.http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+#[tokio::test]
+async fn mailboxes_show_depth_rate_and_wait_per_family() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (client, _) = app.register_client().await;
+    let app = std::sync::Arc::new(app);
+    // Orders keep flowing while the figures are read: they are over the last seconds.
+    let feeder = {
+        let (app, client) = (app.clone(), client.clone());
+        tokio::spawn(async move {
+            loop {
+                app.place(&client).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let family = |view: &Value, name: &str| {
+        view["families"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["family"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let counted = periodic_check(
+        || async {
+            let (_, view) = get(&app, &admin, "/api/telemetry/mailboxes").await;
+            ["adapters", "orders", "notifier", "bridges"]
+                .iter()
+                .all(|name| {
+                    let f = family(&view, name);
+                    f["perSecond"].as_f64() > Some(0.0) && f["waitP99Ms"].is_number()
+                })
+        },
+        WAIT,
+    )
+    .await;
+    let (_, view) = get(&app, &admin, "/api/telemetry/mailboxes").await;
+    feeder.abort();
+    assert!(counted, "{view}");
+    assert_eq!(view["timing"], true);
+    for name in ["adapters", "orders", "notifier", "bridges"] {
+        let f = family(&view, name);
+        assert!(f["handled"].as_u64() > Some(0), "{name}: {view}");
+        assert!(f["depth"].is_u64(), "{name}: {view}");
+        let (p50, p99) = (f["waitP50Ms"].as_f64(), f["waitP99Ms"].as_f64());
+        assert!(p50 <= p99, "{name}: {view}");
+    }
+    let adapters = family(&view, "adapters");
+    let members: Vec<_> = adapters["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(members.len(), 3, "{adapters}");
+    assert!(members.contains(&"adapter-wms"), "{adapters}");
+
+    let exposition = metrics(&app).await;
+    for series in [
+        "swift_mailbox_wait_seconds_bucket{family=\"orders\",actor=\"orders\",le=",
+        "swift_mailbox_messages_total{family=\"bridges\",actor=\"bridge-orders\"}",
+        "swift_mailbox_depth{family=\"adapters\",actor=\"adapter-cms\"}",
+        "swift_order_journey_seconds_bucket{status=\"READY_FOR_DELIVERY\",le=",
+        "swift_step_outcomes_total{system=\"wms\",operation=\"wms.reserve\",outcome=\"success\"}",
+    ] {
+        assert!(exposition.contains(series), "{series} in\n{exposition}");
+    }
+}

@@ -10,7 +10,7 @@
 
 use super::circuit::CircuitBreaker;
 use super::control::{CircuitState, ServiceHealth};
-use super::telemetry::MailboxGauge;
+use super::telemetry::{MailboxGauge, Posted};
 use super::{Acker, Context};
 use crate::bus::{OrderCommand, StepReply, StepRequest};
 use crate::config::Settings;
@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// Requests parked on an open circuit beyond which new ones are answered "retry
 /// later" at once. Admission bounds it anyway; this is the second fence.
@@ -31,10 +32,14 @@ pub enum AdapterMsg {
     Execute {
         request: Box<StepRequest>,
         ack: Acker,
+        posted: Posted,
+        /// The `traceparent` of the order step that asked for the call.
+        trace: Option<String>,
     },
     Completed {
         failure: Option<String>,
         latency: Duration,
+        posted: Posted,
     },
     ProbeDue,
     Recover(RpcReplyPort<ServiceHealth>),
@@ -56,7 +61,7 @@ pub struct AdapterCore {
 
 struct CoreState {
     breaker: CircuitBreaker,
-    parked: VecDeque<(Box<StepRequest>, Acker)>,
+    parked: VecDeque<(Box<StepRequest>, Acker, tracing::Span)>,
     total_calls: u64,
     total_failures: u64,
     last_error: Option<String>,
@@ -74,7 +79,11 @@ impl AdapterCore {
         Self {
             system,
             client,
-            mailbox: MailboxGauge::default(),
+            mailbox: MailboxGauge::new(
+                "adapters",
+                super::adapters::actor_name(system),
+                settings.telemetry.mailbox_timing,
+            ),
             timeout: Duration::from_millis(timeout_ms),
             permits: Arc::new(Semaphore::new(concurrency)),
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -173,11 +182,24 @@ impl Actor for Adapter {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.core.mailbox.taken();
         match message {
-            AdapterMsg::Execute { request, ack } => state.admit(&myself, request, ack),
-            AdapterMsg::Completed { failure, latency } => {
-                state.completed(&myself, failure, latency)
+            AdapterMsg::Execute {
+                request,
+                ack,
+                posted,
+                trace,
+            } => {
+                state.core.mailbox.took(posted);
+                let span = crate::observability::call_span(&request, trace.as_deref());
+                state.admit(&myself, request, ack, span);
+            }
+            AdapterMsg::Completed {
+                failure,
+                latency,
+                posted,
+            } => {
+                state.core.mailbox.took(posted);
+                state.completed(&myself, failure, latency);
             }
             AdapterMsg::ProbeDue => {
                 state.core.lock().probe_scheduled = false;
@@ -208,20 +230,27 @@ impl Actor for Adapter {
 }
 
 impl AdapterState {
-    fn admit(&self, myself: &ActorRef<AdapterMsg>, request: Box<StepRequest>, ack: Acker) {
+    /// `span` is the call's trace span, from admission (parking included) to reply.
+    fn admit(
+        &self,
+        myself: &ActorRef<AdapterMsg>,
+        request: Box<StepRequest>,
+        ack: Acker,
+        span: tracing::Span,
+    ) {
         let mut inner = self.core.lock();
         if inner.breaker.try_acquire(Instant::now()) {
             drop(inner);
-            self.dispatch(myself, request, ack);
+            self.dispatch(myself, request, ack, span);
         } else if inner.parked.len() < MAX_PARKED {
-            inner.parked.push_back((request, ack));
+            inner.parked.push_back((request, ack, span));
         } else {
             drop(inner);
             let reply = StepReply::Transient {
                 reason: format!("{} circuit is open", self.core.system.as_str()),
             };
             count_outcome(self.core.system, &request, "circuit_open");
-            self.answer_now(request, reply, ack);
+            self.answer_now(request, reply, ack, span);
         }
     }
 
@@ -233,11 +262,11 @@ impl AdapterState {
             if inner.parked.is_empty() || !inner.breaker.try_acquire(Instant::now()) {
                 return;
             }
-            let Some((request, ack)) = inner.parked.pop_front() else {
+            let Some((request, ack, span)) = inner.parked.pop_front() else {
                 return;
             };
             drop(inner);
-            self.dispatch(myself, request, ack);
+            self.dispatch(myself, request, ack, span);
         }
     }
 
@@ -271,7 +300,13 @@ impl AdapterState {
         }
     }
 
-    fn dispatch(&self, myself: &ActorRef<AdapterMsg>, request: Box<StepRequest>, ack: Acker) {
+    fn dispatch(
+        &self,
+        myself: &ActorRef<AdapterMsg>,
+        request: Box<StepRequest>,
+        ack: Acker,
+        span: tracing::Span,
+    ) {
         let core = self.core.clone();
         let bus = self.context.bus.clone();
         let myself = myself.clone();
@@ -295,6 +330,7 @@ impl AdapterState {
             .record(latency.as_secs_f64());
             count_outcome(core.system, &request, outcome_kind(&result));
             let failure = result.as_ref().err().map(ToString::to_string);
+            crate::observability::call_outcome(outcome_kind(&result), failure.as_deref());
             if let Some(error) = &failure {
                 tracing::warn!(order_id = %request.order_id, operation = request.operation.name(), %error, "call failed");
             }
@@ -305,19 +341,29 @@ impl AdapterState {
                 },
             };
             send_reply(&bus, &request, reply, ack).await;
-            core.mailbox.queued();
+            let posted = core.mailbox.post();
             if myself
-                .cast(AdapterMsg::Completed { failure, latency })
+                .cast(AdapterMsg::Completed {
+                    failure,
+                    latency,
+                    posted,
+                })
                 .is_err()
             {
-                core.mailbox.taken();
+                core.mailbox.unpost();
             }
-        });
+        }.instrument(span));
     }
 
-    fn answer_now(&self, request: Box<StepRequest>, reply: StepReply, ack: Acker) {
+    fn answer_now(
+        &self,
+        request: Box<StepRequest>,
+        reply: StepReply,
+        ack: Acker,
+        span: tracing::Span,
+    ) {
         let bus = self.context.bus.clone();
-        tokio::spawn(async move { send_reply(&bus, &request, reply, ack).await });
+        tokio::spawn(async move { send_reply(&bus, &request, reply, ack).await }.instrument(span));
     }
 
     /// Exports the circuit state after every message, and counts a transition when

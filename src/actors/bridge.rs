@@ -4,7 +4,7 @@
 
 use super::adapter::AdapterMsg;
 use super::orders::OrdersMsg;
-use super::telemetry::MailboxGauge;
+use super::telemetry::{self, ActorInfo, MailboxGauge};
 use super::{Acker, Context};
 use crate::bus::{Delivery, Inbox, OrderCommand, StepRequest};
 use crate::domain::System;
@@ -24,6 +24,7 @@ pub fn spawn_step_bridge(
     mut inbox: Inbox<StepRequest>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    let bridge = gauge(&context, &format!("bridge-{}", system.as_str()));
     tokio::spawn(async move {
         loop {
             let delivery = tokio::select! {
@@ -33,22 +34,32 @@ pub fn spawn_step_bridge(
                     None => return,
                 },
             };
-            let Delivery { message, ack } = delivery;
-            let mut pending = Some(AdapterMsg::Execute {
-                request: Box::new(message),
-                ack: Acker::from(ack),
-            });
-            while let Some(message) = pending.take() {
-                match context.adapters.live(system) {
-                    Some(adapter) => {
-                        let mailbox = context.adapters.core(system).map(|c| c.mailbox.clone());
-                        mailbox.as_ref().map(MailboxGauge::queued);
+            let Delivery {
+                message,
+                ack,
+                envelope,
+            } = delivery;
+            bridge.received(envelope.waited());
+            let trace = envelope.traceparent;
+            let mut pending = Some((Box::new(message), Acker::from(ack)));
+            while let Some((request, ack)) = pending.take() {
+                match (context.adapters.live(system), context.adapters.core(system)) {
+                    (Some(adapter), Some(core)) => {
+                        let posted = core.mailbox.post();
+                        let message = AdapterMsg::Execute {
+                            request,
+                            ack,
+                            posted,
+                            trace: trace.clone(),
+                        };
                         if let Err(ractor::MessagingErr::SendErr(message)) = adapter.cast(message) {
-                            mailbox.as_ref().map(MailboxGauge::taken);
-                            pending = Some(message);
+                            core.mailbox.unpost();
+                            if let AdapterMsg::Execute { request, ack, .. } = message {
+                                pending = Some((request, ack));
+                            }
                         }
                     }
-                    None => pending = Some(message),
+                    _ => pending = Some((request, ack)),
                 }
                 if pending.is_some() {
                     tokio::select! {
@@ -65,6 +76,7 @@ pub fn spawn_step_bridge(
 pub fn spawn_order_bridge(
     orders: ActorRef<OrdersMsg>,
     mailbox: MailboxGauge,
+    bridge: MailboxGauge,
     mut inbox: Inbox<OrderCommand>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -77,17 +89,40 @@ pub fn spawn_order_bridge(
                     None => return,
                 },
             };
-            let Delivery { message, ack } = delivery;
-            mailbox.queued();
+            let Delivery {
+                message,
+                ack,
+                envelope,
+            } = delivery;
+            bridge.received(envelope.waited());
             let command = OrdersMsg::Command {
                 command: message,
                 ack: Acker::from(ack),
+                posted: mailbox.post(),
+                trace: envelope.traceparent,
             };
             if orders.cast(command).is_err() {
-                mailbox.taken();
+                mailbox.unpost();
                 tracing::warn!("orders supervisor gone; bridge stops");
                 return;
             }
         }
     })
+}
+
+/// The figures of one bridge (family `bridges`), registered under the root: what
+/// it takes from the bus per second.
+pub fn gauge(context: &Context, name: &str) -> MailboxGauge {
+    let gauge = MailboxGauge::new("bridges", name, context.settings.telemetry.mailbox_timing);
+    telemetry::register(
+        &context.telemetry,
+        ActorInfo {
+            name: name.to_owned(),
+            kind: "bridge",
+            parent: Some(super::root::NAME.into()),
+            mailbox: Some(gauge.clone()),
+            family: None,
+        },
+    );
+    gauge
 }

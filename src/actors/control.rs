@@ -1,6 +1,6 @@
 //! What operators can see of and do to the running tree, independent of HTTP.
 
-use super::telemetry::{EventPage, EventQuery};
+use super::telemetry::{EventPage, EventQuery, MailboxesView};
 use crate::domain::System;
 use async_trait::async_trait;
 use serde::Serialize;
@@ -54,4 +54,6 @@ pub trait RuntimeControl: Send + Sync + 'static {
     async fn supervision(&self) -> ActorNode;
     /// A page of the restart history; `None` if telemetry did not answer.
     async fn events(&self, query: EventQuery) -> Option<EventPage>;
+    /// Mailbox figures per actor family; `None` if telemetry did not answer.
+    async fn mailboxes(&self) -> Option<MailboxesView>;
 }

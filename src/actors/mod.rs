@@ -15,6 +15,7 @@ pub mod adapters;
 pub mod bridge;
 pub mod circuit;
 pub mod control;
+pub mod mailbox;
 pub mod notifier;
 pub mod order;
 pub mod orders;

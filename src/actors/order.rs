@@ -34,12 +34,13 @@ const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub enum OrderMsg {
     /// Reload from the store and drive on.
-    Wake { ack: Acker },
+    Wake { ack: Acker, trace: Option<String> },
     StepResult {
         operation: Operation,
         attempt: u32,
         reply: StepReply,
         ack: Acker,
+        trace: Option<String>,
     },
     /// The backoff after a transient failure of a step is over.
     RetryDue { operation: Operation },
@@ -106,6 +107,11 @@ pub struct OrderState {
     /// Pending timer (watchdog or idle check), aborted as soon as it is moot so that
     /// tens of thousands of orders do not leave as many sleeping tasks behind.
     timer: Option<JoinHandle<Result<(), MessagingErr<OrderMsg>>>>,
+    /// This incarnation's trace span, a child of the `traceparent` its first command
+    /// came with (intake's request); every step span hangs under it.
+    span: tracing::Span,
+    /// The span of the step in flight, closed when its reply settles it.
+    step_span: Option<tracing::Span>,
     context: Arc<Context>,
     router: ActorRef<OrdersMsg>,
 }
@@ -139,6 +145,8 @@ impl Actor for OrderActor {
             received: 0,
             generation: 0,
             timer: None,
+            span: tracing::Span::none(),
+            step_span: None,
             context: args.context,
             router: args.router,
         })
@@ -165,7 +173,16 @@ impl Actor for OrderActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.generation += 1;
-        let span = tracing::info_span!("order", order_id = %state.order_id);
+        if state.span.is_none() {
+            let trace = match &message {
+                OrderMsg::Wake { trace, .. } | OrderMsg::StepResult { trace, .. } => {
+                    trace.as_deref()
+                }
+                _ => None,
+            };
+            state.span = crate::observability::order_span(&state.order_id, trace);
+        }
+        let span = state.span.clone();
         Box::pin(state.handle(&myself, message).instrument(span)).await
     }
 }
@@ -213,7 +230,7 @@ impl OrderState {
         message: OrderMsg,
     ) -> Result<(), OrderError> {
         match message {
-            OrderMsg::Wake { ack } => {
+            OrderMsg::Wake { ack, .. } => {
                 self.received += 1;
                 self.held.push(ack);
                 self.reload().await?;
@@ -223,6 +240,7 @@ impl OrderState {
                 attempt,
                 reply,
                 ack,
+                ..
             } => {
                 self.received += 1;
                 self.held.push(ack);
@@ -298,6 +316,7 @@ impl OrderState {
                 if self.in_flight.is_some_and(|f| f.operation == operation) {
                     self.in_flight = None;
                     self.cancel_timer();
+                    self.step_span = None;
                 }
                 if expected {
                     self.attempts = 0;
@@ -311,6 +330,9 @@ impl OrderState {
                 }
                 self.in_flight = None;
                 self.cancel_timer();
+                if let Some(span) = self.step_span.take() {
+                    crate::observability::step_failed(&span, &reason);
+                }
                 if !expected {
                     return;
                 }
@@ -430,7 +452,13 @@ impl OrderState {
             package: order.package_details.clone(),
             route_id: order.route.as_ref().map(|r| r.route_id.clone()),
         };
-        self.context.bus.send_step(request).await?;
+        let span = crate::observability::step_span(operation, attempt);
+        self.context
+            .bus
+            .send_step(request)
+            .instrument(span.clone())
+            .await?;
+        self.step_span = Some(span);
         self.in_flight = Some(InFlight { operation, attempt });
         let watchdog = Duration::from_secs(self.context.settings.saga.step_watchdog_secs);
         self.cancel_timer();

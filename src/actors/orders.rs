@@ -7,7 +7,7 @@
 //! stops it only if it has routed no more than that.
 
 use super::order::{OrderActor, OrderActorArgs, OrderMsg};
-use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge};
+use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge, Posted};
 use super::{Acker, Context};
 use crate::bus::OrderCommand;
 use crate::domain::OrderId;
@@ -20,8 +20,17 @@ pub const NAME: &str = "orders";
 const MAX_ORDER_RESTARTS: u32 = 3;
 
 pub enum OrdersMsg {
-    Command { command: OrderCommand, ack: Acker },
-    Passivate { order_id: OrderId, received: u64 },
+    Command {
+        command: OrderCommand,
+        ack: Acker,
+        posted: Posted,
+        /// The `traceparent` the command was posted with.
+        trace: Option<String>,
+    },
+    Passivate {
+        order_id: OrderId,
+        received: u64,
+    },
 }
 
 struct LiveOrder {
@@ -83,9 +92,16 @@ impl Actor for OrdersSupervisor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.mailbox.taken();
         match message {
-            OrdersMsg::Command { command, ack } => state.route(&myself, command, ack).await,
+            OrdersMsg::Command {
+                command,
+                ack,
+                posted,
+                trace,
+            } => {
+                state.mailbox.took(posted);
+                state.route(&myself, command, ack, trace).await
+            }
             OrdersMsg::Passivate { order_id, received } => {
                 if state
                     .live
@@ -136,7 +152,7 @@ impl Actor for OrdersSupervisor {
                 if failures <= MAX_ORDER_RESTARTS {
                     // Rebuilt from the store: whatever it had persisted is where it resumes.
                     let wake = OrderCommand::Wake { order_id };
-                    state.route(&myself, wake, Acker::none()).await?;
+                    state.route(&myself, wake, Acker::none(), None).await?;
                     telemetry::lifecycle(&telemetry, &actor, Lifecycle::Restarted, None);
                 } else {
                     let detail = format!("gave up after {failures} failures");
@@ -168,10 +184,11 @@ impl OrdersState {
         myself: &ActorRef<OrdersMsg>,
         command: OrderCommand,
         ack: Acker,
+        trace: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
         let order_id = command.order_id().clone();
         let message = match command {
-            OrderCommand::Wake { .. } => OrderMsg::Wake { ack },
+            OrderCommand::Wake { .. } => OrderMsg::Wake { ack, trace },
             OrderCommand::StepResult {
                 operation,
                 attempt,
@@ -182,6 +199,7 @@ impl OrdersState {
                 attempt,
                 reply,
                 ack,
+                trace,
             },
         };
         let live = match self.live.get_mut(&order_id) {

@@ -77,7 +77,11 @@ impl Actor for Root {
             Actor::spawn_linked(None, OrdersSupervisor, orders_args, myself.get_cell()).await?;
         let notifier_args = NotifierArgs {
             telemetry: context.telemetry.clone(),
-            mailbox: MailboxGauge::default(),
+            mailbox: MailboxGauge::new(
+                notifier::NAME,
+                notifier::NAME,
+                context.settings.telemetry.mailbox_timing,
+            ),
             parent: NAME.into(),
         };
         let notifier = notifier::spawn_linked(notifier_args, myself.get_cell()).await?;

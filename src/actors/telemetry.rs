@@ -5,36 +5,24 @@
 //! events of this node, newest first).
 
 use super::control::ActorNode;
+use super::mailbox::{MailboxReading, wait_quantile_ms};
 use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Most events one page of the history holds.
 pub const MAX_PAGE: usize = 500;
+/// How often mailboxes are read (and the metrics recorder's histograms drained).
+const TICK: Duration = Duration::from_secs(2);
+/// Readings kept: rates and quantiles are over the last `(WINDOW - 1) * TICK`.
+const WINDOW: usize = 6;
 
-/// Messages waiting in an actor's mailbox. ractor does not expose queue lengths, so
-/// senders count up and the actor counts down as it takes each message.
-#[derive(Debug, Clone, Default)]
-pub struct MailboxGauge(Arc<AtomicU64>);
-
-impl MailboxGauge {
-    pub fn queued(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn taken(&self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-
-    pub fn depth(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+pub use super::mailbox::{MailboxGauge, Posted};
 
 /// Live members of a family of actors too large to list (one actor per order).
 #[derive(Debug, Clone, Default)]
@@ -220,12 +208,153 @@ pub enum TelemetryMsg {
     },
     Tree(RpcReplyPort<ActorNode>),
     Events(EventQuery, RpcReplyPort<EventPage>),
+    Mailboxes(RpcReplyPort<MailboxesView>),
+    /// Time to read the mailboxes again.
+    Tick,
 }
 
 pub struct TelemetryArgs {
     /// This node's id, stamped on every event.
     pub node: String,
     pub history: usize,
+    /// Drained on every tick: without upkeep, histograms keep every sample until a
+    /// scrape comes.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Mailbox figures of one actor or one family over the last window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxView {
+    pub depth: u64,
+    pub per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_p99_ms: Option<f64>,
+    /// Messages handled since the node started.
+    pub handled: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActorMailbox {
+    pub actor: String,
+    #[serde(flatten)]
+    pub mailbox: MailboxView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FamilyMailboxes {
+    pub family: &'static str,
+    #[serde(flatten)]
+    pub mailbox: MailboxView,
+    pub actors: Vec<ActorMailbox>,
+}
+
+/// `GET /api/telemetry/mailboxes`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxesView {
+    pub node: String,
+    pub window_secs: f64,
+    /// Whether messages are timed (`[telemetry] mailbox_timing`).
+    pub timing: bool,
+    pub families: Vec<FamilyMailboxes>,
+}
+
+/// Figures over a window, from the readings at its start and end (the start is
+/// absent for a mailbox that appeared during the window).
+fn window_view(
+    end: &[&MailboxReading],
+    start: &[Option<&MailboxReading>],
+    secs: f64,
+) -> MailboxView {
+    let mut waits = vec![0u64; end.first().map_or(0, |r| r.waits.len())];
+    let mut handled = 0;
+    let mut total = 0;
+    for (now, then) in end.iter().zip(start) {
+        total += now.handled;
+        handled += now.handled - then.map_or(0, |t| t.handled.min(now.handled));
+        for (i, w) in now.waits.iter().enumerate() {
+            let before = then.and_then(|t| t.waits.get(i)).copied().unwrap_or(0);
+            if let Some(slot) = waits.get_mut(i) {
+                *slot += w.saturating_sub(before);
+            }
+        }
+    }
+    MailboxView {
+        depth: end.iter().map(|r| r.depth).sum(),
+        per_second: if secs > 0.0 {
+            handled as f64 / secs
+        } else {
+            0.0
+        },
+        wait_p50_ms: wait_quantile_ms(&waits, 0.50),
+        wait_p99_ms: wait_quantile_ms(&waits, 0.99),
+        handled: total,
+    }
+}
+
+/// Families in the order of DESIGN section 3, then any other.
+const FAMILIES: [&str; 4] = ["adapters", "orders", "notifier", "bridges"];
+
+fn mailboxes_view(
+    node: &str,
+    timing: bool,
+    readings: &VecDeque<(Instant, Vec<MailboxReading>)>,
+) -> MailboxesView {
+    let (Some((first_at, first)), Some((last_at, last))) = (readings.front(), readings.back())
+    else {
+        return MailboxesView {
+            node: node.to_owned(),
+            window_secs: 0.0,
+            timing,
+            families: Vec::new(),
+        };
+    };
+    let secs = last_at.duration_since(*first_at).as_secs_f64();
+    let mut families: Vec<&'static str> = last.iter().map(|r| r.family).collect();
+    families.sort_by_key(|f| {
+        (
+            FAMILIES
+                .iter()
+                .position(|k| k == f)
+                .unwrap_or(FAMILIES.len()),
+            *f,
+        )
+    });
+    families.dedup();
+    let families = families
+        .into_iter()
+        .map(|family| {
+            let end: Vec<&MailboxReading> = last.iter().filter(|r| r.family == family).collect();
+            let start: Vec<Option<&MailboxReading>> = end
+                .iter()
+                .map(|r| first.iter().find(|f| f.actor == r.actor))
+                .collect();
+            let actors = end
+                .iter()
+                .zip(&start)
+                .map(|(now, then)| ActorMailbox {
+                    actor: now.actor.clone(),
+                    mailbox: window_view(&[now], &[*then], secs),
+                })
+                .collect();
+            FamilyMailboxes {
+                family,
+                mailbox: window_view(&end, &start, secs),
+                actors,
+            }
+        })
+        .collect();
+    MailboxesView {
+        node: node.to_owned(),
+        window_secs: secs,
+        timing,
+        families,
+    }
 }
 
 struct Entry {
@@ -238,6 +367,8 @@ pub struct TelemetryState {
     node: String,
     actors: BTreeMap<String, Entry>,
     history: History,
+    metrics: Option<PrometheusHandle>,
+    readings: VecDeque<(Instant, Vec<MailboxReading>)>,
 }
 
 impl TelemetryState {
@@ -258,6 +389,22 @@ impl TelemetryState {
             count: entry.info.family.as_ref().map(FamilySize::get),
             children,
         })
+    }
+
+    fn mailboxes(&self) -> impl Iterator<Item = &MailboxGauge> {
+        self.actors.values().filter_map(|e| e.info.mailbox.as_ref())
+    }
+
+    fn read_mailboxes(&mut self) {
+        let readings: Vec<MailboxReading> = self.mailboxes().map(MailboxGauge::read).collect();
+        for r in &readings {
+            metrics::gauge!("swift_mailbox_depth", "family" => r.family, "actor" => r.actor.clone())
+                .set(r.depth as f64);
+        }
+        if self.readings.len() == WINDOW {
+            self.readings.pop_front();
+        }
+        self.readings.push_back((Instant::now(), readings));
     }
 
     fn record(&mut self, actor: String, event: Lifecycle, detail: Option<String>) {
@@ -301,9 +448,10 @@ impl Actor for Telemetry {
 
     async fn pre_start(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: TelemetryArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_after(TICK, || TelemetryMsg::Tick);
         // Declared up front so that dashboards and alerts find the series before
         // anything has failed.
         for actor in [
@@ -321,16 +469,29 @@ impl Actor for Telemetry {
             node: args.node,
             actors: BTreeMap::new(),
             history: History::new(args.history),
+            metrics: args.metrics,
+            readings: VecDeque::new(),
         })
     }
 
     async fn handle(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            TelemetryMsg::Tick => {
+                state.read_mailboxes();
+                if let Some(metrics) = &state.metrics {
+                    metrics.run_upkeep();
+                }
+                myself.send_after(TICK, || TelemetryMsg::Tick);
+            }
+            TelemetryMsg::Mailboxes(reply) => {
+                let timing = state.mailboxes().any(|m| m.timing());
+                let _ = reply.send(mailboxes_view(&state.node, timing, &state.readings));
+            }
             TelemetryMsg::Registered(info) => {
                 let name = info.name.clone();
                 let previous = state.actors.get(&name);

@@ -14,6 +14,7 @@ use crate::domain::{
     Location, Operation, OperationOutcome, OrderEvent, OrderId, PackageDetails, System, UserId,
 };
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -90,14 +91,44 @@ pub trait Acknowledge: Send + Sync {
     async fn reject(self: Box<Self>, reason: &str) -> Result<(), BusError>;
 }
 
+/// What travels beside a message's body (AMQP headers): when it was posted, and the
+/// W3C `traceparent` of the span that posted it, so its trace goes on wherever the
+/// message is handled.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Envelope {
+    pub posted_at: Option<DateTime<Utc>>,
+    pub traceparent: Option<String>,
+}
+
+impl Envelope {
+    /// The envelope of a message posted now, from within the current span.
+    pub fn here() -> Self {
+        Self {
+            posted_at: Some(Utc::now()),
+            traceparent: crate::observability::current_traceparent(),
+        }
+    }
+
+    /// How long the message was on its way (`None` if unknown, or if the poster's
+    /// clock is ahead of ours).
+    pub fn waited(&self) -> Option<std::time::Duration> {
+        (Utc::now() - self.posted_at?).to_std().ok()
+    }
+}
+
 pub struct Delivery<T> {
     pub message: T,
     pub ack: Option<Box<dyn Acknowledge>>,
+    pub envelope: Envelope,
 }
 
 impl<T> Delivery<T> {
     pub fn unacknowledged(message: T) -> Self {
-        Self { message, ack: None }
+        Self {
+            message,
+            ack: None,
+            envelope: Envelope::default(),
+        }
     }
 
     pub async fn ack(self) -> Result<(), BusError> {

@@ -107,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/services/{service}/recover", post(services::recover))
         .route("/api/telemetry/supervision", get(services::supervision))
         .route("/api/telemetry/events", get(services::events))
+        .route("/api/telemetry/mailboxes", get(services::mailboxes))
         .route("/api/admin/dlq", get(dead_letters::list))
         .route(
             "/api/admin/dlq/{queue}/redrive",

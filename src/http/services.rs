@@ -75,3 +75,16 @@ pub async fn events(
         .ok_or_else(|| ApiError::unavailable("telemetry did not answer", Some(1)))?;
     Ok(axum::Json(page).into_response())
 }
+
+/// `GET /api/telemetry/mailboxes`: depth, messages per second and time in mailbox
+/// per actor family and member, over the last few seconds.
+pub async fn mailboxes(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let view = ask(state.app.control.mailboxes())
+        .await?
+        .ok_or_else(|| ApiError::unavailable("telemetry did not answer", Some(1)))?;
+    Ok(axum::Json(view).into_response())
+}

@@ -3,6 +3,7 @@
 //! the stream its caller holds stays open across broker restarts.
 
 use super::dead_letters::delivery_count;
+use super::envelope;
 use super::link::{Link, Session, backoff, unavailable, within};
 use super::topology::{self, DELIVERY_RETRIES};
 use crate::bus::{Acknowledge, BusError, Delivery, Inbox};
@@ -259,6 +260,7 @@ where
         let handed = match subscription.acking {
             Acking::ByReceiver => Delivery {
                 message,
+                envelope: envelope::read(&delivery.properties),
                 ack: Some(Box::new(BrokerAck {
                     deliveries_before: delivery_count(&delivery.properties),
                     acker: delivery.acker,
@@ -267,7 +269,11 @@ where
             },
             Acking::OnReceipt => {
                 receipts.received(delivery.delivery_tag);
-                Delivery::unacknowledged(message)
+                Delivery {
+                    message,
+                    ack: None,
+                    envelope: envelope::read(&delivery.properties),
+                }
             }
         };
         tokio::select! {

@@ -11,6 +11,7 @@
 
 mod consume;
 mod dead_letters;
+mod envelope;
 mod link;
 mod topology;
 
@@ -78,7 +79,8 @@ impl AmqpBus {
             .map_err(|e| BusError::Rejected(format!("unserialisable message: {e}")))?;
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into());
+            .with_content_type("application/json".into())
+            .with_headers(envelope::headers(&super::Envelope::here()));
         self.link
             .publish(Outgoing {
                 exchange,
