@@ -6,10 +6,13 @@
 //! name (`_seconds`, `_bytes`), `_total` on counters only.
 
 use crate::bus::StepRequest;
+use crate::config::TelemetrySettings;
 use crate::domain::{Operation, Order, OrderEvent, OrderId, OrderStatus, saga};
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use opentelemetry_otlp::ExporterBuildError;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 
 /// The W3C trace context header, on bus messages as an AMQP header of this name.
 pub const TRACEPARENT: &str = "traceparent";
@@ -138,6 +141,73 @@ pub fn describe_metrics() {
     );
 }
 
+/// The trace pipeline while traces are exported: flush it before exit.
+pub struct Traces(SdkTracerProvider);
+
+impl Traces {
+    /// Exports every finished span now (blocks until the receiver answered or the
+    /// export timed out).
+    pub fn flush(&self) {
+        if let Err(e) = self.0.force_flush() {
+            tracing::warn!(error = %e, "traces could not be flushed");
+        }
+    }
+
+    pub fn shutdown(self) {
+        if let Err(e) = self.0.shutdown() {
+            tracing::warn!(error = %e, "the trace exporter did not shut down cleanly");
+        }
+    }
+}
+
+/// The exporting layer, boxed: its full type names the filter and the tracer.
+pub type OtlpLayer<S> = Box<dyn tracing_subscriber::Layer<S> + Send + Sync>;
+
+/// How long one export of a batch of spans may take.
+const OTLP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The `tracing` layer that exports spans over OTLP/HTTP (protobuf) to
+/// `[telemetry] otlp_endpoint`; `None` when no endpoint is set.
+/// Only this crate's spans are exported (not, say, ractor's one span per actor).
+pub fn otlp_layer<S>(
+    settings: &TelemetrySettings,
+) -> Result<Option<(OtlpLayer<S>, Traces)>, ExporterBuildError>
+where
+    S: tracing::Subscriber
+        + for<'span> tracing_subscriber::registry::LookupSpan<'span>
+        + Send
+        + Sync,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use tracing_subscriber::Layer as _;
+    let endpoint = settings.otlp_endpoint.trim().trim_end_matches('/');
+    if endpoint.is_empty() {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{endpoint}/v1/traces"))
+        .with_timeout(OTLP_TIMEOUT)
+        .build()?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("swiftlogistics")
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("swiftlogistics");
+    let ours = tracing_subscriber::filter::Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), tracing::Level::INFO);
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(ours);
+    Ok(Some((Box::new(layer), Traces(provider))))
+}
+
 /// The W3C `traceparent` of the current span, if traces are exported.
 pub fn current_traceparent() -> Option<String> {
     use opentelemetry::propagation::TextMapPropagator;
@@ -177,8 +247,8 @@ pub fn call_span(request: &StepRequest, traceparent: Option<&str>) -> tracing::S
 
 /// The span of one order actor incarnation: a child of `traceparent` (the command
 /// that woke it), or the root of a new trace when it came without one.
-pub fn order_span(order_id: &OrderId, traceparent: Option<&str>) -> tracing::Span {
-    let span = tracing::info_span!("order", order_id = %order_id);
+pub fn order_span(order_id: &OrderId, node: &str, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!("order", order_id = %order_id, node);
     if let Some(traceparent) = traceparent {
         adopt(&span, traceparent);
     }

@@ -107,8 +107,9 @@ pub struct OrderState {
     /// Pending timer (watchdog or idle check), aborted as soon as it is moot so that
     /// tens of thousands of orders do not leave as many sleeping tasks behind.
     timer: Option<JoinHandle<Result<(), MessagingErr<OrderMsg>>>>,
-    /// This incarnation's trace span, a child of the `traceparent` its first command
-    /// came with (intake's request); every step span hangs under it.
+    /// The trace span of the order's processing, from the command that started it
+    /// (a child of the `traceparent` it came with: intake's request) until the order
+    /// leaves processing; every step span hangs under it.
     span: tracing::Span,
     /// The span of the step in flight, closed when its reply settles it.
     step_span: Option<tracing::Span>,
@@ -180,7 +181,8 @@ impl Actor for OrderActor {
                 }
                 _ => None,
             };
-            state.span = crate::observability::order_span(&state.order_id, trace);
+            let node = &state.context.node_id;
+            state.span = crate::observability::order_span(&state.order_id, node, trace);
         }
         let span = state.span.clone();
         Box::pin(state.handle(&myself, message).instrument(span)).await
@@ -411,6 +413,9 @@ impl OrderState {
             }
         } else {
             self.release_admission();
+            // Processing is over: the order's span ends with this message; a later
+            // command (cancel, delivery) starts another under its own request.
+            self.span = tracing::Span::none();
         }
         if status.is_terminal() {
             myself.stop(None);
