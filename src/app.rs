@@ -3,6 +3,7 @@
 
 use crate::actors::adapter::AdapterCore;
 use crate::actors::notifier::{self, Notifier};
+use crate::actors::order::{OrderActorView, OrderMsg};
 use crate::actors::orders::OrdersMsg;
 use crate::actors::root::{RootArgs, RootMsg};
 use crate::actors::telemetry::{
@@ -15,7 +16,7 @@ use crate::bus::amqp::AmqpBus;
 use crate::bus::local::LocalBus;
 use crate::bus::{OrderCommand, SharedBus};
 use crate::config::{BusKind, Settings, StoreKind};
-use crate::domain::{Email, Role, System};
+use crate::domain::{Email, OrderId, Role, System};
 use crate::protocols::SystemClient;
 use crate::protocols::cms::CmsClient;
 use crate::protocols::ros::RosClient;
@@ -50,6 +51,7 @@ pub struct Runtime {
     pub generated_accounts: Vec<(Email, Role, String)>,
     shutdown: CancellationToken,
     root: ActorRef<RootMsg>,
+    orders_supervisor: ActorRef<OrdersMsg>,
     root_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -211,7 +213,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     }
     let inbox = bus.order_commands().await?;
     tasks.push(bridge::spawn_order_bridge(
-        orders_supervisor,
+        orders_supervisor.clone(),
         orders_mailbox,
         bridge::gauge(&context, "bridge-orders"),
         inbox,
@@ -240,7 +242,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         store: store.clone(),
         bus: bus.clone(),
         orders: orders.clone(),
-        control: Arc::new(Control(context.clone())),
+        control: Arc::new(Control(context.clone(), orders_supervisor.clone())),
         metrics,
         tracking: crate::http::ws::Tracking {
             notifier,
@@ -275,6 +277,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         generated_accounts,
         shutdown,
         root,
+        orders_supervisor,
         root_task,
         tasks,
     })
@@ -331,7 +334,7 @@ impl Runtime {
     }
 
     pub fn control(&self) -> Control {
-        Control(self.context.clone())
+        Control(self.context.clone(), self.orders_supervisor.clone())
     }
 
     /// Runs until `stop` resolves or the supervisor tree gives up.
@@ -367,7 +370,7 @@ impl Runtime {
 
 /// Operator controls over the running tree.
 #[derive(Clone)]
-pub struct Control(Arc<Context>);
+pub struct Control(Arc<Context>, ActorRef<OrdersMsg>);
 
 impl Control {
     /// Fault injection for supervision drills: makes the adapter panic.
@@ -398,6 +401,19 @@ impl RuntimeControl for Control {
             timeout
         )
         .ok()
+    }
+
+    fn node_id(&self) -> String {
+        self.0.node_id.clone()
+    }
+
+    async fn order_actor(&self, order_id: &OrderId) -> Result<Option<OrderActorView>, String> {
+        let timeout = CONTROL_TIMEOUT.as_millis() as u64;
+        let actor = ractor::call_t!(self.1, OrdersMsg::Inspect, timeout, order_id.clone())
+            .map_err(|e| e.to_string())?;
+        let Some(actor) = actor else { return Ok(None) };
+        // The actor may stop between the two questions: then none is live.
+        Ok(ractor::call_t!(actor, OrderMsg::Inspect, timeout).ok())
     }
 
     async fn mailboxes(&self) -> Option<MailboxesView> {

@@ -178,3 +178,64 @@ async fn mailboxes_show_depth_rate_and_wait_per_family() {
         assert!(exposition.contains(series), "{series} in\n{exposition}");
     }
 }
+
+#[tokio::test]
+async fn one_orders_actor_can_be_looked_up() {
+    use swiftlogistics::protocols::simulator::ControlledSimulator;
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (client, _) = app.register_client().await;
+    let sims = app.runtime.simulators.as_ref().unwrap();
+    sims.ros.knobs().update(|k| k.outage = true);
+    let order_id = app.place(&client).await;
+    let path = format!("/api/telemetry/orders/{order_id}");
+    let (status, _) = get(&app, &client, &path).await;
+    assert_eq!(status, 403);
+
+    // Stuck on the route: retrying ros.optimize, with a timer for the next attempt.
+    let stuck = periodic_check(
+        || async {
+            let (_, actor) = get(&app, &admin, &path).await;
+            actor["live"] == true
+                && (actor["inFlight"]["operation"] == "ros.optimize"
+                    || actor["nextTimer"]["kind"] == "retry_backoff")
+        },
+        WAIT,
+    )
+    .await;
+    let (_, actor) = get(&app, &admin, &path).await;
+    assert!(stuck, "{actor}");
+    assert_eq!(actor["status"], "INVENTORY_RESERVED", "{actor}");
+    assert!(
+        actor["shard"].as_u64() < actor["shards"].as_u64(),
+        "{actor}"
+    );
+    assert!(!actor["node"].as_str().unwrap().is_empty(), "{actor}");
+    assert!(
+        ["awaiting_reply", "backing_off"].contains(&actor["phase"].as_str().unwrap()),
+        "{actor}"
+    );
+    assert!(actor["nextTimer"]["dueAt"].is_string(), "{actor}");
+
+    sims.ros.knobs().update(|k| k.outage = false);
+    app.wait_for_status(&client, &order_id, "READY_FOR_DELIVERY", WAIT)
+        .await;
+    let idle = periodic_check(
+        || async { get(&app, &admin, &path).await.1["phase"] == "idle" },
+        WAIT,
+    )
+    .await;
+    let (_, actor) = get(&app, &admin, &path).await;
+    assert!(idle, "{actor}");
+    assert_eq!(actor["inFlight"], Value::Null, "{actor}");
+    assert_eq!(actor["nextTimer"]["kind"], "idle_check", "{actor}");
+
+    let (status, _) = get(
+        &app,
+        &admin,
+        "/api/telemetry/orders/ORD-20260101-AAAAAAAAAA",
+    )
+    .await;
+    assert_eq!(status, 404);
+    app.runtime.shutdown().await;
+}

@@ -20,7 +20,7 @@ use crate::service::commit;
 use crate::store::StoreError;
 use chrono::Utc;
 use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -50,6 +50,35 @@ pub enum OrderMsg {
     IdleCheck { generation: u64 },
     /// The store or the bus failed; try again what could not be done.
     Retry,
+    /// What the actor is doing, for `GET /api/telemetry/orders/{id}`.
+    Inspect(RpcReplyPort<OrderActorView>),
+}
+
+/// An order actor as telemetry shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderActorView {
+    /// awaiting_reply, backing_off, persisting, outage_retry, idle or ready.
+    pub phase: &'static str,
+    pub in_flight: Option<StepInFlight>,
+    /// Failed attempts of the step the order waits on.
+    pub attempts: u32,
+    pub next_timer: Option<NextTimer>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepInFlight {
+    pub operation: &'static str,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextTimer {
+    /// watchdog, idle_check or retry_backoff.
+    pub kind: &'static str,
+    pub due_at: chrono::DateTime<Utc>,
 }
 
 pub struct OrderActorArgs {
@@ -107,6 +136,8 @@ pub struct OrderState {
     /// Pending timer (watchdog or idle check), aborted as soon as it is moot so that
     /// tens of thousands of orders do not leave as many sleeping tasks behind.
     timer: Option<JoinHandle<Result<(), MessagingErr<OrderMsg>>>>,
+    /// What the pending timer (or the step backoff) is and when it fires.
+    next_timer: Option<NextTimer>,
     /// The trace span of the order's processing, from the command that started it
     /// (a child of the `traceparent` it came with: intake's request) until the order
     /// leaves processing; every step span hangs under it.
@@ -146,6 +177,7 @@ impl Actor for OrderActor {
             received: 0,
             generation: 0,
             timer: None,
+            next_timer: None,
             span: tracing::Span::none(),
             step_span: None,
             context: args.context,
@@ -267,6 +299,10 @@ impl OrderState {
                 self.retry_scheduled = false;
                 self.reload().await?;
             }
+            OrderMsg::Inspect(reply) => {
+                let _ = reply.send(self.view());
+                return Ok(());
+            }
             OrderMsg::IdleCheck { generation } => {
                 if generation + 1 == self.generation && self.is_quiet() {
                     let _ = self.router.cast(OrdersMsg::Passivate {
@@ -354,6 +390,7 @@ impl OrderState {
                     ));
                     tracing::debug!(operation = operation.name(), %reason, ?delay, "retrying later");
                     self.backing_off = true;
+                    self.note_timer("retry_backoff", delay);
                     myself.send_after(delay, move || OrderMsg::RetryDue { operation });
                 }
             }
@@ -430,6 +467,7 @@ impl OrderState {
                 let generation = self.generation;
                 let after = Duration::from_secs(self.context.settings.orders.passivate_after_secs);
                 self.cancel_timer();
+                self.note_timer("idle_check", after);
                 self.timer =
                     Some(myself.send_after(after, move || OrderMsg::IdleCheck { generation }));
             }
@@ -467,6 +505,7 @@ impl OrderState {
         self.in_flight = Some(InFlight { operation, attempt });
         let watchdog = Duration::from_secs(self.context.settings.saga.step_watchdog_secs);
         self.cancel_timer();
+        self.note_timer("watchdog", watchdog);
         self.timer =
             Some(myself.send_after(watchdog, move || OrderMsg::Watchdog { operation, attempt }));
         Ok(())
@@ -475,6 +514,41 @@ impl OrderState {
     fn cancel_timer(&mut self) {
         if let Some(timer) = self.timer.take() {
             timer.abort();
+        }
+        self.next_timer = None;
+    }
+
+    fn note_timer(&mut self, kind: &'static str, after: Duration) {
+        self.next_timer = chrono::TimeDelta::from_std(after)
+            .ok()
+            .map(|after| NextTimer {
+                kind,
+                due_at: Utc::now() + after,
+            });
+    }
+
+    fn view(&self) -> OrderActorView {
+        let phase = if self.pending.is_some() {
+            "persisting"
+        } else if self.in_flight.is_some() {
+            "awaiting_reply"
+        } else if self.backing_off {
+            "backing_off"
+        } else if self.retry_scheduled {
+            "outage_retry"
+        } else if self.next_operation().is_none() {
+            "idle"
+        } else {
+            "ready"
+        };
+        OrderActorView {
+            phase,
+            in_flight: self.in_flight.map(|f| StepInFlight {
+                operation: f.operation.name(),
+                attempt: f.attempt,
+            }),
+            attempts: self.attempts,
+            next_timer: self.next_timer.clone(),
         }
     }
 

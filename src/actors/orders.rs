@@ -11,7 +11,7 @@ use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge, Pos
 use super::{Acker, Context};
 use crate::bus::OrderCommand;
 use crate::domain::OrderId;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -31,6 +31,9 @@ pub enum OrdersMsg {
         order_id: OrderId,
         received: u64,
     },
+    /// The live actor of an order, if there is one (for telemetry: the caller asks
+    /// the actor itself, so the router never waits on it).
+    Inspect(OrderId, RpcReplyPort<Option<ActorRef<OrderMsg>>>),
 }
 
 struct LiveOrder {
@@ -115,6 +118,10 @@ impl Actor for OrdersSupervisor {
                     state.family.left();
                     live.actor.stop(Some("passivated".into()));
                 }
+                Ok(())
+            }
+            OrdersMsg::Inspect(order_id, reply) => {
+                let _ = reply.send(state.live.get(&order_id).map(|l| l.actor.clone()));
                 Ok(())
             }
         }

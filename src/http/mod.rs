@@ -108,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/telemetry/supervision", get(services::supervision))
         .route("/api/telemetry/events", get(services::events))
         .route("/api/telemetry/mailboxes", get(services::mailboxes))
+        .route("/api/telemetry/orders/{id}", get(services::order_actor))
         .route("/api/admin/dlq", get(dead_letters::list))
         .route(
             "/api/admin/dlq/{queue}/redrive",
