@@ -161,6 +161,7 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     let settings = Arc::new(settings);
     // Installed before anything records, so that every metric lands in it.
     let metrics = metrics_handle();
+    crate::observability::declare_series();
     let store = open_store(&settings).await?;
     let node_id = format!("node-{}", uuid::Uuid::new_v4().simple());
     let bus = open_bus(&settings, &node_id).await?;

@@ -7,7 +7,7 @@
 
 use crate::bus::StepRequest;
 use crate::config::TelemetrySettings;
-use crate::domain::{Operation, Order, OrderEvent, OrderId, OrderStatus, saga};
+use crate::domain::{Operation, Order, OrderEvent, OrderId, OrderStatus, System, saga};
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use opentelemetry_otlp::ExporterBuildError;
@@ -206,6 +206,20 @@ where
         .with_tracer(tracer)
         .with_filter(ours);
     Ok(Some((Box::new(layer), Traces(provider))))
+}
+
+/// Series that count rare events, declared at zero so that dashboards and alerts
+/// find them before the first event.
+pub fn declare_series() {
+    for system in System::ALL {
+        for to in ["open", "half_open", "closed"] {
+            metrics::counter!("swift_circuit_transitions_total", "system" => system.as_str(), "to" => to)
+                .absolute(0);
+        }
+    }
+    for reason in ["malformed", "delivery_limit"] {
+        metrics::counter!("swift_dead_lettered_messages_total", "reason" => reason).absolute(0);
+    }
 }
 
 /// The W3C `traceparent` of the current span, if traces are exported.
