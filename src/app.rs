@@ -2,10 +2,12 @@
 //! and the HTTP server from the settings, and takes them down again in order.
 
 use crate::actors::adapter::AdapterCore;
+use crate::actors::cluster::{ClusterArgs, ClusterKeeper, ClusterMsg, ClusterView};
 use crate::actors::notifier::{self, Notifier};
 use crate::actors::order::{OrderActorView, OrderMsg};
 use crate::actors::orders::OrdersMsg;
 use crate::actors::root::{RootArgs, RootMsg};
+use crate::actors::shards::ShardTable;
 use crate::actors::telemetry::{
     EventPage, EventQuery, MailboxGauge, MailboxesView, Telemetry, TelemetryArgs, TelemetryMsg,
 };
@@ -14,7 +16,7 @@ use crate::actors::{
 };
 use crate::bus::amqp::AmqpBus;
 use crate::bus::local::LocalBus;
-use crate::bus::{OrderCommand, SharedBus};
+use crate::bus::{ClusterMessage, SharedBus};
 use crate::config::{BusKind, Settings, StoreKind};
 use crate::domain::{Email, OrderId, Role, System};
 use crate::protocols::SystemClient;
@@ -28,7 +30,6 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a control request to an actor may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time kept at the end of a drain for the HTTP server to finish its requests.
+const HTTP_DRAIN_SHARE: Duration = Duration::from_secs(3);
 
 /// A running node.
 pub struct Runtime {
@@ -50,6 +53,12 @@ pub struct Runtime {
     /// Accounts created at this start with generated passwords, to print once.
     pub generated_accounts: Vec<(Email, Role, String)>,
     shutdown: CancellationToken,
+    /// Cancelled first in a drain: WebSocket sessions close with 1012.
+    sessions: CancellationToken,
+    /// Stops the HTTP server gracefully (new connections refused, requests finish).
+    http_shutdown: CancellationToken,
+    http_task: JoinHandle<()>,
+    keeper: ActorRef<ClusterMsg>,
     root: ActorRef<RootMsg>,
     orders_supervisor: ActorRef<OrdersMsg>,
     root_task: JoinHandle<()>,
@@ -106,11 +115,12 @@ async fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
     }
 }
 
-async fn open_bus(settings: &Settings, node_id: &str) -> anyhow::Result<SharedBus> {
+/// `queue_owner` names this process's private queues on the broker.
+async fn open_bus(settings: &Settings, queue_owner: &str) -> anyhow::Result<SharedBus> {
     match settings.bus.kind {
-        BusKind::Local => Ok(Arc::new(LocalBus::default())),
+        BusKind::Local => Ok(Arc::new(LocalBus::new(settings.bus.shards))),
         BusKind::Amqp => {
-            let bus = AmqpBus::connect(&settings.bus, node_id)
+            let bus = AmqpBus::connect(&settings.bus, queue_owner)
                 .await
                 .context("cannot connect to RabbitMQ (bus.rabbitmq_url / RABBITMQ_URL)")?;
             Ok(Arc::new(bus))
@@ -158,13 +168,21 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     } else {
         None
     };
+    // Listening first: the port is part of the default node id.
+    let listener = tokio::net::TcpListener::bind(&settings.http.bind)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", settings.http.bind))?;
+    let http_addr = listener.local_addr()?;
+    let node_id = settings.node_id(http_addr.port());
+    // A restarted node keeps its id but not its private queues, which the broker
+    // may still hold for the process that died.
+    let incarnation = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let settings = Arc::new(settings);
     // Installed before anything records, so that every metric lands in it.
     let metrics = metrics_handle();
     crate::observability::declare_series();
     let store = open_store(&settings).await?;
-    let node_id = format!("node-{}", uuid::Uuid::new_v4().simple());
-    let bus = open_bus(&settings, &node_id).await?;
+    let bus = open_bus(&settings, &format!("{node_id}.{incarnation}")).await?;
     let admission = Arc::new(Admission::new(settings.orders.max_in_flight));
     let telemetry_args = TelemetryArgs {
         node: node_id.clone(),
@@ -172,18 +190,22 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         metrics: Some(metrics.clone()),
     };
     let (telemetry, _) = Actor::spawn(None, Telemetry, telemetry_args).await?;
+    let shards = Arc::new(ShardTable::new(bus.shard_count()));
+    metrics::gauge!("swift_node_info", "node" => node_id.clone()).set(1.0);
+    tracing::info!(node = %node_id, %incarnation, shards = shards.shards(), "node starting");
 
     let cores = clients(&settings)?
         .into_iter()
         .map(|(system, client)| AdapterCore::new(system, client, &settings));
     let context = Arc::new(Context {
+        node_id: node_id.clone(),
         settings: settings.clone(),
         store: store.clone(),
         bus: bus.clone(),
         admission: admission.clone(),
+        shards: shards.clone(),
         telemetry: telemetry.clone(),
         adapters: AdapterDirectory::new(cores),
-        node_id: node_id.clone(),
     });
 
     let orders_mailbox = MailboxGauge::new(
@@ -212,12 +234,29 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
             shutdown.child_token(),
         ));
     }
-    let inbox = bus.order_commands().await?;
-    tasks.push(bridge::spawn_order_bridge(
+    let keeper_args = ClusterArgs {
+        context: context.clone(),
+        orders: orders_supervisor.clone(),
+        incarnation,
+    };
+    let (keeper, _) =
+        Actor::spawn_linked(None, ClusterKeeper, keeper_args, root.get_cell()).await?;
+    let heard = bus.cluster_messages().await?;
+    tasks.push(bridge::spawn_cluster_bridge(
+        keeper.clone(),
+        heard,
+        shutdown.child_token(),
+    ));
+    // Last: from here on this node may become active on shards, and every gain
+    // resumes that shard's unfinished orders from the store.
+    let feed = bus.order_shards().await?;
+    tasks.push(bridge::spawn_shard_bridge(
+        context.clone(),
         orders_supervisor.clone(),
+        keeper.clone(),
         orders_mailbox,
         bridge::gauge(&context, "bridge-orders"),
-        inbox,
+        feed,
         shutdown.child_token(),
     ));
     let notifier: Notifier =
@@ -233,42 +272,36 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
     let generated_accounts = crate::auth::ensure_bootstrap_accounts(&store, &settings).await?;
     let orders = OrderService::new(store.clone(), bus.clone(), admission, &node_id);
 
-    let listener = tokio::net::TcpListener::bind(&settings.http.bind)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", settings.http.bind))?;
-    let http_addr = listener.local_addr()?;
     let listener = axum::serve::ListenerExt::tap_io(listener, crate::http::ws::tune_connection);
+    let sessions = shutdown.child_token();
     let state = crate::http::AppState {
         settings: settings.clone(),
         store: store.clone(),
         bus: bus.clone(),
         orders: orders.clone(),
-        control: Arc::new(Control(context.clone(), orders_supervisor.clone())),
+        control: Arc::new(Control(
+            context.clone(),
+            keeper.clone(),
+            orders_supervisor.clone(),
+        )),
         metrics,
         tracking: crate::http::ws::Tracking {
             notifier,
-            shutdown: shutdown.child_token(),
+            shutdown: sessions.clone(),
         },
     };
     let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let http_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
+    let http_shutdown = shutdown.child_token();
+    let stop_serving = http_shutdown.clone();
+    let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .with_graceful_shutdown(stop_serving.cancelled_owned())
             .await
         {
             tracing::error!(error = %e, "HTTP server stopped with an error");
         }
-    }));
+    });
 
-    resume_unfinished(&store, &bus, None).await?;
-    let sweep = Duration::from_secs(settings.orders.resume_sweep_secs);
-    tasks.push(spawn_resume_sweep(
-        store.clone(),
-        bus.clone(),
-        sweep,
-        shutdown.child_token(),
-    ));
     Ok(Runtime {
         settings,
         http_addr,
@@ -277,55 +310,14 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Runtime> {
         orders,
         generated_accounts,
         shutdown,
+        sessions,
+        http_shutdown,
+        http_task,
+        keeper,
         root,
         orders_supervisor,
         root_task,
         tasks,
-    })
-}
-
-/// After a restart every order still being processed picks up where its last
-/// persisted transition left it; a sweep wakes those unchanged since `unchanged_since`.
-async fn resume_unfinished(
-    store: &SharedStore,
-    bus: &SharedBus,
-    unchanged_since: Option<DateTime<Utc>>,
-) -> anyhow::Result<()> {
-    let unfinished = store.unfinished_orders(unchanged_since).await?;
-    if !unfinished.is_empty() {
-        tracing::info!(count = unfinished.len(), "resuming unfinished orders");
-    }
-    for order_id in unfinished {
-        bus.send_to_order(OrderCommand::Wake { order_id }).await?;
-    }
-    Ok(())
-}
-
-/// Orders nobody is driving are found by sweeping the store now and then: in a
-/// cluster, orders of a shard taken over from a dead node; anywhere, orders whose
-/// wake-up was lost (a bus outage) or whose intake write landed although the store
-/// reported a failure. Only orders unchanged for a whole sweep interval are woken:
-/// waking one that is moving changes nothing but costs a message and a read, and
-/// under a backlog of thousands of moving orders those would crowd out the work.
-fn spawn_resume_sweep(
-    store: SharedStore,
-    bus: SharedBus,
-    every: Duration,
-    shutdown: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            let unchanged_since = chrono::TimeDelta::from_std(every)
-                .ok()
-                .and_then(|every| Utc::now().checked_sub_signed(every));
-            if let Err(e) = resume_unfinished(&store, &bus, unchanged_since).await {
-                tracing::warn!(error = %e, "resume sweep failed; trying again later");
-            }
-        }
     })
 }
 
@@ -335,10 +327,14 @@ impl Runtime {
     }
 
     pub fn control(&self) -> Control {
-        Control(self.context.clone(), self.orders_supervisor.clone())
+        Control(
+            self.context.clone(),
+            self.keeper.clone(),
+            self.orders_supervisor.clone(),
+        )
     }
 
-    /// Runs until `stop` resolves or the supervisor tree gives up.
+    /// Runs until `stop` resolves (then drains) or the supervisor tree gives up.
     pub async fn run_until(
         mut self,
         stop: impl std::future::Future<Output = ()>,
@@ -347,16 +343,53 @@ impl Runtime {
             _ = stop => false,
             _ = &mut self.root_task => true,
         };
-        self.shutdown().await;
         if failed {
+            self.shutdown().await;
             bail!("the supervisor tree stopped; see the log for the failure");
         }
+        let limit = Duration::from_secs(self.settings.cluster.drain_timeout_secs);
+        self.drain(limit).await;
         Ok(())
+    }
+
+    /// A graceful stop within `limit` (DESIGN section 9): not ready and no intake at
+    /// once, WebSocket sessions told to reconnect elsewhere (1012), every shard handed
+    /// over (actors stopped, then consumers ended), requests in flight finished; then
+    /// everything stops.
+    pub async fn drain(mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        tracing::info!(node = %self.context.node_id, ?limit, "draining");
+        self.context.admission.close();
+        self.sessions.cancel();
+        let shards_by = deadline
+            .checked_sub(HTTP_DRAIN_SHARE.min(limit / 2))
+            .unwrap_or(deadline);
+        let left = shards_by.saturating_duration_since(tokio::time::Instant::now());
+        let handed_over = ractor::call_t!(self.keeper, ClusterMsg::Drain, left.as_millis() as u64);
+        match handed_over {
+            Ok(()) => tracing::info!(node = %self.context.node_id, "every shard handed over"),
+            Err(error) => {
+                tracing::warn!(%error, "shards not all handed over in time; the broker moves them when the node goes")
+            }
+        }
+        self.http_shutdown.cancel();
+        let Self { http_task, .. } = &mut self;
+        if tokio::time::timeout_at(deadline, http_task).await.is_err() {
+            tracing::warn!("HTTP requests still running at the end of the drain");
+        }
+        let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if tokio::time::timeout(rest.max(Duration::from_secs(1)), self.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the node did not stop in time after draining");
+        }
     }
 
     /// Stops accepting requests, then stops the actors, then the simulators.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
+        self.http_task.abort();
         for task in self.tasks {
             let _ = task.await;
         }
@@ -371,7 +404,7 @@ impl Runtime {
 
 /// Operator controls over the running tree.
 #[derive(Clone)]
-pub struct Control(Arc<Context>, ActorRef<OrdersMsg>);
+pub struct Control(Arc<Context>, ActorRef<ClusterMsg>, ActorRef<OrdersMsg>);
 
 impl Control {
     /// Fault injection for supervision drills: makes the adapter panic.
@@ -393,7 +426,15 @@ impl RuntimeControl for Control {
             .collect()
     }
 
+    /// Closes the circuit here and asks every other node to close theirs.
     async fn recover(&self, system: System) -> Option<ServiceHealth> {
+        let everywhere = ClusterMessage::RecoverCircuit {
+            service: system,
+            from: self.0.node_id.clone(),
+        };
+        if let Err(error) = self.0.bus.broadcast(everywhere).await {
+            tracing::warn!(%error, "circuit recovery not sent to the other nodes");
+        }
         let adapter = self.0.adapters.live(system)?;
         let timeout = CONTROL_TIMEOUT.as_millis() as u64;
         ractor::call_t!(
@@ -410,7 +451,7 @@ impl RuntimeControl for Control {
 
     async fn order_actor(&self, order_id: &OrderId) -> Result<Option<OrderActorView>, String> {
         let timeout = CONTROL_TIMEOUT.as_millis() as u64;
-        let actor = ractor::call_t!(self.1, OrdersMsg::Inspect, timeout, order_id.clone())
+        let actor = ractor::call_t!(self.2, OrdersMsg::Inspect, timeout, order_id.clone())
             .map_err(|e| e.to_string())?;
         let Some(actor) = actor else { return Ok(None) };
         // The actor may stop between the two questions: then none is live.
@@ -425,6 +466,12 @@ impl RuntimeControl for Control {
     async fn events(&self, query: EventQuery) -> Option<EventPage> {
         let timeout = CONTROL_TIMEOUT.as_millis() as u64;
         ractor::call_t!(self.0.telemetry, TelemetryMsg::Events, timeout, query).ok()
+    }
+
+    async fn cluster(&self) -> Option<ClusterView> {
+        let keeper = self.1.clone();
+        let timeout = CONTROL_TIMEOUT.as_millis() as u64;
+        ractor::call_t!(keeper, ClusterMsg::View, timeout).ok()
     }
 
     async fn supervision(&self) -> ActorNode {

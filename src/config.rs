@@ -28,6 +28,7 @@ pub struct Settings {
     pub supervision: SupervisionSettings,
     pub simulators: SimulatorSettings,
     pub websocket: WebSocketSettings,
+    pub cluster: ClusterSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
 }
@@ -176,6 +177,18 @@ pub struct WebSocketSettings {
     pub max_subscriptions: usize,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    pub node_id: String,
+    pub heartbeat_ms: u64,
+    pub missed_heartbeats: u32,
+    pub drain_timeout_secs: u64,
+}
+
+/// Longest node id: it is part of queue names, which AMQP bounds.
+const MAX_NODE_ID_LEN: usize = 48;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -266,6 +279,16 @@ impl Settings {
         if self.orders.max_in_flight == 0 || self.circuit.failure_threshold == 0 {
             return invalid("orders.max_in_flight and circuit.failure_threshold must be positive");
         }
+        let id = &self.cluster.node_id;
+        if id.len() > MAX_NODE_ID_LEN || !id.bytes().all(node_id_byte) {
+            return invalid("cluster.node_id must be at most 48 characters of A-Z a-z 0-9 - _ .");
+        }
+        if self.cluster.heartbeat_ms == 0
+            || self.cluster.missed_heartbeats == 0
+            || self.cluster.drain_timeout_secs == 0
+        {
+            return invalid("every cluster setting but node_id must be positive");
+        }
         let ws = &self.websocket;
         if ws.ping_interval_ms == 0
             || ws.pong_timeout_ms == 0
@@ -280,6 +303,41 @@ impl Settings {
     pub fn uses_default_secret(&self) -> bool {
         self.auth.jwt_secret == DEFAULT_JWT_SECRET
     }
+
+    /// `cluster.node_id`, or the host name and HTTP port (`web-1-3000`), which tell
+    /// apart the nodes of one cluster as long as no two share host and port.
+    pub fn node_id(&self, http_port: u16) -> String {
+        if !self.cluster.node_id.is_empty() {
+            return self.cluster.node_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_default();
+        let host: String = host
+            .trim()
+            .chars()
+            .map(|c| {
+                if node_id_byte(c as u8) && c.is_ascii() {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(MAX_NODE_ID_LEN - 6)
+            .collect();
+        let host = if host.is_empty() {
+            "node".to_owned()
+        } else {
+            host
+        };
+        format!("{host}-{http_port}")
+    }
+}
+
+fn node_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
 }
 
 pub fn millis(ms: u64) -> Duration {
@@ -314,5 +372,19 @@ mod tests {
         assert!(Settings::defaults_with(json!({"http": {"bnd": "x"}})).is_err());
         assert!(Settings::defaults_with(json!({"store": {"kind": "postgres"}})).is_err());
         assert!(Settings::defaults_with(json!({"bus": {"shards": 0}})).is_err());
+        assert!(Settings::defaults_with(json!({"cluster": {"node_id": "a b"}})).is_err());
+    }
+
+    #[test]
+    fn the_node_id_is_configured_or_host_and_port() {
+        let named = Settings::defaults_with(json!({"cluster": {"node_id": "web-1"}})).unwrap();
+        assert_eq!(named.node_id(3000), "web-1");
+        let default = Settings::defaults_with(json!({})).unwrap();
+        let id = default.node_id(3001);
+        assert!(id.ends_with("-3001"), "{id}");
+        assert!(
+            id.len() <= MAX_NODE_ID_LEN && id.bytes().all(node_id_byte),
+            "{id}"
+        );
     }
 }

@@ -92,11 +92,23 @@ fn init_logging(settings: &Settings) -> Option<observability::Traces> {
     traces
 }
 
-async fn ctrl_c() {
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %e, "cannot listen for Ctrl-C; running until killed");
-        std::future::pending::<()>().await;
-    }
+/// Resolves on SIGTERM (docker stop, Kubernetes, systemd) or SIGINT (Ctrl-C): both
+/// start a drain. A process that is PID 1 in a container has no default action for
+/// SIGTERM, so without this `docker stop` would wait and then kill.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM and SIGINT; running until killed");
+        return std::future::pending::<()>().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "stop requested");
 }
 
 #[tokio::main]
@@ -165,6 +177,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             BusKind::Local => "  bus: in-process".to_owned(),
             BusKind::Amqp => "  bus: RabbitMQ".to_owned(),
         },
+        format!("  node: {}", runtime.context.node_id),
     ];
     match &runtime.simulators {
         Some(sims) => banner.push(format!(
@@ -190,7 +203,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "  try: curl -s -X POST {url}/api/auth/register -H 'content-type: application/json' \\\n         -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\",\"password\":\"correct-horse\"}}'"
     ));
     println!("{}", banner.join("\n"));
-    runtime.run_until(ctrl_c()).await
+    runtime.run_until(stop_signal()).await
 }
 
 async fn simulate(settings: Settings) -> anyhow::Result<()> {
@@ -205,7 +218,7 @@ async fn simulate(settings: Settings) -> anyhow::Result<()> {
         sims.wms_addr,
         sims.control_addr
     );
-    ctrl_c().await;
+    stop_signal().await;
     shutdown.cancel();
     sims.join().await;
     Ok(())

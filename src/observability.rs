@@ -62,7 +62,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "swift_order_transitions_total",
-        "Order status changes persisted by this node, by the status reached."
+        "Order status changes persisted, by the status reached and the node that made them."
     );
     describe_histogram!(
         JOURNEY,
@@ -121,6 +121,27 @@ pub fn describe_metrics() {
     describe_gauge!(
         "swift_dead_letter_queue_messages",
         "Messages waiting in each dead-letter queue."
+    );
+    describe_gauge!("swift_node_info", "Always 1, labelled with this node's id.");
+    describe_gauge!(
+        "swift_shards_owned",
+        "Order shards this node is the active consumer of."
+    );
+    describe_counter!(
+        "swift_shard_gains_total",
+        "Shards this node became the owner of."
+    );
+    describe_counter!(
+        "swift_shard_losses_total",
+        "Shards this node lost (any reason)."
+    );
+    describe_counter!(
+        "swift_shard_handovers_total",
+        "Shards this node handed over to balance the cluster."
+    );
+    describe_counter!(
+        "swift_parked_dropped_total",
+        "Requests parked on an open circuit dropped unsent because their order had moved on."
     );
     describe_gauge!("swift_ws_sessions", "Open WebSocket sessions.");
     describe_counter!(
@@ -317,8 +338,10 @@ pub fn order_transitions(node: &str, order: &Order, events: &[OrderEvent]) {
             seq = event.seq,
             "order transition"
         );
-        metrics::counter!("swift_order_transitions_total", "status" => event.status.as_str())
-            .increment(1);
+        // By node too: which node drives how much of the work, for the cluster figures.
+        metrics::counter!("swift_order_transitions_total",
+            "status" => event.status.as_str(), "node" => node.to_owned())
+        .increment(1);
         if settles(event.status) {
             let journey = (event.timestamp - order.created_at)
                 .to_std()

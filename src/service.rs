@@ -9,41 +9,80 @@ use crate::bus::{OrderCommand, SharedBus};
 use crate::domain::saga::{self, SagaRejection};
 use crate::domain::{
     NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId,
+    ValidationErrors,
 };
 use crate::store::{Intake, OrderPage, OrderQuery, SharedStore, StoreError};
 use chrono::Utc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Most times a request re-reads and re-decides after losing a compare-and-set race.
 const MAX_CAS_ATTEMPTS: usize = 8;
+/// Orders of each kind in a driver's work list (ready for pickup, carrying).
+pub const DRIVER_WORK_LIMIT: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("order not found")]
     NotFound,
+    #[error("the request has invalid fields")]
+    Invalid(ValidationErrors),
     #[error("{0}")]
     Conflict(String),
     #[error("too many orders in flight; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },
+    /// The node is shutting down; another node (or this one restarted) takes it.
+    #[error("this node is shutting down; retry in {retry_after_secs} s")]
+    Draining { retry_after_secs: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
 }
 
-/// Who is asking. Clients see their own orders; admins see all; drivers move
-/// orders on to delivery.
+/// Who is asking. Clients see and cancel their own orders; drivers move on the
+/// orders assigned to them; admins do everything. An order the caller may not act on
+/// is answered as if it did not exist (404), so ids reveal nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Viewer {
     pub user_id: UserId,
     pub role: Role,
 }
 
+/// What a caller wants to do with one order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Read it, or cancel it (the route admits clients and admins only).
+    Own,
+    /// Take it out for delivery or mark it delivered.
+    Deliver,
+    /// Give it to a driver.
+    Assign,
+}
+
 impl Viewer {
-    fn may_see(&self, order: &Order) -> bool {
-        self.role == Role::Admin || order.customer_id == self.user_id
+    fn may(&self, action: Action, order: &Order) -> bool {
+        if self.role == Role::Admin {
+            return true;
+        }
+        match action {
+            Action::Own => order.customer_id == self.user_id,
+            Action::Deliver => {
+                self.role == Role::Driver && order.driver_id.as_ref() == Some(&self.user_id)
+            }
+            Action::Assign => false,
+        }
     }
+}
+
+/// A driver's work: what waits for them at the warehouse and what they carry,
+/// newest first, each list at most `DRIVER_WORK_LIMIT` long.
+#[derive(Debug, Clone)]
+pub struct DriverWork {
+    pub ready_for_pickup: Vec<Order>,
+    pub carrying: Vec<Order>,
+    /// Either list was cut at `DRIVER_WORK_LIMIT`.
+    pub truncated: bool,
 }
 
 /// The bound on orders being processed on this node. Order actors enter when they
@@ -54,6 +93,8 @@ impl Viewer {
 pub struct Admission {
     in_flight: AtomicUsize,
     max: usize,
+    /// Set when the node drains: it takes no new order (and is not ready).
+    closed: AtomicBool,
 }
 
 impl Admission {
@@ -61,11 +102,21 @@ impl Admission {
         Self {
             in_flight: AtomicUsize::new(0),
             max,
+            closed: AtomicBool::new(false),
         }
     }
 
     pub fn has_room(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) < self.max
+    }
+
+    /// For good: the node is draining.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     pub fn enter(&self) {
@@ -119,6 +170,11 @@ impl OrderService {
         request: NewOrder,
         idempotency_key: Option<&str>,
     ) -> Result<Placed, ServiceError> {
+        if self.admission.is_closed() {
+            return Err(ServiceError::Draining {
+                retry_after_secs: 1,
+            });
+        }
         if !self.admission.has_room() {
             return Err(ServiceError::Busy {
                 retry_after_secs: 1,
@@ -156,8 +212,17 @@ impl OrderService {
     }
 
     pub async fn find(&self, viewer: &Viewer, id: &OrderId) -> Result<Order, ServiceError> {
+        self.load(viewer, Action::Own, id).await
+    }
+
+    async fn load(
+        &self,
+        viewer: &Viewer,
+        action: Action,
+        id: &OrderId,
+    ) -> Result<Order, ServiceError> {
         match self.store.order(id).await? {
-            Some(order) if viewer.may_see(&order) => Ok(order),
+            Some(order) if viewer.may(action, &order) => Ok(order),
             _ => Err(ServiceError::NotFound),
         }
     }
@@ -185,12 +250,14 @@ impl OrderService {
     }
 
     pub async fn cancel(&self, viewer: &Viewer, id: &OrderId) -> Result<Order, ServiceError> {
-        self.change(viewer, id, || SagaInput::Cancel).await
+        self.change(viewer, Action::Own, id, |_| Some(SagaInput::Cancel))
+            .await
     }
 
+    /// The assigned driver (or an admin) moves the order on; anyone else gets 404.
     pub async fn deliver(
         &self,
-        driver: &Viewer,
+        viewer: &Viewer,
         id: &OrderId,
         status: OrderStatus,
     ) -> Result<Order, ServiceError> {
@@ -199,27 +266,79 @@ impl OrderService {
                 "status must be OUT_FOR_DELIVERY or DELIVERED".into(),
             ));
         }
-        let admin_view = Viewer {
-            user_id: driver.user_id.clone(),
-            role: Role::Admin,
-        };
-        self.change(&admin_view, id, || SagaInput::Delivery {
-            status,
-            driver: driver.user_id.clone(),
+        self.change(viewer, Action::Deliver, id, |_| {
+            Some(SagaInput::Delivery {
+                status,
+                by: viewer.user_id.clone(),
+            })
         })
         .await
     }
 
-    /// Read, decide, compare-and-set; again if someone else wrote in between.
-    async fn change(
+    /// An admin gives the order to `driver`, which must be a driver's account.
+    /// Assigning it to the driver it already has changes nothing.
+    pub async fn assign(
         &self,
         viewer: &Viewer,
         id: &OrderId,
-        input: impl Fn() -> SagaInput,
+        driver: &UserId,
+    ) -> Result<Order, ServiceError> {
+        let is_driver = self
+            .store
+            .user_by_id(driver)
+            .await?
+            .is_some_and(|user| user.role == Role::Driver);
+        if !is_driver {
+            let mut errors = ValidationErrors::default();
+            errors.add("driverId", "must be the id of a driver's account");
+            return Err(ServiceError::Invalid(errors));
+        }
+        self.change(viewer, Action::Assign, id, |order| {
+            (order.driver_id.as_ref() != Some(driver)).then(|| SagaInput::Assign {
+                driver: driver.clone(),
+            })
+        })
+        .await
+    }
+
+    /// The orders assigned to the calling driver that are ready for pickup or out
+    /// for delivery.
+    pub async fn driver_work(&self, driver: &Viewer) -> Result<DriverWork, ServiceError> {
+        let of_driver = |status| OrderQuery {
+            customer: None,
+            driver: Some(driver.user_id.clone()),
+            status: Some(status),
+            limit: DRIVER_WORK_LIMIT,
+            after: None,
+        };
+        let (ready, carrying) = (
+            of_driver(OrderStatus::ReadyForDelivery),
+            of_driver(OrderStatus::OutForDelivery),
+        );
+        let (ready, carrying) =
+            tokio::try_join!(self.store.orders(&ready), self.store.orders(&carrying))?;
+        Ok(DriverWork {
+            truncated: ready.next.is_some() || carrying.next.is_some(),
+            ready_for_pickup: ready.orders,
+            carrying: carrying.orders,
+        })
+    }
+
+    /// Read, decide, compare-and-set; again if someone else wrote in between.
+    /// `input` sees the order as read and may find there is nothing to do (`None`).
+    async fn change(
+        &self,
+        viewer: &Viewer,
+        action: Action,
+        id: &OrderId,
+        input: impl Fn(&Order) -> Option<SagaInput>,
     ) -> Result<Order, ServiceError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let order = self.find(viewer, id).await?;
-            let decision = saga::decide(&order, input(), Utc::now()).map_err(|e| match e {
+            let order = self.load(viewer, action, id).await?;
+            let Some(input) = input(&order) else {
+                return Ok(order);
+            };
+            let decision = saga::decide(&order, input, Utc::now()).map_err(|e| match e {
                 SagaRejection::Conflict(m) => ServiceError::Conflict(m),
                 SagaRejection::Stale => {
                     ServiceError::Conflict("the order changed meanwhile".into())
@@ -274,6 +393,78 @@ async fn announce(bus: &SharedBus, events: &[OrderEvent]) {
     for event in events {
         if let Err(e) = bus.publish_update(event.clone()).await {
             tracing::warn!(order_id = %event.order_id, error = %e, "order update not announced");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Location, PackageDetails};
+
+    fn order_of(customer: &str, driver: Option<&str>) -> Order {
+        let here = Location {
+            lat: 1.0,
+            lng: 2.0,
+            address: None,
+        };
+        let request = NewOrder {
+            pickup_location: here.clone(),
+            delivery_address: here,
+            package_details: PackageDetails {
+                weight: 1.0,
+                dimensions: None,
+                description: None,
+                fragile: false,
+            },
+            scheduled_pickup_time: None,
+            special_instructions: None,
+        };
+        let id = OrderId::parse("ORD-1").unwrap();
+        let (mut order, _) =
+            Order::receive(id, UserId::from_trusted(customer), request, Utc::now());
+        order.driver_id = driver.map(UserId::from_trusted);
+        order
+    }
+
+    fn viewer(id: &str, role: Role) -> Viewer {
+        Viewer {
+            user_id: UserId::from_trusted(id),
+            role,
+        }
+    }
+
+    #[test]
+    fn drivers_act_only_on_orders_assigned_to_them() {
+        let assigned = order_of("usr_c", Some("usr_d"));
+        let unassigned = order_of("usr_c", None);
+        let driver = viewer("usr_d", Role::Driver);
+        let other_driver = viewer("usr_e", Role::Driver);
+        assert!(driver.may(Action::Deliver, &assigned));
+        assert!(!other_driver.may(Action::Deliver, &assigned));
+        assert!(!driver.may(Action::Deliver, &unassigned));
+        assert!(
+            !driver.may(Action::Own, &assigned),
+            "drivers are not customers"
+        );
+        assert!(!driver.may(Action::Assign, &assigned));
+    }
+
+    #[test]
+    fn a_client_with_a_drivers_id_is_no_driver() {
+        // A client whose id was assigned by mistake still cannot deliver.
+        let assigned_to_client = order_of("usr_c", Some("usr_x"));
+        assert!(!viewer("usr_x", Role::Client).may(Action::Deliver, &assigned_to_client));
+        assert!(viewer("usr_c", Role::Client).may(Action::Own, &assigned_to_client));
+        assert!(!viewer("usr_c", Role::Client).may(Action::Deliver, &assigned_to_client));
+    }
+
+    #[test]
+    fn admins_keep_full_access() {
+        let admin = viewer("usr_a", Role::Admin);
+        let order = order_of("usr_c", None);
+        for action in [Action::Own, Action::Deliver, Action::Assign] {
+            assert!(admin.may(action, &order));
         }
     }
 }

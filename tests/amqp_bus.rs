@@ -5,7 +5,7 @@
 //! Each test works in its own namespace, so tests run in parallel on one broker and
 //! a leftover from an earlier run cannot disturb them.
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -13,13 +13,14 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::json;
-use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use swiftlogistics::bus::amqp::{AmqpBus, DELIVERY_RETRIES};
-use swiftlogistics::bus::{Bus, BusError, Delivery, Inbox, OrderCommand, StepRequest};
+use swiftlogistics::bus::{
+    Bus, BusError, Delivery, Inbox, OrderCommand, ShardEvent, ShardFeed, StepRequest,
+};
 use swiftlogistics::config::{BusSettings, Settings};
 use swiftlogistics::domain::{
     Location, Operation, OrderEvent, OrderId, OrderStatus, PackageDetails, System, UserId,
@@ -173,6 +174,7 @@ fn step(order_id: &OrderId, operation: Operation) -> StepRequest {
         customer_id: UserId::from_trusted("usr_amqp_test"),
         operation,
         attempt: 1,
+        epoch: 0,
         pickup: place(40.7),
         delivery: place(40.6),
         package: PackageDetails {
@@ -354,8 +356,34 @@ async fn step_requests_reach_their_system_and_an_ack_is_final() {
     assert_eq!(body, for_cms);
 }
 
+async fn next_event(feed: &mut ShardFeed) -> ShardEvent {
+    tokio::time::timeout(WAIT, feed.next())
+        .await
+        .expect("a shard event within the wait")
+        .expect("the feed stays open")
+}
+
+/// The next command of the feed, with the shard and epoch it came under; ownership
+/// events on the way are checked against `gained` and `ended`.
+async fn next_command(
+    feed: &mut ShardFeed,
+    gained: &mut Vec<(u32, u64)>,
+) -> (u32, u64, Delivery<OrderCommand>) {
+    loop {
+        match next_event(feed).await {
+            ShardEvent::Gained { shard, epoch } => gained.push((shard, epoch)),
+            ShardEvent::Lost { shard, .. } => panic!("unexpected loss of shard {shard}"),
+            ShardEvent::Command {
+                shard,
+                epoch,
+                delivery,
+            } => return (shard, epoch, delivery),
+        }
+    }
+}
+
 #[tokio::test]
-async fn order_commands_land_on_their_shard_and_survive_losing_their_consumer() {
+async fn order_commands_land_on_their_shard_and_move_with_it() {
     let Some(url) = broker_url() else { return };
     let ns = Namespace::new(&url);
     let node_a = ns.bus("node-a").await;
@@ -371,30 +399,59 @@ async fn order_commands_land_on_their_shard_and_survive_losing_their_consumer() 
     assert_eq!(ns.ready("orders.shard.0").await, 1);
     assert_eq!(ns.ready("orders.shard.1").await, 1);
 
-    let mut commands = node_a.order_commands().await.expect("inbox");
+    // The only consumer is active on both shards, each under its own epoch, and gets
+    // each command on its own shard.
+    let mut feed_a = node_a.order_shards().await.expect("feed");
+    let mut gained_a = Vec::new();
     let mut held = Vec::new();
     for _ in 0..2 {
-        held.push(next(&mut commands).await);
+        let (shard, epoch, delivery) = next_command(&mut feed_a, &mut gained_a).await;
+        assert_eq!(delivery.message.order_id().shard(SHARDS), shard);
+        assert!(
+            gained_a.contains(&(shard, epoch)),
+            "gained before its commands"
+        );
+        held.push(delivery);
     }
-    let seen: HashSet<_> = held.iter().map(|d| d.message.order_id().clone()).collect();
-    assert_eq!(
-        seen,
-        HashSet::from([on_zero.order_id().clone(), on_one.order_id().clone()])
-    );
+    assert_eq!(gained_a.len(), 2);
+    assert_ne!(gained_a[0].1, gained_a[1].1, "one epoch per ownership");
 
-    // Another node takes the shards over when the first one's consumer goes, and
-    // gets what the first never acknowledged.
+    // A second node waits as a standby. The first hands shard 0 over: it hears the
+    // ownership end, and the standby becomes active and gets the command it never
+    // acknowledged, under an epoch of its own.
     let node_b = ns.bus("node-b").await;
-    let mut taken_over = node_b.order_commands().await.expect("inbox");
-    drop(held);
-    drop(commands);
-    let mut again = HashSet::new();
-    for _ in 0..2 {
-        let delivery = next(&mut taken_over).await;
-        again.insert(delivery.message.order_id().clone());
-        delivery.ack().await.expect("ack");
+    let mut feed_b = node_b.order_shards().await.expect("feed");
+    node_a.release_shard(0, true).await.expect("release");
+    let epoch_a0 = gained_a.iter().find(|(s, _)| *s == 0).expect("shard 0").1;
+    match next_event(&mut feed_a).await {
+        ShardEvent::Lost { shard, epoch } => assert_eq!((shard, epoch), (0, epoch_a0)),
+        _ => panic!("expected the end of shard 0"),
     }
-    assert_eq!(again, seen);
+    let mut gained_b = Vec::new();
+    let (shard, epoch, again) = next_command(&mut feed_b, &mut gained_b).await;
+    assert_eq!((shard, &again.message), (0, &on_zero));
+    assert_eq!(gained_b, vec![(0, epoch)]);
+    assert_ne!(epoch, epoch_a0);
+    again.ack().await.expect("ack");
+
+    // When the first node goes altogether, the standby takes shard 1 as well.
+    drop(held);
+    drop(feed_a);
+    drop(node_a);
+    let (shard, _, delivery) = next_command(&mut feed_b, &mut gained_b).await;
+    assert_eq!((shard, &delivery.message), (1, &on_one));
+    delivery.ack().await.expect("ack");
+
+    // A probe tells the active consumer of an idle shard that it is active; nothing
+    // reaches the node but the news.
+    let node_c = ns.bus("node-c").await;
+    node_c.probe_shard(1).await.expect("probe");
+    node_c.probe_shard(0).await.expect("probe");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        feed_b.next().now_or_never().is_none(),
+        "probes of held shards are no news"
+    );
 }
 
 #[tokio::test]

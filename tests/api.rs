@@ -7,7 +7,9 @@ use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
 use swiftlogistics::app::{Runtime, start};
+use swiftlogistics::auth::hash_password;
 use swiftlogistics::config::Settings;
+use swiftlogistics::domain::{Email, Role, User, UserId};
 use tempfile::TempDir;
 
 const ADMIN_EMAIL: &str = "admin@swiftlogistics.local";
@@ -118,6 +120,19 @@ impl Node {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// An admin gives the order to a driver: 200, with the assignment in the answer.
+    async fn assign(&self, admin: &str, order_id: &str, driver_id: &Value) {
+        let (status, body) = self
+            .post(
+                &format!("/api/orders/{order_id}/assign"),
+                admin,
+                json!({"driverId": driver_id}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(&body["driverId"], driver_id, "{body}");
     }
 
     async fn place(&self, token: &str) -> String {
@@ -633,6 +648,8 @@ async fn cancel_compensates_until_the_parcel_leaves_with_a_driver() {
     let late = node.place(&token).await;
     node.wait_for_status(&token, &late, "READY_FOR_DELIVERY")
         .await;
+    let admin = node.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    node.assign(&admin, &late, &claims(&driver)["userId"]).await;
     let delivery = format!("/api/orders/{late}/delivery");
     let (status, body) = node
         .post(&delivery, &driver, json!({"status": "DELIVERED"}))
@@ -764,6 +781,145 @@ async fn roles_decide_who_may_do_what() {
     let (status, tree) = node.get("/api/telemetry/supervision", &admin).await;
     assert_eq!(status, StatusCode::OK);
     assert!(tree["children"].is_array(), "{tree}");
+    node.stop().await;
+}
+
+/// A second driver account, made the way an operator would (straight into the store;
+/// registration only ever makes clients), and logged in over the API.
+async fn another_driver(node: &Node) -> String {
+    let email = "second.driver@swiftlogistics.local";
+    let password = "second-driver-password";
+    let user = User {
+        id: UserId::generate(),
+        name: "Second Driver".into(),
+        email: Email::parse(email).unwrap(),
+        role: Role::Driver,
+        password_hash: hash_password(password.into()).await.unwrap(),
+        phone: None,
+        company: None,
+        created_at: chrono::Utc::now(),
+    };
+    node.runtime.context.store.insert_user(&user).await.unwrap();
+    node.login(email, password).await
+}
+
+/// Issue 9 item 5: a driver acts only on the orders an admin assigned to them; any
+/// other order answers 404 as if it did not exist (ids reveal nothing), and admins
+/// keep full access.
+#[tokio::test]
+async fn drivers_act_only_on_orders_assigned_to_them() {
+    let node = node().await;
+    let (client, client_id) = node.register("shipper@example.com").await;
+    let driver = node.login(DRIVER_EMAIL, DRIVER_PASSWORD).await;
+    let other = another_driver(&node).await;
+    let admin = node.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let (driver_id, other_id) = (
+        claims(&driver)["userId"].clone(),
+        claims(&other)["userId"].clone(),
+    );
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        orders.push(node.place(&client).await);
+    }
+    for order in &orders {
+        node.wait_for_status(&client, order, "READY_FOR_DELIVERY")
+            .await;
+    }
+    let [mine, theirs, nobodys] = [&orders[0], &orders[1], &orders[2]];
+    let out = json!({"status": "OUT_FOR_DELIVERY"});
+    let delivery = |order: &str| format!("/api/orders/{order}/delivery");
+
+    let (status, body) = node.post(&delivery(nobodys), &driver, out.clone()).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        "unassigned"
+    );
+
+    // Only admins assign, and only to a driver's account.
+    let assign = |order: &str| format!("/api/orders/{order}/assign");
+    for token in [&client, &driver] {
+        let (status, _) = node
+            .post(&assign(mine), token, json!({"driverId": driver_id}))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    for bad in [
+        json!({"driverId": client_id}),
+        json!({}),
+        json!({"driverId": "usr_x\n$"}),
+    ] {
+        let (status, body) = node.post(&assign(mine), &admin, bad.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert_eq!(body["error"]["details"][0]["field"], "driverId");
+    }
+    let (status, _) = node
+        .post(
+            &assign("ORD-20260101-NOSUCH"),
+            &admin,
+            json!({"driverId": driver_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    node.assign(&admin, mine, &driver_id).await;
+    node.assign(&admin, mine, &driver_id).await; // the same again changes nothing
+    node.assign(&admin, theirs, &other_id).await;
+
+    let work = |token: &str| {
+        let token = token.to_owned();
+        let node = &node;
+        async move {
+            let (status, body) = node.get("/api/driver/orders", &token).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let ids = |list: &str| -> Vec<String> {
+                body[list]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o["orderId"].as_str().unwrap().to_owned())
+                    .collect()
+            };
+            (ids("readyForPickup"), ids("carrying"))
+        }
+    };
+    assert_eq!(work(&driver).await, (vec![mine.clone()], vec![]));
+    assert_eq!(work(&other).await, (vec![theirs.clone()], vec![]));
+
+    let (status, _) = node.post(&delivery(theirs), &driver, out.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another driver's order");
+    let (_, theirs_now) = node.get(&format!("/api/orders/{theirs}"), &client).await;
+    assert_eq!(theirs_now["status"], "READY_FOR_DELIVERY");
+    assert_eq!(
+        theirs_now["driverId"], other_id,
+        "the order document shows its driver"
+    );
+
+    let (status, body) = node.post(&delivery(mine), &driver, out.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(work(&driver).await, (vec![], vec![mine.clone()]));
+    let (status, _) = node
+        .post(&assign(mine), &admin, json!({"driverId": other_id}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the parcel left with its driver"
+    );
+    let (status, _) = node
+        .post(&delivery(mine), &other, json!({"status": "DELIVERED"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = node
+        .post(&delivery(mine), &driver, json!({"status": "DELIVERED"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(work(&driver).await, (vec![], vec![]), "delivered is done");
+
+    // Admins move any order, assigned or not; clients have no work list.
+    let (status, body) = node.post(&delivery(nobodys), &admin, out).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = node.get("/api/driver/orders", &client).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     node.stop().await;
 }
 

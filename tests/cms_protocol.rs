@@ -67,6 +67,7 @@ fn step(operation: Operation, order: &str, customer: &str) -> StepRequest {
         customer_id: UserId::from_trusted(customer),
         operation,
         attempt: 1,
+        epoch: 0,
         pickup: place(6.9271, 79.8612),
         delivery: place(7.2906, 80.6337),
         package: PackageDetails {

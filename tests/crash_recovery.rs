@@ -6,85 +6,13 @@
 mod common;
 
 use serde_json::{Value, json};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
-const BIN: &str = env!("CARGO_BIN_EXE_swiftlogistics");
-const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+use common::process::{field, start, start_node};
 
-/// Starts the binary and returns it with the first stdout line containing `marker`.
-async fn start(args: &[&str], envs: &[(&str, String)], marker: &str) -> (Child, String) {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env("SWIFT__LOG__LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    for (key, value) in envs {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains(marker) {
-                return line;
-            }
-        }
-        panic!("{BIN} exited before printing {marker:?}");
-    })
-    .await
-    .expect("startup line in time");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, line)
-}
-
-/// The text after `label` up to the next space.
-fn field(line: &str, label: &str) -> String {
-    let start = line.find(label).map(|i| i + label.len()).expect(label);
-    line[start..]
-        .split_whitespace()
-        .next()
-        .expect("value")
-        .to_owned()
-}
-
-struct Node {
-    child: Child,
-    url: String,
-}
-
-async fn start_node(
-    data: &std::path::Path,
-    sims: &str,
-    backend: &[(&'static str, String)],
-) -> Node {
-    let mut envs = vec![
-        ("SWIFT__HTTP__BIND", "127.0.0.1:0".to_owned()),
-        ("SWIFT__STORE__PATH", data.display().to_string()),
-        ("SWIFT__CMS__URL", field(sims, "CMS SOAP ")),
-        ("SWIFT__ROS__URL", field(sims, "ROS REST ")),
-        ("SWIFT__WMS__ADDR", field(sims, "WMS TCP ")),
-        ("SWIFT__AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
-        (
-            "SWIFT__AUTH__DRIVER_PASSWORD",
-            "driver-password-for-tests".to_owned(),
-        ),
-    ];
-    envs.extend(backend.iter().cloned());
-    let (child, banner) = start(&["serve", "--no-simulators"], &envs, "API and pages at").await;
-    Node {
-        child,
-        url: field(&banner, "API and pages at "),
-    }
-}
+const ADMIN_PASSWORD: &str = common::ADMIN_PASSWORD;
 
 async fn json(response: reqwest::Response) -> Value {
     response.json().await.expect("json body")

@@ -73,7 +73,7 @@ async fn an_unknown_customer_fails_with_the_reason_and_nothing_to_undo() {
         order["failureReason"]
             .as_str()
             .unwrap()
-            .contains("CMS refused"),
+            .contains("the customer could not be validated"),
         "{order}"
     );
     assert_eq!(order["integrationStatus"]["wms"], "PENDING");
@@ -94,7 +94,7 @@ async fn no_stock_compensates_the_customer_order_in_cms_and_fails() {
         order["failureReason"]
             .as_str()
             .unwrap()
-            .contains("WMS refused"),
+            .contains("the warehouse has no stock"),
         "{order}"
     );
     assert_eq!(order["integrationStatus"]["cms"], "COMPENSATED");
@@ -190,7 +190,7 @@ async fn an_exhausted_retry_budget_compensates_and_fails_with_the_reason() {
         order["failureReason"]
             .as_str()
             .unwrap()
-            .contains("WMS unavailable"),
+            .contains("the warehouse did not answer in time"),
         "{order}"
     );
     assert_eq!(active(sims.cms.as_ref(), "cancelledOrders"), 1);
@@ -266,6 +266,7 @@ async fn drivers_take_ready_orders_out_and_deliver_them() {
     let order_id = app.place(&token).await;
     app.wait_for_status(&token, &order_id, "READY_FOR_DELIVERY", JOURNEY)
         .await;
+    app.assign(&order_id, &driver).await;
     for status in ["OUT_FOR_DELIVERY", "DELIVERED"] {
         let response = app
             .http

@@ -46,6 +46,7 @@ macro_rules! conformance_tests {
             pages_are_newest_first_and_never_show_other_customers,
             equal_creation_times_page_by_order_id,
             status_filter_selects_matching_orders_on_every_page,
+            assigned_orders_are_listed_per_driver_and_status,
             unfinished_orders_are_those_still_processing,
             counts_follow_every_transition,
             driver_location_is_upserted,
@@ -258,6 +259,7 @@ async fn advance(store: &SharedStore, decision: SagaDecision) -> Order {
 fn query(customer: Option<&UserId>, status: Option<OrderStatus>, limit: usize) -> OrderQuery {
     OrderQuery {
         customer: customer.cloned(),
+        driver: None,
         status,
         limit,
         after: None,
@@ -516,7 +518,7 @@ async fn events_are_appended_in_order_without_gaps(store: SharedStore) {
         &order,
         SagaInput::Delivery {
             status: OrderStatus::OutForDelivery,
-            driver: customer(),
+            by: customer(),
         },
         now_ms(),
     )
@@ -684,6 +686,104 @@ async fn status_filter_selects_matching_orders_on_every_page(store: SharedStore)
     let mut expected = vec![johns.order_id];
     expected.extend(janes_validated);
     assert_eq!(ids(&everyone), expected);
+}
+
+fn change(order: &Order, input: SagaInput) -> SagaDecision {
+    decide(order, input, now_ms()).expect("the saga accepts the change")
+}
+
+async fn ready_for_delivery(store: &SharedStore, customer: &UserId) -> Order {
+    let order = place(store, customer).await;
+    let order = advance(store, validated(&order)).await;
+    let order = advance(store, reserved(&order)).await;
+    advance(store, routed(&order)).await
+}
+
+fn by_driver(driver: &UserId, status: Option<OrderStatus>, limit: usize) -> OrderQuery {
+    OrderQuery {
+        driver: Some(driver.clone()),
+        ..query(None, status, limit)
+    }
+}
+
+async fn assigned_orders_are_listed_per_driver_and_status(store: SharedStore) {
+    let (jane, john) = (customer(), customer());
+    let (d1, d2) = (UserId::generate(), UserId::generate());
+    let assign = |driver: &UserId| SagaInput::Assign {
+        driver: driver.clone(),
+    };
+    let carried = ready_for_delivery(&store, &jane).await;
+    let moved = ready_for_delivery(&store, &jane).await;
+    let others = ready_for_delivery(&store, &jane).await;
+    let johns = ready_for_delivery(&store, &john).await;
+    let _unassigned = ready_for_delivery(&store, &john).await;
+    let carried = advance(&store, change(&carried, assign(&d1))).await;
+    let moved = advance(&store, change(&moved, assign(&d1))).await;
+    let johns = advance(&store, change(&johns, assign(&d1))).await;
+    let others = advance(&store, change(&others, assign(&d2))).await;
+    let moved = advance(&store, change(&moved, assign(&d2))).await;
+    let out = SagaInput::Delivery {
+        status: OrderStatus::OutForDelivery,
+        by: d1.clone(),
+    };
+    let carried = advance(&store, change(&carried, out)).await;
+
+    let list = |query: OrderQuery| {
+        let store = store.clone();
+        async move { ids(&store.orders(&query).await.expect("list").orders) }
+    };
+    let ready = Some(OrderStatus::ReadyForDelivery);
+    let carrying = Some(OrderStatus::OutForDelivery);
+    assert_eq!(
+        list(by_driver(&d1, ready, 10)).await,
+        std::slice::from_ref(&johns.order_id)
+    );
+    assert_eq!(
+        list(by_driver(&d1, carrying, 10)).await,
+        std::slice::from_ref(&carried.order_id)
+    );
+    assert_eq!(
+        list(by_driver(&d2, ready, 10)).await,
+        [others.order_id.clone(), moved.order_id.clone()],
+        "newest first, and a reassigned order follows its new driver"
+    );
+    let pages = all_pages(&store, by_driver(&d1, None, 1)).await;
+    assert_eq!(pages.len(), 2);
+    let every: Vec<Order> = pages.into_iter().flatten().collect();
+    assert_eq!(
+        ids(&every),
+        [johns.order_id.clone(), carried.order_id.clone()]
+    );
+    let janes_with_d1 = OrderQuery {
+        driver: Some(d1.clone()),
+        ..query(Some(&jane), None, 10)
+    };
+    assert_eq!(
+        list(janes_with_d1).await,
+        std::slice::from_ref(&carried.order_id)
+    );
+    assert_eq!(carried.driver_id.as_ref(), Some(&d1));
+    let stored = store
+        .order(&carried.order_id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        stored.driver_id.as_ref(),
+        Some(&d1),
+        "assignment is persisted"
+    );
+
+    let delivered = SagaInput::Delivery {
+        status: OrderStatus::Delivered,
+        by: d1.clone(),
+    };
+    advance(&store, change(&carried, delivered)).await;
+    assert!(list(by_driver(&d1, carrying, 10)).await.is_empty());
+    assert_eq!(
+        list(by_driver(&d1, Some(OrderStatus::Delivered), 10)).await,
+        [carried.order_id]
+    );
 }
 
 async fn unfinished_orders_are_those_still_processing(store: SharedStore) {

@@ -95,6 +95,7 @@ fn step(id: &str, operation: Operation) -> StepRequest {
         customer_id: UserId::from_trusted("usr_test"),
         operation,
         attempt: 1,
+        epoch: 0,
         pickup: at(6.9271, 79.8612),
         delivery: at(7.2906, 80.6337),
         package: PackageDetails {

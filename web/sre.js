@@ -131,16 +131,18 @@ async function poll() {
   if (state.polling || !state.token || document.hidden) return;
   state.polling = true;
   try {
-    const [tree, health, metrics, dlq] = await Promise.allSettled([
+    const [tree, health, metrics, dlq, cluster] = await Promise.allSettled([
       get("/api/telemetry/supervision"),
       get("/api/services/health"),
       get("/metrics", "text"),
       get(`/api/admin/dlq?limit=${DEAD_LETTER_LIMIT}`),
+      get("/api/cluster"),
     ]);
-    for (const result of [tree, health, metrics, dlq]) {
+    for (const result of [tree, health, metrics, dlq, cluster]) {
       if (result.status === "rejected" && endSessionOn(result.reason)) return;
     }
     show(tree, renderTree, "tree-error", "the supervisor tree");
+    show(cluster, renderCluster, "cluster-error", "the cluster view");
     show(health, renderServices, "services-error", "the external systems");
     show(metrics, renderMetrics, "metrics-error", "the metrics");
     renderDeadLetters(dlq);
@@ -208,6 +210,36 @@ function renderTree(root) {
   byId("tree").replaceChildren(treeNode(root));
   const actors = countActors(root);
   byId("tree-summary").textContent = `${actors} actor${actors === 1 ? "" : "s"}`;
+}
+
+// ---------------------------------------------------------------------------
+// Cluster: every node this one hears, with its shards, actors and circuits
+
+function renderCluster(view) {
+  if (!view || !Array.isArray(view.nodes)) return;
+  const rows = view.nodes.map((node) => {
+    const shards = Array.isArray(node.shards) ? node.shards : [];
+    const circuits = (node.circuits || []).map((c) =>
+      h("span", { class: "pill", dataset: { status: String(c.circuit) }, text: `${String(c.service).toUpperCase()} ${String(c.circuit).replace("_", " ")}` }),
+    );
+    const name = node.thisNode ? `${node.nodeId} (this node)` : String(node.nodeId);
+    const heard = node.thisNode ? "now" : `${((node.lastHeardMsAgo ?? 0) / 1000).toFixed(1)} s ago`;
+    return h(
+      "tr",
+      { dataset: { node: String(node.nodeId) } },
+      h("th", { scope: "row", text: node.leaving ? `${name}, draining` : name }),
+      h("td", { text: heard }),
+      h("td", { class: "num", text: String(shards.length) }),
+      h("td", { class: "num", text: String(node.orderActors ?? 0) }),
+      h("td", { class: "num", text: String(node.inFlight ?? 0) }),
+      h("td", {}, ...circuits),
+      h("td", { text: shards.join(" ") }),
+    );
+  });
+  byId("cluster-rows").replaceChildren(...rows);
+  byId("cluster-table").hidden = rows.length === 0;
+  const sharing = Array.isArray(view.sharing) ? view.sharing.length : 0;
+  byId("cluster-summary").textContent = `${view.shards} shards over ${sharing} node${sharing === 1 ? "" : "s"}; seen from ${view.nodeId}`;
 }
 
 // ---------------------------------------------------------------------------

@@ -7,9 +7,12 @@
 //!
 //! Circuit state and the requests parked while the circuit is open live in an
 //! `AdapterCore` owned by the supervisor, so they survive a restart of the actor.
+//! A parked request is checked against its order's persisted state before it goes
+//! out (see `parked`).
 
-use super::circuit::CircuitBreaker;
+use super::circuit::{CircuitBreaker, ProbeTimer};
 use super::control::{CircuitState, ServiceHealth};
+use super::parked::{self, ParkedQueue};
 use super::telemetry::{MailboxGauge, Posted};
 use super::{Acker, Context};
 use crate::bus::{OrderCommand, StepReply, StepRequest};
@@ -17,7 +20,6 @@ use crate::config::Settings;
 use crate::domain::{OperationOutcome, System};
 use crate::protocols::{CallError, SystemClient};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +43,12 @@ pub enum AdapterMsg {
         latency: Duration,
         posted: Posted,
     },
-    ProbeDue,
+    /// The probe timer of the circuit's `opening`-th opening fired.
+    ProbeDue {
+        opening: u64,
+    },
+    /// A call the circuit let through was not made: its order had moved on.
+    Skipped,
     Recover(RpcReplyPort<ServiceHealth>),
     Health(RpcReplyPort<ServiceHealth>),
     /// Fault injection for supervision drills: the actor panics on purpose.
@@ -61,12 +68,11 @@ pub struct AdapterCore {
 
 struct CoreState {
     breaker: CircuitBreaker,
-    parked: VecDeque<(Box<StepRequest>, Acker, tracing::Span)>,
+    parked: ParkedQueue,
     total_calls: u64,
     total_failures: u64,
     last_error: Option<String>,
     last_latency: Option<Duration>,
-    probe_scheduled: bool,
 }
 
 impl AdapterCore {
@@ -92,12 +98,11 @@ impl AdapterCore {
                     settings.circuit.failure_threshold,
                     Duration::from_secs(settings.circuit.open_secs),
                 ),
-                parked: VecDeque::new(),
+                parked: ParkedQueue::default(),
                 total_calls: 0,
                 total_failures: 0,
                 last_error: None,
                 last_latency: None,
-                probe_scheduled: false,
             }),
         }
     }
@@ -163,15 +168,10 @@ impl Actor for Adapter {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // A previous incarnation may have left an open circuit with a probe pending.
-        let open = {
-            let mut inner = state.core.lock();
-            let open = inner.breaker.state() != CircuitState::Closed;
-            inner.probe_scheduled = open;
-            open
-        };
-        if open {
-            myself.send_after(Duration::from_millis(100), || AdapterMsg::ProbeDue);
+        // A previous incarnation may have left an open circuit; its timers died with it.
+        let timer = state.core.lock().breaker.resume(Instant::now());
+        if let Some(timer) = timer {
+            schedule_probe(&myself, timer);
         }
         Ok(())
     }
@@ -201,8 +201,12 @@ impl Actor for Adapter {
                 state.core.mailbox.took(posted);
                 state.completed(&myself, failure, latency);
             }
-            AdapterMsg::ProbeDue => {
-                state.core.lock().probe_scheduled = false;
+            AdapterMsg::ProbeDue { opening } => {
+                state.core.lock().breaker.probe_due(opening);
+                state.release_parked(&myself);
+            }
+            AdapterMsg::Skipped => {
+                state.core.lock().breaker.call_skipped();
                 state.release_parked(&myself);
             }
             AdapterMsg::Recover(reply) => {
@@ -230,7 +234,8 @@ impl Actor for Adapter {
 }
 
 impl AdapterState {
-    /// `span` is the call's trace span, from admission (parking included) to reply.
+    /// `span` is the call's trace span (a parked call gets a fresh one when it goes:
+    /// the parked queue keeps requests only).
     fn admit(
         &self,
         myself: &ActorRef<AdapterMsg>,
@@ -241,9 +246,9 @@ impl AdapterState {
         let mut inner = self.core.lock();
         if inner.breaker.try_acquire(Instant::now()) {
             drop(inner);
-            self.dispatch(myself, request, ack, span);
+            self.dispatch(myself, request, ack, Parked::No, span);
         } else if inner.parked.len() < MAX_PARKED {
-            inner.parked.push_back((request, ack, span));
+            inner.parked.push(request, ack);
         } else {
             drop(inner);
             let reply = StepReply::Transient {
@@ -255,18 +260,25 @@ impl AdapterState {
     }
 
     /// Lets parked requests go as far as the circuit allows: all of them when closed,
-    /// one probe when half-open.
+    /// one probe when half-open. Superseded attempts are dropped on the way.
     fn release_parked(&self, myself: &ActorRef<AdapterMsg>) {
         loop {
             let mut inner = self.core.lock();
             if inner.parked.is_empty() || !inner.breaker.try_acquire(Instant::now()) {
                 return;
             }
-            let Some((request, ack, span)) = inner.parked.pop_front() else {
+            let Some((request, ack, current)) = inner.parked.pop() else {
                 return;
             };
+            if let Err(moot) = current {
+                inner.breaker.call_skipped();
+                drop(inner);
+                drop_parked(&request, &moot, ack);
+                continue;
+            }
             drop(inner);
-            self.dispatch(myself, request, ack, span);
+            let span = crate::observability::call_span(&request, None);
+            self.dispatch(myself, request, ack, Parked::Yes, span);
         }
     }
 
@@ -285,11 +297,9 @@ impl AdapterState {
             Some(error) => {
                 inner.total_failures += 1;
                 inner.last_error = Some(error);
-                let opened = inner.breaker.on_failure(Instant::now());
-                if opened && !inner.probe_scheduled {
+                if let Some(timer) = inner.breaker.on_failure(Instant::now()) {
                     tracing::warn!(system = self.core.system.as_str(), "circuit opened");
-                    inner.probe_scheduled = true;
-                    myself.send_after(inner.breaker.open_for(), || AdapterMsg::ProbeDue);
+                    schedule_probe(myself, timer);
                 }
                 false
             }
@@ -305,9 +315,11 @@ impl AdapterState {
         myself: &ActorRef<AdapterMsg>,
         request: Box<StepRequest>,
         ack: Acker,
+        parked: Parked,
         span: tracing::Span,
     ) {
         let core = self.core.clone();
+        let context = self.context.clone();
         let bus = self.context.bus.clone();
         let myself = myself.clone();
         core.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -315,6 +327,17 @@ impl AdapterState {
             let Ok(_permit) = core.permits.clone().acquire_owned().await else {
                 return;
             };
+            if parked == Parked::Yes
+                && let Err(skip) = still_wanted(&context, &request).await
+            {
+                core.in_flight.fetch_sub(1, Ordering::Relaxed);
+                match skip {
+                    Skip::Moot(moot) => drop_parked(&request, &moot, ack),
+                    Skip::Unchecked(reply) => send_reply(&bus, &request, reply, ack).await,
+                }
+                let _ = myself.cast(AdapterMsg::Skipped);
+                return;
+            }
             let started = Instant::now();
             let result =
                 match tokio::time::timeout(core.timeout, core.client.execute(&request)).await {
@@ -333,6 +356,10 @@ impl AdapterState {
             crate::observability::call_outcome(outcome_kind(&result), failure.as_deref());
             if let Some(error) = &failure {
                 tracing::warn!(order_id = %request.order_id, operation = request.operation.name(), %error, "call failed");
+            }
+            // The customer reads fixed domain words; what the system said is here.
+            if let Ok(OperationOutcome::Refused { reason }) = &result {
+                tracing::info!(order_id = %request.order_id, operation = request.operation.name(), %reason, "refused by the system");
             }
             let reply = match result {
                 Ok(outcome) => StepReply::Settled { outcome },
@@ -413,6 +440,50 @@ fn count_outcome(system: System, request: &StepRequest, kind: &'static str) {
     .increment(1);
 }
 
+fn schedule_probe(myself: &ActorRef<AdapterMsg>, timer: ProbeTimer) {
+    let opening = timer.opening;
+    myself.send_after(timer.after, move || AdapterMsg::ProbeDue { opening });
+}
+
+/// Whether a request comes from the parked queue, and so must be checked first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parked {
+    Yes,
+    No,
+}
+
+/// Why a parked request is not sent after all.
+enum Skip {
+    Moot(parked::Moot),
+    /// The order could not be read: its owner is told to try again later, so it
+    /// decides on its own state rather than this adapter guessing.
+    Unchecked(StepReply),
+}
+
+/// One store read: is the parked request's order still waiting on it?
+async fn still_wanted(context: &Context, request: &StepRequest) -> Result<(), Skip> {
+    match context.store.order(&request.order_id).await {
+        Ok(order) => parked::verdict(request, order.as_ref()).map_err(Skip::Moot),
+        Err(error) => {
+            tracing::warn!(order_id = %request.order_id, operation = request.operation.name(),
+                %error, "cannot check a parked request against its order");
+            Err(Skip::Unchecked(StepReply::Transient {
+                reason: "the order could not be checked before the call".into(),
+            }))
+        }
+    }
+}
+
+/// A dropped request is acknowledged: nobody waits on it, and redelivery would only
+/// park it again.
+fn drop_parked(request: &StepRequest, moot: &parked::Moot, ack: Acker) {
+    tracing::info!(order_id = %request.order_id, operation = request.operation.name(),
+        attempt = request.attempt, reason = %moot, "parked request dropped, not sent");
+    metrics::counter!("swift_parked_dropped_total", "system" => request.operation.system().as_str())
+        .increment(1);
+    tokio::spawn(ack.ack());
+}
+
 /// The step's result goes to the order's owner; the request is acknowledged only
 /// once that is done, so a crash in between redelivers the request, not loses it.
 async fn send_reply(
@@ -425,6 +496,7 @@ async fn send_reply(
         order_id: request.order_id.clone(),
         operation: request.operation,
         attempt: request.attempt,
+        epoch: request.epoch,
         reply,
     };
     match bus.send_to_order(command).await {

@@ -3,10 +3,12 @@
 //! the effect acknowledges it.
 
 use super::adapter::AdapterMsg;
+use super::cluster::{ClusterMsg, ShardNote};
 use super::orders::OrdersMsg;
+use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, MailboxGauge};
 use super::{Acker, Context};
-use crate::bus::{Delivery, Inbox, OrderCommand, StepRequest};
+use crate::bus::{ClusterMessage, Delivery, Inbox, ShardEvent, ShardFeed, StepRequest};
 use crate::domain::System;
 use futures::StreamExt;
 use ractor::ActorRef;
@@ -72,12 +74,76 @@ pub fn spawn_step_bridge(
     })
 }
 
-/// Feeds order commands to the orders supervisor.
-pub fn spawn_order_bridge(
+/// Feeds the shard consumers' news: ownership changes go into the shard table at
+/// once (so that fenced actors see them before anything else of theirs runs) and on
+/// to the cluster keeper; commands go to the orders supervisor with their lease.
+pub fn spawn_shard_bridge(
+    context: Arc<Context>,
     orders: ActorRef<OrdersMsg>,
+    keeper: ActorRef<ClusterMsg>,
     mailbox: MailboxGauge,
     bridge: MailboxGauge,
-    mut inbox: Inbox<OrderCommand>,
+    mut feed: ShardFeed,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = feed.next() => match next {
+                    Some(event) => event,
+                    None => return,
+                },
+            };
+            let note = match event {
+                ShardEvent::Gained { shard, epoch } => {
+                    let lease = Lease { shard, epoch };
+                    context.shards.gain(lease);
+                    ShardNote::Gained(lease)
+                }
+                ShardEvent::Lost { shard, epoch } => {
+                    let lease = Lease { shard, epoch };
+                    context.shards.revoke(lease);
+                    ShardNote::Ended(lease)
+                }
+                ShardEvent::Command {
+                    shard,
+                    epoch,
+                    delivery,
+                } => {
+                    let Delivery {
+                        message,
+                        ack,
+                        envelope,
+                    } = delivery;
+                    bridge.received(envelope.waited());
+                    let command = OrdersMsg::Command {
+                        command: message,
+                        lease: Lease { shard, epoch },
+                        ack: Acker::from(ack),
+                        posted: mailbox.post(),
+                        trace: envelope.traceparent,
+                    };
+                    if orders.cast(command).is_err() {
+                        mailbox.unpost();
+                        tracing::warn!("orders supervisor gone; bridge stops");
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if keeper.cast(ClusterMsg::Shard(note)).is_err() {
+                tracing::warn!("cluster keeper gone; bridge stops");
+                return;
+            }
+        }
+    })
+}
+
+/// Feeds what the nodes broadcast to the cluster keeper.
+pub fn spawn_cluster_bridge(
+    keeper: ActorRef<ClusterMsg>,
+    mut inbox: Inbox<ClusterMessage>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -89,21 +155,7 @@ pub fn spawn_order_bridge(
                     None => return,
                 },
             };
-            let Delivery {
-                message,
-                ack,
-                envelope,
-            } = delivery;
-            bridge.received(envelope.waited());
-            let command = OrdersMsg::Command {
-                command: message,
-                ack: Acker::from(ack),
-                posted: mailbox.post(),
-                trace: envelope.traceparent,
-            };
-            if orders.cast(command).is_err() {
-                mailbox.unpost();
-                tracing::warn!("orders supervisor gone; bridge stops");
+            if keeper.cast(ClusterMsg::Heard(delivery.message)).is_err() {
                 return;
             }
         }

@@ -6,13 +6,8 @@ use crate::domain::{OrderId, System};
 use async_trait::async_trait;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum CircuitState {
-    Closed,
-    Open,
-    HalfOpen,
-}
+/// Defined with the cluster view, which carries circuit states between nodes.
+pub use crate::domain::cluster::CircuitState;
 
 /// One external system as `GET /api/services/health` reports it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,4 +57,6 @@ pub trait RuntimeControl: Send + Sync + 'static {
     async fn order_actor(&self, order_id: &OrderId) -> Result<Option<OrderActorView>, String>;
     /// Mailbox figures per actor family; `None` if telemetry did not answer.
     async fn mailboxes(&self) -> Option<MailboxesView>;
+    /// The cluster as this node sees it; `None` if the node did not answer.
+    async fn cluster(&self) -> Option<super::cluster::ClusterView>;
 }

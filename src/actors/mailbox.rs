@@ -19,7 +19,22 @@ const BUCKETS: usize = 41 * SUB_BUCKETS as usize;
 
 /// When a message was sent (if timing is on), carried inside it to its handler.
 #[derive(Debug, Clone, Copy)]
-pub struct Posted(Option<Instant>);
+pub struct Posted {
+    at: Option<Instant>,
+    /// Whether the sender counted it into the depth.
+    counted: bool,
+}
+
+impl Posted {
+    /// A message sent without going through the gauge (a wake-up the node sends
+    /// itself): its wait is observed, the depth left alone.
+    pub fn uncounted() -> Self {
+        Self {
+            at: Some(Instant::now()),
+            counted: false,
+        }
+    }
+}
 
 /// A message with its `Posted` stamp, for actors whose every message is counted.
 pub struct Stamped<M> {
@@ -81,7 +96,10 @@ impl MailboxGauge {
     /// A message is about to be sent; the stamp goes inside it.
     pub fn post(&self) -> Posted {
         self.0.depth.fetch_add(1, Ordering::Relaxed);
-        Posted(self.0.timing.then(Instant::now))
+        Posted {
+            at: self.0.timing.then(Instant::now),
+            counted: true,
+        }
     }
 
     /// Sending the posted message failed: it never reached the mailbox.
@@ -91,8 +109,11 @@ impl MailboxGauge {
 
     /// The actor took a posted message.
     pub fn took(&self, posted: Posted) {
-        self.down();
-        self.received(posted.0.map(|at| at.elapsed()));
+        if posted.counted {
+            self.down();
+        }
+        let wait = posted.at.filter(|_| self.0.timing).map(|at| at.elapsed());
+        self.received(wait);
     }
 
     /// A message arrived that waited `wait` somewhere this node did not queue it (a

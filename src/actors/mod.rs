@@ -7,19 +7,23 @@
 //! │   ├── adapter-cms   ├── adapter-wms   └── adapter-ros
 //! ├── orders       one OrderActor per live order, on demand
 //! ├── notifier     fans order updates out to WebSocket sessions
-//! └── bridges      bus consumers feeding the adapters and the orders supervisor
+//! ├── cluster      membership, shard balancing and hand-over, drain
+//! └── bridges      bus consumers feeding the adapters, orders and cluster
 //! ```
 
 pub mod adapter;
 pub mod adapters;
 pub mod bridge;
 pub mod circuit;
+pub mod cluster;
 pub mod control;
 pub mod mailbox;
 pub mod notifier;
 pub mod order;
 pub mod orders;
+pub mod parked;
 pub mod root;
+pub mod shards;
 pub mod supervision;
 pub mod telemetry;
 
@@ -33,20 +37,23 @@ use crate::service::Admission;
 use crate::store::SharedStore;
 use adapter::{AdapterCore, AdapterMsg};
 use ractor::ActorRef;
+use shards::ShardTable;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use telemetry::TelemetryMsg;
 
 /// What every actor of the tree may use.
 pub struct Context {
+    /// This node's id in the cluster (`cluster.node_id`).
+    pub node_id: String,
     pub settings: Arc<Settings>,
     pub store: SharedStore,
     pub bus: SharedBus,
     pub admission: Arc<Admission>,
+    /// The shards this node holds now: the fence of every order actor.
+    pub shards: Arc<ShardTable>,
     pub telemetry: ActorRef<TelemetryMsg>,
     pub adapters: AdapterDirectory,
-    /// This node's id, in logs and telemetry.
-    pub node_id: String,
 }
 
 /// The adapters' lasting cores and their current actors, which change on restart.

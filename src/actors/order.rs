@@ -9,8 +9,14 @@
 //! Deliveries are acknowledged only once their effect is persisted: while the store is
 //! down their acknowledgements are held (which also holds back the broker through the
 //! prefetch window), and a fatal error hands them back to the broker.
+//!
+//! The actor works under its shard's lease and is fenced by it: before each effect it
+//! checks that this node still holds the shard under the same epoch, requests carry
+//! the epoch, and replies to another epoch's requests are dropped. An actor that
+//! finds itself fenced stops at once; the shard's new owner resumes the order.
 
 use super::orders::OrdersMsg;
+use super::shards::Lease;
 use super::supervision::{jittered, step_backoff};
 use super::{Acker, Context};
 use crate::bus::{BusError, StepReply, StepRequest};
@@ -38,6 +44,7 @@ pub enum OrderMsg {
     StepResult {
         operation: Operation,
         attempt: u32,
+        epoch: u64,
         reply: StepReply,
         ack: Acker,
         trace: Option<String>,
@@ -83,6 +90,7 @@ pub struct NextTimer {
 
 pub struct OrderActorArgs {
     pub order_id: OrderId,
+    pub lease: Lease,
     pub context: Arc<Context>,
     pub router: ActorRef<OrdersMsg>,
 }
@@ -96,6 +104,9 @@ enum OrderError {
     Bus(#[from] BusError),
     #[error("{0}")]
     Fatal(String),
+    /// This node no longer holds the order's shard under the actor's lease.
+    #[error("the shard is no longer held under this actor's lease")]
+    Fenced,
 }
 
 impl OrderError {
@@ -113,6 +124,7 @@ struct InFlight {
 
 pub struct OrderState {
     order_id: OrderId,
+    lease: Lease,
     order: Option<Order>,
     in_flight: Option<InFlight>,
     /// Attempts made for the operation the order waits on (reset when it settles).
@@ -164,6 +176,7 @@ impl Actor for OrderActor {
         // pre_start, and must never wait on the store.
         Ok(OrderState {
             order_id: args.order_id,
+            lease: args.lease,
             order: None,
             in_flight: None,
             attempts: 0,
@@ -192,6 +205,15 @@ impl Actor for OrderActor {
     ) -> Result<(), ActorProcessingErr> {
         state.release_admission();
         state.cancel_timer();
+        if state.fenced() {
+            // The shard moved on: its new owner resumes the order from the store, so
+            // what this actor held has nothing left to do (and the broker no reason
+            // to count a failed delivery).
+            for ack in state.held.drain(..) {
+                ack.ack().await;
+            }
+            return Ok(());
+        }
         // Anything still held goes back to the broker for another attempt.
         for ack in state.held.drain(..) {
             ack.reject("order actor stopped before persisting").await;
@@ -235,6 +257,14 @@ impl OrderState {
                 }
                 Ok(())
             }
+            Err(OrderError::Fenced) => {
+                tracing::info!(
+                    shard = self.lease.shard,
+                    "shard handed over; order actor stops without acting"
+                );
+                myself.stop(Some("fenced".into()));
+                Ok(())
+            }
             Err(error) if error.is_transient() => {
                 self.failures += 1;
                 let delay = jittered(step_backoff(
@@ -272,12 +302,22 @@ impl OrderState {
             OrderMsg::StepResult {
                 operation,
                 attempt,
+                epoch,
                 reply,
                 ack,
                 ..
             } => {
                 self.received += 1;
                 self.held.push(ack);
+                if !from_this_ownership(self.lease, epoch) {
+                    tracing::debug!(
+                        operation = operation.name(),
+                        attempt,
+                        epoch,
+                        "late reply to another ownership's request; dropped"
+                    );
+                    return Ok(());
+                }
                 if self.order.is_none() {
                     self.reload().await?;
                 }
@@ -315,6 +355,20 @@ impl OrderState {
         }
         self.persist_pending().await?;
         self.drive(myself).await
+    }
+
+    /// True once this node no longer holds the shard under the actor's lease.
+    fn fenced(&self) -> bool {
+        !self.context.shards.holds(self.lease)
+    }
+
+    /// Checked right before every effect.
+    fn ensure_lease(&self) -> Result<(), OrderError> {
+        if self.fenced() {
+            Err(OrderError::Fenced)
+        } else {
+            Ok(())
+        }
     }
 
     fn next_operation(&self) -> Option<Operation> {
@@ -421,6 +475,7 @@ impl OrderState {
                 Ok(decision) => decision,
                 Err(SagaRejection::Stale | SagaRejection::Conflict(_)) => return Ok(()),
             };
+            self.ensure_lease()?;
             let context = &self.context;
             match commit(&context.store, &context.bus, &context.node_id, &decision).await {
                 Ok(()) => {
@@ -490,11 +545,13 @@ impl OrderState {
             customer_id: order.customer_id.clone(),
             operation,
             attempt,
+            epoch: self.lease.epoch,
             pickup: order.pickup_location.clone(),
             delivery: order.delivery_address.clone(),
             package: order.package_details.clone(),
             route_id: order.route.as_ref().map(|r| r.route_id.clone()),
         };
+        self.ensure_lease()?;
         let span = crate::observability::step_span(operation, attempt);
         self.context
             .bus
@@ -557,5 +614,35 @@ impl OrderState {
             self.admitted = false;
             self.context.admission.leave();
         }
+    }
+}
+
+/// Whether a step reply answers a request made under this actor's lease. Attempt
+/// numbers start again with every owner, so without the epoch a late reply to the
+/// previous owner's attempt 1 would pass for an answer to this owner's attempt 1.
+fn from_this_ownership(lease: Lease, reply_epoch: u64) -> bool {
+    reply_epoch == lease.epoch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_replies_to_this_ownerships_requests_count() {
+        let lease = Lease {
+            shard: 3,
+            epoch: 0x1234_0000_0002,
+        };
+        assert!(from_this_ownership(lease, 0x1234_0000_0002));
+        assert!(
+            !from_this_ownership(lease, 0x1234_0000_0001),
+            "an earlier ownership on this node"
+        );
+        assert!(
+            !from_this_ownership(lease, 0x9876_0000_0002),
+            "another node's ownership"
+        );
+        assert!(!from_this_ownership(lease, 0), "a reply with no epoch");
     }
 }

@@ -5,23 +5,33 @@
 //! All commands for an order pass through here, which makes passivation race-free:
 //! the actor offers to stop with the number of messages it has seen, and the router
 //! stops it only if it has routed no more than that.
+//!
+//! Every actor works under the lease of its order's shard. Commands received under a
+//! lease that ended are dropped (the shard's new owner resumes the order from the
+//! store), and releasing a shard stops all of its actors.
 
 use super::order::{OrderActor, OrderActorArgs, OrderMsg};
+use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge, Posted};
 use super::{Acker, Context};
 use crate::bus::OrderCommand;
 use crate::domain::OrderId;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const NAME: &str = "orders";
 /// Failures of one order's actor before the router stops restarting it.
 const MAX_ORDER_RESTARTS: u32 = 3;
+/// How long a released shard's actors get to finish the message at hand. They are
+/// fenced meanwhile, so waiting longer would only delay the handover.
+const STOP_WAIT: Duration = Duration::from_secs(3);
 
 pub enum OrdersMsg {
     Command {
         command: OrderCommand,
+        lease: Lease,
         ack: Acker,
         posted: Posted,
         /// The `traceparent` the command was posted with.
@@ -34,11 +44,19 @@ pub enum OrdersMsg {
     /// The live actor of an order, if there is one (for telemetry: the caller asks
     /// the actor itself, so the router never waits on it).
     Inspect(OrderId, RpcReplyPort<Option<ActorRef<OrderMsg>>>),
+    /// Stops every actor working under the lease; replies once they have stopped.
+    Release {
+        lease: Lease,
+        reply: RpcReplyPort<()>,
+    },
+    /// Live order actors per shard.
+    Census(RpcReplyPort<BTreeMap<u32, u64>>),
 }
 
 struct LiveOrder {
     actor: ActorRef<OrderMsg>,
     routed: u64,
+    lease: Lease,
 }
 
 pub struct OrdersState {
@@ -98,12 +116,25 @@ impl Actor for OrdersSupervisor {
         match message {
             OrdersMsg::Command {
                 command,
+                lease,
                 ack,
                 posted,
                 trace,
             } => {
                 state.mailbox.took(posted);
-                state.route(&myself, command, ack, trace).await
+                state.route(&myself, command, lease, ack, trace).await
+            }
+            OrdersMsg::Release { lease, reply } => {
+                state.release(lease, reply);
+                Ok(())
+            }
+            OrdersMsg::Census(reply) => {
+                let mut census = BTreeMap::new();
+                for live in state.live.values() {
+                    *census.entry(live.lease.shard).or_default() += 1;
+                }
+                let _ = reply.send(census);
+                Ok(())
             }
             OrdersMsg::Passivate { order_id, received } => {
                 if state
@@ -156,10 +187,15 @@ impl Actor for OrdersSupervisor {
                     Lifecycle::Failed,
                     Some(error.to_string()),
                 );
-                if failures <= MAX_ORDER_RESTARTS {
+                let shard = order_id.shard(state.context.shards.shards());
+                if failures <= MAX_ORDER_RESTARTS
+                    && let Some(lease) = state.context.shards.lease(shard)
+                {
                     // Rebuilt from the store: whatever it had persisted is where it resumes.
                     let wake = OrderCommand::Wake { order_id };
-                    state.route(&myself, wake, Acker::none(), None).await?;
+                    state
+                        .route(&myself, wake, lease, Acker::none(), None)
+                        .await?;
                     telemetry::lifecycle(&telemetry, &actor, Lifecycle::Restarted, None);
                 } else {
                     let detail = format!("gave up after {failures} failures");
@@ -186,24 +222,77 @@ impl OrdersState {
         }
     }
 
+    /// Stops the lease's actors at once and replies when they are gone (or after
+    /// `STOP_WAIT`), without holding up the routing of other shards meanwhile.
+    fn release(&mut self, lease: Lease, reply: RpcReplyPort<()>) {
+        let shard = lease.shard;
+        let leaving: Vec<OrderId> = self
+            .live
+            .iter()
+            .filter(|(_, live)| live.lease == lease)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut stopping = Vec::with_capacity(leaving.len());
+        for order_id in leaving {
+            if let Some(live) = self.live.remove(&order_id) {
+                self.family.left();
+                stopping.push(live.actor);
+            }
+        }
+        if !stopping.is_empty() {
+            tracing::info!(
+                shard,
+                actors = stopping.len(),
+                "stopping the actors of a shard this node no longer owns"
+            );
+        }
+        tokio::spawn(async move {
+            let stops = stopping.into_iter().map(|actor| async move {
+                actor
+                    .stop_and_wait(Some("shard handed over".into()), Some(STOP_WAIT))
+                    .await
+            });
+            futures::future::join_all(stops).await;
+            let _ = reply.send(());
+        });
+    }
+
     async fn route(
         &mut self,
         myself: &ActorRef<OrdersMsg>,
         command: OrderCommand,
+        lease: Lease,
         ack: Acker,
         trace: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
         let order_id = command.order_id().clone();
+        if !self.context.shards.holds(lease) {
+            // Received before the shard moved on: its new owner resumes the order from
+            // the store, so the command has nothing left to do here.
+            tracing::debug!(%order_id, shard = lease.shard, "command for a shard no longer held; dropped");
+            // Not awaited here: the router must not wait on the broker.
+            tokio::spawn(ack.ack());
+            return Ok(());
+        }
+        if self.live.get(&order_id).is_some_and(|l| l.lease != lease)
+            && let Some(stale) = self.live.remove(&order_id)
+        {
+            // Left from an earlier ownership of the shard whose release is on its way.
+            self.family.left();
+            stale.actor.stop(Some("shard handed over".into()));
+        }
         let message = match command {
             OrderCommand::Wake { .. } => OrderMsg::Wake { ack, trace },
             OrderCommand::StepResult {
                 operation,
                 attempt,
+                epoch,
                 reply,
                 ..
             } => OrderMsg::StepResult {
                 operation,
                 attempt,
+                epoch,
                 reply,
                 ack,
                 trace,
@@ -214,6 +303,7 @@ impl OrdersState {
             None => {
                 let args = OrderActorArgs {
                     order_id: order_id.clone(),
+                    lease,
                     context: self.context.clone(),
                     router: myself.clone(),
                 };
@@ -221,9 +311,11 @@ impl OrdersState {
                     Actor::spawn_linked(None, OrderActor, args, myself.get_cell()).await?;
                 self.by_actor.insert(actor.get_id(), order_id.clone());
                 self.family.joined();
-                self.live
-                    .entry(order_id.clone())
-                    .or_insert(LiveOrder { actor, routed: 0 })
+                self.live.entry(order_id.clone()).or_insert(LiveOrder {
+                    actor,
+                    routed: 0,
+                    lease,
+                })
             }
         };
         live.routed += 1;

@@ -2,7 +2,10 @@
 //! waits for room instead of growing memory. Nothing here survives a crash, and
 //! nothing needs to: every order's state is in the store and is resumed from there.
 
-use super::{Bus, BusError, DeadLetter, Delivery, Envelope, Inbox, OrderCommand, StepRequest};
+use super::{
+    Bus, BusError, ClusterMessage, DeadLetter, Delivery, Envelope, Inbox, OrderCommand, ShardEvent,
+    ShardFeed, StepRequest, next_epoch,
+};
 use crate::domain::{OrderEvent, System};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -55,27 +58,34 @@ impl<T: Send + 'static> Queue<T> {
     }
 }
 
+/// Cluster messages a subscriber may fall behind (heartbeats are replaced by the
+/// next anyway).
+const CLUSTER_BUFFER: usize = 64;
+
+/// A node on its own: it owns every shard, for good, and hears only itself.
 pub struct LocalBus {
     cms: Queue<StepRequest>,
     wms: Queue<StepRequest>,
     ros: Queue<StepRequest>,
     orders: Queue<OrderCommand>,
     updates: broadcast::Sender<OrderEvent>,
+    cluster: broadcast::Sender<ClusterMessage>,
+    shards: u32,
 }
 
-impl Default for LocalBus {
-    fn default() -> Self {
+impl LocalBus {
+    pub fn new(shards: u32) -> Self {
         Self {
             cms: Queue::new(),
             wms: Queue::new(),
             ros: Queue::new(),
             orders: Queue::new(),
             updates: broadcast::channel(UPDATE_BUFFER).0,
+            cluster: broadcast::channel(CLUSTER_BUFFER).0,
+            shards: shards.max(1),
         }
     }
-}
 
-impl LocalBus {
     fn steps(&self, system: System) -> &Queue<StepRequest> {
         match system {
             System::Cms => &self.cms,
@@ -109,8 +119,57 @@ impl Bus for LocalBus {
         self.steps(system).take(system.as_str())
     }
 
-    async fn order_commands(&self) -> Result<Inbox<OrderCommand>, BusError> {
-        self.orders.take("orders")
+    fn shard_count(&self) -> u32 {
+        self.shards
+    }
+
+    /// Every shard is gained at once and never lost.
+    async fn order_shards(&self) -> Result<ShardFeed, BusError> {
+        let commands = self.orders.take("orders")?;
+        let shards = self.shards;
+        let epochs: Vec<u64> = (0..shards).map(|_| next_epoch()).collect();
+        let gained: Vec<ShardEvent> = epochs
+            .iter()
+            .enumerate()
+            .map(|(shard, &epoch)| ShardEvent::Gained {
+                shard: shard as u32,
+                epoch,
+            })
+            .collect();
+        let commands = commands.map(move |delivery| {
+            let shard = delivery.message.order_id().shard(shards);
+            ShardEvent::Command {
+                shard,
+                epoch: epochs[shard as usize],
+                delivery,
+            }
+        });
+        Ok(futures::stream::iter(gained).chain(commands).boxed())
+    }
+
+    /// Nobody else could take the shard; the node keeps consuming it.
+    async fn release_shard(&self, _shard: u32, _rejoin: bool) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn stop_standing_by(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn probe_shard(&self, _shard: u32) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn broadcast(&self, message: ClusterMessage) -> Result<(), BusError> {
+        let _ = self.cluster.send(message);
+        Ok(())
+    }
+
+    async fn cluster_messages(&self) -> Result<Inbox<ClusterMessage>, BusError> {
+        Ok(BroadcastStream::new(self.cluster.subscribe())
+            .filter_map(|message| futures::future::ready(message.ok()))
+            .map(Delivery::unacknowledged)
+            .boxed())
     }
 
     async fn order_updates(&self) -> Result<Inbox<OrderEvent>, BusError> {

@@ -10,6 +10,7 @@
 pub mod amqp;
 pub mod local;
 
+use crate::domain::cluster::NodeReport;
 use crate::domain::{
     Location, Operation, OperationOutcome, OrderEvent, OrderId, PackageDetails, System, UserId,
 };
@@ -18,6 +19,8 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -37,6 +40,10 @@ pub struct StepRequest {
     pub operation: Operation,
     /// Distinguishes a retry from the call it replaces, so late replies are dropped.
     pub attempt: u32,
+    /// The shard ownership the request was made under (see [`ShardEvent`]): a reply
+    /// reaching a later owner of the shard is recognised as an old attempt's.
+    #[serde(default)]
+    pub epoch: u64,
     pub pickup: Location,
     pub delivery: Location,
     pub package: PackageDetails,
@@ -70,6 +77,9 @@ pub enum OrderCommand {
         order_id: OrderId,
         operation: Operation,
         attempt: u32,
+        /// Echoes the request's `epoch`.
+        #[serde(default)]
+        epoch: u64,
         reply: StepReply,
     },
 }
@@ -159,6 +169,50 @@ pub struct DeadLetter {
     pub dead_lettered_at: Option<String>,
 }
 
+/// A new name for one ownership of one shard by this process: unique across the
+/// cluster (random high half per process) and increasing within the process.
+pub fn next_epoch() -> u64 {
+    static PROCESS: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(|| u64::from(rand::random::<u32>() | 1) << 32);
+    process | (COUNTER.fetch_add(1, Ordering::Relaxed) + 1) & 0xffff_ffff
+}
+
+/// What happens to this node's hold on the order shards. The broker decides who is
+/// active on a shard; these events tell the node what it decided.
+pub enum ShardEvent {
+    /// This node became the shard's active consumer (its first delivery arrived).
+    /// `epoch` names this ownership until it ends.
+    Gained { shard: u32, epoch: u64 },
+    /// The ownership ended: released, or the consumer was cancelled, or its channel
+    /// or connection was lost (then the bus subscribes again as a standby by itself).
+    Lost { shard: u32, epoch: u64 },
+    /// A command for an order of the shard, received under `epoch`.
+    Command {
+        shard: u32,
+        epoch: u64,
+        delivery: Delivery<OrderCommand>,
+    },
+}
+
+pub type ShardFeed = BoxStream<'static, ShardEvent>;
+
+/// Messages between the nodes of a cluster, seen by every node (itself included).
+/// Externally tagged: an internally tagged enum would buffer the report, and serde
+/// cannot then read the shard numbers that key its maps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ClusterMessage {
+    Heartbeat {
+        report: NodeReport,
+    },
+    /// An operator closed this system's circuit on one node: close it everywhere.
+    RecoverCircuit {
+        service: System,
+        from: String,
+    },
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), BusError>;
@@ -168,8 +222,25 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Step requests for one external system; adapters on every node share them.
     async fn step_requests(&self, system: System) -> Result<Inbox<StepRequest>, BusError>;
-    /// Commands for the orders this node owns.
-    async fn order_commands(&self) -> Result<Inbox<OrderCommand>, BusError>;
+    /// Number of order shards.
+    fn shard_count(&self) -> u32;
+    /// Subscribes to every order shard, as active consumer or standby as the broker
+    /// decides; reports what it decides and the commands of the shards held.
+    async fn order_shards(&self) -> Result<ShardFeed, BusError>;
+    /// Gives up an active shard: ends its consumer (what it holds unacknowledged
+    /// goes back to the queue, to the next consumer), wakes the next standby, and
+    /// waits at the back as a standby again when `rejoin`.
+    async fn release_shard(&self, shard: u32, rejoin: bool) -> Result<(), BusError>;
+    /// Stops waiting as a standby on every shard this node is not active on
+    /// (draining: the node takes no shard any more).
+    async fn stop_standing_by(&self) -> Result<(), BusError>;
+    /// Sends a probe to the shard's queue: its active consumer learns it is active,
+    /// even when the shard has no work.
+    async fn probe_shard(&self, shard: u32) -> Result<(), BusError>;
+    /// Sends `message` to every node of the cluster, this one included.
+    async fn broadcast(&self, message: ClusterMessage) -> Result<(), BusError>;
+    /// What the nodes broadcast, from now on.
+    async fn cluster_messages(&self) -> Result<Inbox<ClusterMessage>, BusError>;
     /// Every order update, whichever node made it.
     async fn order_updates(&self) -> Result<Inbox<OrderEvent>, BusError>;
 
@@ -185,3 +256,31 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 pub type SharedBus = Arc<dyn Bus>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_heartbeat_reads_back_as_sent() {
+        let report = NodeReport {
+            node_id: "a".into(),
+            incarnation: "1234abcd".into(),
+            leaving: false,
+            shards: vec![1, 4],
+            order_actors: 3,
+            order_actors_by_shard: BTreeMap::from([(1, 2), (4, 1)]),
+            in_flight: 3,
+            circuits: Vec::new(),
+            sent_at: Utc::now(),
+        };
+        let message = ClusterMessage::Heartbeat { report };
+        let wire = serde_json::to_vec(&message).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<ClusterMessage>(&wire).unwrap(),
+            message
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! Everything here is unit-tested on its own; the rest of the crate depends on it,
 //! never the other way round.
 
+pub mod cluster;
 pub mod ids;
 pub mod order;
 pub mod saga;

@@ -54,6 +54,27 @@ impl System {
         }
     }
 
+    /// What the customer reads when this system says no. Customer-visible reasons
+    /// are these fixed domain words: what the remote system said, and every error on
+    /// the way (addresses, OS errors, parser messages), goes to the logs with the
+    /// order id instead, for it can be internal or even hostile.
+    fn refusal(self) -> &'static str {
+        match self {
+            Self::Cms => "the customer could not be validated",
+            Self::Wms => "the warehouse has no stock for the package",
+            Self::Ros => "no route could be planned for the delivery",
+        }
+    }
+
+    /// What the customer reads when the retry budget ran out without an answer.
+    fn no_answer(self) -> &'static str {
+        match self {
+            Self::Cms => "the customer records system did not answer in time",
+            Self::Wms => "the warehouse did not answer in time",
+            Self::Ros => "the route service did not answer in time",
+        }
+    }
+
     /// Whether a forward call whose outcome we never learned may have changed the
     /// remote system. Customer validation only reads.
     fn uncertain_call_may_have_effect(self) -> bool {
@@ -100,6 +121,20 @@ impl Operation {
         }
     }
 
+    /// What the customer reads when this undo could not be done (see `System::refusal`).
+    fn undo_failure(self) -> &'static str {
+        match self {
+            Self::CancelRoute => "the planned route could not be cancelled",
+            Self::ReleaseInventory => "the reserved stock could not be released",
+            Self::CancelCustomerOrder => {
+                "the order could not be withdrawn from the customer records"
+            }
+            Self::ValidateCustomer | Self::ReserveInventory | Self::OptimizeRoute => {
+                "a step could not be undone"
+            }
+        }
+    }
+
     /// Sent with every request so that a redelivered or resumed call never acts twice.
     pub fn idempotency_key(self, order_id: &super::OrderId) -> String {
         format!("{order_id}:{}", self.name())
@@ -129,11 +164,13 @@ pub enum OperationOutcome {
     RouteOptimized(Route),
     /// A compensating operation took effect (or had nothing to undo).
     Undone,
-    /// A business refusal: retrying cannot help.
+    /// A business refusal: retrying cannot help. `reason` is what the system said,
+    /// for the logs only: customers read `System::refusal`.
     Refused {
         reason: String,
     },
-    /// Transient failures outlasted the retry budget.
+    /// Transient failures outlasted the retry budget. `reason` is the last error,
+    /// for the logs only: customers read `System::no_answer`.
     Exhausted {
         reason: String,
     },
@@ -143,7 +180,16 @@ pub enum OperationOutcome {
 pub enum SagaInput {
     Outcome(Operation, OperationOutcome),
     Cancel,
-    Delivery { status: OrderStatus, driver: UserId },
+    /// An admin gives the order to a driver (or to another driver).
+    Assign {
+        driver: UserId,
+    },
+    /// The order leaves with its driver, or arrives; `by` is who said so (the
+    /// assigned driver or an admin), kept in the event for the audit trail.
+    Delivery {
+        status: OrderStatus,
+        by: UserId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,7 +334,25 @@ pub fn decide(
             }
             draft.begin_compensation(OrderStatus::Cancelled, "cancelled by the customer".into());
         }
-        SagaInput::Delivery { status, driver } => {
+        SagaInput::Assign { driver } => {
+            // Once the parcel is on a van, the driver carrying it is the one who
+            // delivers it; a failed, cancelled or compensating order needs no one.
+            let open = !order.status.is_terminal()
+                && !matches!(
+                    order.status,
+                    OrderStatus::OutForDelivery | OrderStatus::Compensating
+                );
+            if !open {
+                return Err(SagaRejection::Conflict(format!(
+                    "an order that is {} cannot be assigned to a driver",
+                    order.status
+                )));
+            }
+            // Not a status change, so no update for the customer's event log; the
+            // order document shows the driver, and the API logs who assigned whom.
+            draft.order.driver_id = Some(driver);
+        }
+        SagaInput::Delivery { status, by } => {
             let allowed = matches!(
                 (order.status, status),
                 (OrderStatus::ReadyForDelivery, OrderStatus::OutForDelivery)
@@ -304,8 +368,8 @@ pub fn decide(
                 OrderStatus::OutForDelivery => "Out for delivery",
                 _ => "Delivered",
             };
-            draft.order.driver_id = Some(driver.clone());
-            draft.announce(status, message, json!({"driverId": driver}));
+            let data = json!({"driverId": order.driver_id, "by": by});
+            draft.announce(status, message, data);
         }
     }
     Ok(draft.done())
@@ -364,21 +428,19 @@ fn settle_forward(
                 Value::Null,
             );
         }
-        (_, OperationOutcome::Refused { reason }) => {
+        (_, OperationOutcome::Refused { .. }) => {
             draft
                 .order
                 .integration_status
                 .set(system, StepState::Refused);
-            let reason = format!("{} refused: {reason}", system.as_str().to_uppercase());
-            draft.begin_compensation(OrderStatus::Failed, reason);
+            draft.begin_compensation(OrderStatus::Failed, system.refusal().to_owned());
         }
-        (_, OperationOutcome::Exhausted { reason }) => {
+        (_, OperationOutcome::Exhausted { .. }) => {
             draft
                 .order
                 .integration_status
                 .set(system, StepState::Failed);
-            let reason = format!("{} unavailable: {reason}", system.as_str().to_uppercase());
-            draft.begin_compensation(OrderStatus::Failed, reason);
+            draft.begin_compensation(OrderStatus::Failed, system.no_answer().to_owned());
         }
         _ => return Err(SagaRejection::Stale),
     }
@@ -406,20 +468,17 @@ fn settle_compensation(
                 op.name()
             )
         }
-        OperationOutcome::Refused { reason } | OperationOutcome::Exhausted { reason } => {
-            // An undo that cannot be done is recorded for operators and the saga moves
-            // on: holding the order forever would help no one.
+        OperationOutcome::Refused { .. } | OperationOutcome::Exhausted { .. } => {
+            // An undo that cannot be done is recorded for operators (integration
+            // status, logs) and the saga moves on: holding the order forever would
+            // help no one.
             draft
                 .order
                 .integration_status
                 .set(system, StepState::Failed);
-            compensation.reason = format!(
-                "{}; {} could not be undone: {reason}",
-                compensation.reason,
-                op.name()
-            );
+            compensation.reason = format!("{}; {}", compensation.reason, op.undo_failure());
             format!(
-                "{} could not be compensated: {reason}",
+                "{} could not be compensated",
                 system.as_str().to_uppercase()
             )
         }
@@ -638,7 +697,7 @@ mod tests {
         assert_eq!(d.next, None);
         assert_eq!(
             d.order.failure_reason.as_deref(),
-            Some("ROS refused: no route")
+            Some("no route could be planned for the delivery")
         );
         assert_eq!(d.order.integration_status.wms, StepState::Compensated);
         assert_eq!(d.order.integration_status.ros, StepState::Refused);
@@ -708,7 +767,7 @@ mod tests {
             &ready(),
             SagaInput::Delivery {
                 status: OrderStatus::OutForDelivery,
-                driver,
+                by: driver,
             },
             now(),
         )
@@ -745,11 +804,9 @@ mod tests {
             OperationOutcome::Undone,
         );
         assert_eq!(d.order.status, OrderStatus::Cancelled);
-        assert!(
-            d.order
-                .failure_reason
-                .unwrap()
-                .contains("ros.cancel could not be undone")
+        assert_eq!(
+            d.order.failure_reason.as_deref(),
+            Some("cancelled by the customer; the planned route could not be cancelled")
         );
     }
 
@@ -758,7 +815,7 @@ mod tests {
         let driver = UserId::from_trusted("usr_d");
         let delivery = |status| SagaInput::Delivery {
             status,
-            driver: driver.clone(),
+            by: driver.clone(),
         };
         assert!(decide(&received(), delivery(OrderStatus::OutForDelivery), now()).is_err());
         assert!(decide(&ready(), delivery(OrderStatus::Delivered), now()).is_err());
@@ -766,6 +823,116 @@ mod tests {
         let done = decide(&out.order, delivery(OrderStatus::Delivered), now()).unwrap();
         assert_eq!(done.order.status, OrderStatus::Delivered);
         assert!(done.order.status.is_terminal());
+    }
+
+    /// Issue 9 item 6: whatever a system or the network said (addresses, OS errors,
+    /// parser messages, a hostile server's text), the customer reads domain words.
+    #[test]
+    fn failure_reasons_are_domain_words_whatever_the_systems_said() {
+        let leaks = [
+            "http://10.0.0.7:8080/cms",
+            "connection refused (os error 111)",
+            "expected value at line 1 column 1",
+            "<script>",
+        ];
+        let detail = leaks.join("; ");
+        let refused = || OperationOutcome::Refused {
+            reason: detail.clone(),
+        };
+        let exhausted = || OperationOutcome::Exhausted {
+            reason: detail.clone(),
+        };
+        let validated = step(&received(), Operation::ValidateCustomer, profile());
+        let reserved = step(&validated.order, Operation::ReserveInventory, reserved());
+        let cases = [
+            (
+                received(),
+                Operation::ValidateCustomer,
+                refused(),
+                "the customer could not be validated",
+            ),
+            (
+                validated.order.clone(),
+                Operation::ReserveInventory,
+                refused(),
+                "the warehouse has no stock for the package",
+            ),
+            (
+                reserved.order.clone(),
+                Operation::OptimizeRoute,
+                exhausted(),
+                "the route service did not answer in time",
+            ),
+            (
+                validated.order,
+                Operation::ReserveInventory,
+                exhausted(),
+                "the warehouse did not answer in time",
+            ),
+        ];
+        for (order, op, outcome, expected) in cases {
+            let mut d = step(&order, op, outcome);
+            let mut events = d.events.clone();
+            // Every undo fails too, with the same chatter.
+            while let Some(undo) = d.next {
+                d = step(&d.order, undo, exhausted());
+                events.extend(d.events.clone());
+            }
+            assert_eq!(d.order.status, OrderStatus::Failed);
+            let reason = d.order.failure_reason.clone().unwrap();
+            assert!(reason.starts_with(expected), "{reason}");
+            let shown = serde_json::to_string(&(&d.order, &events)).unwrap();
+            for leak in leaks {
+                assert!(!shown.contains(leak), "{leak} leaked into {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_admin_assigns_a_driver_until_the_parcel_leaves() {
+        let driver = UserId::from_trusted("usr_d");
+        let assign = |driver: &UserId| SagaInput::Assign {
+            driver: driver.clone(),
+        };
+        let early = decide(&received(), assign(&driver), now()).unwrap();
+        assert_eq!(early.order.driver_id.as_ref(), Some(&driver));
+        assert_eq!(early.order.status, OrderStatus::Received);
+        assert!(
+            early.events.is_empty(),
+            "no status change, nothing to announce"
+        );
+        assert_eq!(early.order.version, received().version + 1, "but a write");
+        assert_eq!(
+            early.next,
+            Some(Operation::ValidateCustomer),
+            "the saga goes on"
+        );
+
+        let other = UserId::from_trusted("usr_e");
+        let assigned = decide(&ready(), assign(&driver), now()).unwrap();
+        let reassigned = decide(&assigned.order, assign(&other), now()).unwrap();
+        assert_eq!(reassigned.order.driver_id.as_ref(), Some(&other));
+
+        let out = decide(
+            &reassigned.order,
+            SagaInput::Delivery {
+                status: OrderStatus::OutForDelivery,
+                by: other.clone(),
+            },
+            now(),
+        )
+        .unwrap();
+        assert_eq!(out.order.driver_id.as_ref(), Some(&other), "kept");
+        assert_eq!(out.events[0].data["driverId"], "usr_e");
+        for closed in [
+            out.order,
+            decide(&ready(), SagaInput::Cancel, now()).unwrap().order,
+        ] {
+            assert!(matches!(
+                decide(&closed, assign(&driver), now()),
+                Err(SagaRejection::Conflict(_))
+            ));
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Driver endpoints (seed 000 section 13.1): drivers report where they are and read
-//! back their own location and status.
+//! Driver endpoints (seed 000 section 13.1): drivers report where they are, read
+//! back their own location and status, and find the orders assigned to them.
 
 use super::ApiState;
 use super::error::ApiError;
@@ -107,6 +107,19 @@ pub async fn location(State(state): State<ApiState>, caller: Caller) -> Result<R
         .await?
         .ok_or_else(|| ApiError::NotFound("no location reported yet".into()))?;
     Ok(axum::Json(location).into_response())
+}
+
+/// `GET /api/driver/orders`: the caller's work, the orders an admin assigned to them
+/// that wait for pickup and those they carry.
+pub async fn orders(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&[Role::Driver])?;
+    let work = state.app.orders.driver_work(&caller.viewer()).await?;
+    Ok(axum::Json(json!({
+        "readyForPickup": work.ready_for_pickup,
+        "carrying": work.carrying,
+        "truncated": work.truncated,
+    }))
+    .into_response())
 }
 
 pub fn is_online(location: Option<&DriverLocation>, now: DateTime<Utc>) -> bool {

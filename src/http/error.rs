@@ -170,9 +170,14 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::NotFound => Self::order_not_found(),
+            ServiceError::Invalid(errors) => Self::Validation(errors),
             ServiceError::Conflict(message) => Self::Conflict(message),
             ServiceError::Busy { retry_after_secs } => Self::unavailable(
                 "too many orders are being processed; retry shortly",
+                Some(retry_after_secs),
+            ),
+            ServiceError::Draining { retry_after_secs } => Self::unavailable(
+                "this node is shutting down; retry (any node of the cluster takes orders)",
                 Some(retry_after_secs),
             ),
             ServiceError::Store(e) => e.into(),

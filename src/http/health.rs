@@ -50,7 +50,8 @@ pub async fn ready(State(state): State<ApiState>) -> Response {
     );
     let store = up_or_down("store", store);
     let bus = up_or_down("bus", bus);
-    let ready = store == "up" && bus == "up";
+    let draining = state.app.orders.admission().is_closed();
+    let ready = store == "up" && bus == "up" && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -60,6 +61,7 @@ pub async fn ready(State(state): State<ApiState>) -> Response {
         "status": if ready { "ready" } else { "not ready" },
         "service": SERVICE_NAME,
         "dependencies": {"store": store, "bus": bus},
+        "draining": draining,
         "timestamp": Utc::now(),
     });
     (status, axum::Json(body)).into_response()

@@ -98,17 +98,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/orders/{id}/status", get(orders::status))
         .route("/api/orders/{id}/cancel", post(orders::cancel))
         .route("/api/orders/{id}/delivery", post(orders::delivery))
+        .route("/api/orders/{id}/assign", post(orders::assign))
         .route(
             "/api/driver/location",
             get(drivers::location).post(drivers::report_location),
         )
         .route("/api/driver/status", get(drivers::status))
+        .route("/api/driver/orders", get(drivers::orders))
         .route("/api/services/health", get(services::health))
         .route("/api/services/{service}/recover", post(services::recover))
         .route("/api/telemetry/supervision", get(services::supervision))
         .route("/api/telemetry/events", get(services::events))
         .route("/api/telemetry/mailboxes", get(services::mailboxes))
         .route("/api/telemetry/orders/{id}", get(services::order_actor))
+        .route("/api/cluster", get(services::cluster))
         .route("/api/admin/dlq", get(dead_letters::list))
         .route(
             "/api/admin/dlq/{queue}/redrive",

@@ -14,7 +14,8 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use crate::domain::saga::{StepView, next_operation, step_views};
 use crate::domain::{
-    NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, StepState, System, ValidationErrors,
+    NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, StepState, System, UserId,
+    ValidationErrors,
 };
 use crate::store::{OrderCursor, OrderQuery};
 use axum::extract::State;
@@ -94,6 +95,7 @@ fn parse_list_params(params: ListParams) -> Result<OrderQuery, ApiError> {
     };
     Ok(OrderQuery {
         customer: None,
+        driver: None,
         status,
         limit,
         after,
@@ -323,6 +325,60 @@ pub async fn delivery(
         _ => "Out for delivery",
     };
     Ok(changed(&order, message))
+}
+
+/// `{"driverId": "usr_..."}`: an account id as the API hands them out.
+fn parse_assignment(body: &Value) -> Result<UserId, ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    let plausible = |id: &&str| {
+        (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    match body
+        .get("driverId")
+        .and_then(Value::as_str)
+        .filter(plausible)
+    {
+        Some(id) => Ok(UserId::from_trusted(id)),
+        None => {
+            errors.add(
+                "driverId",
+                "is required and must be the id of a driver's account",
+            );
+            Err(errors)
+        }
+    }
+}
+
+/// Admins give an order to a driver (`POST /api/orders/{id}/assign`); the driver
+/// then finds it under `GET /api/driver/orders` and alone may move it on.
+pub async fn assign(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<Value>, ApiError>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let id = order_id(&id)?;
+    let ApiJson(body) = body?;
+    let driver = parse_assignment(&body)?;
+    let order = state
+        .app
+        .orders
+        .assign(&caller.viewer(), &id, &driver)
+        .await?;
+    tracing::info!(order_id = %order.order_id, driver_id = %driver, admin = %caller.user_id,
+        "order assigned to a driver");
+    Ok(axum::Json(json!({
+        "orderId": order.order_id,
+        "status": order.status,
+        "driverId": order.driver_id,
+        "message": "Assigned to a driver",
+        "updatedAt": order.updated_at,
+    }))
+    .into_response())
 }
 
 #[cfg(test)]

@@ -127,3 +127,12 @@ pub async fn order_actor(
     }))
     .into_response())
 }
+/// The cluster as this node sees it: every node heard from, when, the shards it
+/// holds, its live order actors and its circuits.
+pub async fn cluster(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let view = ask(state.app.control.cluster())
+        .await?
+        .ok_or_else(|| ApiError::unavailable("the cluster view is not available now", Some(1)))?;
+    Ok(axum::Json(view).into_response())
+}

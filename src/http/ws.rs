@@ -74,6 +74,8 @@ const MAX_ECHOED_ID: usize = 64;
 
 /// Close codes (RFC 6455 section 7.4.1).
 const GOING_AWAY: u16 = 1001;
+/// The node is restarting or draining: reconnect (to any node) and resume.
+const SERVICE_RESTART: u16 = 1012;
 const POLICY_VIOLATION: u16 = 1008;
 const INTERNAL_ERROR: u16 = 1011;
 
@@ -99,7 +101,8 @@ pub fn tune_connection(tcp: &mut tokio::net::TcpStream) {
 #[derive(Clone)]
 pub struct Tracking {
     pub notifier: Notifier,
-    /// Cancelled when the node shuts down; open sessions then close with 1001.
+    /// Cancelled when the node drains or shuts down; open sessions then close with
+    /// 1012 (service restart).
     pub shutdown: CancellationToken,
 }
 
@@ -184,7 +187,7 @@ impl Ending {
                 POLICY_VIOLATION,
                 "too slow: fell behind its updates; reconnect and subscribe with since",
             ),
-            Self::ShuttingDown => (GOING_AWAY, "node shutting down; reconnect with since"),
+            Self::ShuttingDown => (SERVICE_RESTART, "node shutting down; reconnect with since"),
             Self::ReplayFailed => (
                 INTERNAL_ERROR,
                 "missed updates cannot be read now; reconnect with since",

@@ -60,6 +60,10 @@ const IDEMPOTENCY: TableDefinition<(&str, &str), &str> = TableDefinition::new("i
 /// the value lets a filtered customer listing skip orders without loading them.
 const BY_CUSTOMER: TableDefinition<(&str, i64, u32, &str), &str> =
     TableDefinition::new("orders_by_customer");
+/// `(driverId, createdAt secs, createdAt nanos, orderId) -> status`: the orders
+/// assigned to each driver, keyed like `BY_CUSTOMER`.
+const BY_DRIVER: TableDefinition<(&str, i64, u32, &str), &str> =
+    TableDefinition::new("orders_by_driver");
 /// `(createdAt secs, createdAt nanos, orderId)`: every order, for admins.
 const BY_TIME: TableDefinition<(i64, u32, &str), ()> = TableDefinition::new("orders_by_time");
 /// `(status, createdAt secs, createdAt nanos, orderId)`: admin listings by status and
@@ -97,6 +101,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
 #[serde(rename_all = "camelCase")]
 struct OrderHead {
     customer_id: UserId,
+    #[serde(default)]
+    driver_id: Option<UserId>,
     status: OrderStatus,
     created_at: DateTime<Utc>,
     version: u64,
@@ -108,6 +114,7 @@ struct OrderRecord {
     id: OrderId,
     order_id: String,
     customer_id: String,
+    driver_id: Option<String>,
     created: (i64, u32),
     status: OrderStatus,
     version: u64,
@@ -121,6 +128,7 @@ impl OrderRecord {
             id: order.order_id.clone(),
             order_id: order.order_id.as_str().to_owned(),
             customer_id: order.customer_id.as_str().to_owned(),
+            driver_id: order.driver_id.as_ref().map(|d| d.as_str().to_owned()),
             created: time_key(&order.created_at),
             status: order.status,
             version: order.version,
@@ -273,6 +281,7 @@ fn create_tables(db: &Database) -> Result<(), Fatal> {
     txn.open_table(USERS_BY_EMAIL)?;
     txn.open_table(IDEMPOTENCY)?;
     txn.open_table(BY_CUSTOMER)?;
+    txn.open_table(BY_DRIVER)?;
     txn.open_table(BY_TIME)?;
     txn.open_table(BY_STATUS)?;
     txn.open_table(STATUS_COUNTS)?;
@@ -398,6 +407,7 @@ struct Tables<'txn> {
     users_by_email: redb::Table<'txn, &'static str, &'static str>,
     idempotency: redb::Table<'txn, (&'static str, &'static str), &'static str>,
     by_customer: redb::Table<'txn, (&'static str, i64, u32, &'static str), &'static str>,
+    by_driver: redb::Table<'txn, (&'static str, i64, u32, &'static str), &'static str>,
     by_time: redb::Table<'txn, (i64, u32, &'static str), ()>,
     by_status: redb::Table<'txn, (&'static str, i64, u32, &'static str), ()>,
     status_counts: redb::Table<'txn, &'static str, u64>,
@@ -413,6 +423,7 @@ impl<'txn> Tables<'txn> {
             users_by_email: txn.open_table(USERS_BY_EMAIL)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
             by_customer: txn.open_table(BY_CUSTOMER)?,
+            by_driver: txn.open_table(BY_DRIVER)?,
             by_time: txn.open_table(BY_TIME)?,
             by_status: txn.open_table(BY_STATUS)?,
             status_counts: txn.open_table(STATUS_COUNTS)?,
@@ -470,6 +481,9 @@ impl<'txn> Tables<'txn> {
         }
         self.by_customer
             .insert((customer, secs, nanos, id), status)?;
+        if let Some(driver) = order.driver_id.as_deref() {
+            self.by_driver.insert((driver, secs, nanos, id), status)?;
+        }
         self.by_time.insert((secs, nanos, id), ())?;
         self.by_status.insert((status, secs, nanos, id), ())?;
         *counts.entry(order.status).or_default() += 1;
@@ -516,9 +530,20 @@ impl<'txn> Tables<'txn> {
         for (seq, document) in events {
             self.events.insert((id, *seq), document.as_slice())?;
         }
+        let (secs, nanos) = order.created;
+        let stored_driver = stored.driver_id.as_ref().map(UserId::as_str);
+        let driver = order.driver_id.as_deref();
+        if stored_driver != driver || stored.status != order.status {
+            if let Some(old) = stored_driver {
+                self.by_driver.remove((old, secs, nanos, id))?;
+            }
+            if let Some(new) = driver {
+                self.by_driver
+                    .insert((new, secs, nanos, id), order.status.as_str())?;
+            }
+        }
         if stored.status != order.status {
             let customer = order.customer_id.as_str();
-            let (secs, nanos) = order.created;
             let (old, new) = (stored.status.as_str(), order.status.as_str());
             self.by_customer.insert((customer, secs, nanos, id), new)?;
             self.by_status.remove((old, secs, nanos, id))?;
@@ -786,6 +811,38 @@ fn status_bounds(status: OrderStatus) -> (String, String) {
     (status.as_str().to_owned(), format!("{}\0", status.as_str()))
 }
 
+/// The ids of `owner`'s orders in an owner index (`BY_CUSTOMER`, `BY_DRIVER`), newest
+/// first, strictly before `cursor`, with `status` if given (read from the index value,
+/// so skipped orders are never loaded).
+fn owned_orders<'t>(
+    txn: &'t ReadTransaction,
+    index: TableDefinition<(&str, i64, u32, &str), &str>,
+    owner: &UserId,
+    cursor: Option<&((i64, u32), String)>,
+    status: Option<OrderStatus>,
+) -> Result<impl Iterator<Item = Result<String, StoreError>> + 't, StoreError> {
+    let table = txn.open_table(index).map_err(unavailable)?;
+    let owner = owner.as_str();
+    let past_owner = format!("{owner}\0");
+    let start = (owner, i64::MIN, 0u32, "");
+    let range = match cursor {
+        Some(((secs, nanos), id)) => {
+            table.range::<(&str, i64, u32, &str)>(start..(owner, *secs, *nanos, id.as_str()))
+        }
+        None => {
+            table.range::<(&str, i64, u32, &str)>(start..(past_owner.as_str(), i64::MIN, 0, ""))
+        }
+    }
+    .map_err(unavailable)?;
+    let wanted = status.map(OrderStatus::as_str);
+    Ok(range.rev().filter_map(move |entry| match entry {
+        Ok((key, value)) => wanted
+            .is_none_or(|w| w == value.value())
+            .then(|| Ok(key.value().3.to_owned())),
+        Err(e) => Some(Err(unavailable(e))),
+    }))
+}
+
 fn list_orders(txn: &ReadTransaction, query: &OrderQuery) -> Result<OrderPage, StoreError> {
     let limit = query.limit;
     if limit == 0 {
@@ -799,32 +856,41 @@ fn list_orders(txn: &ReadTransaction, query: &OrderQuery) -> Result<OrderPage, S
         .as_ref()
         .map(|c| (time_key(&c.created_at), c.order_id.as_str().to_owned()));
     let mut ids: Vec<String> = Vec::new();
-    match (&query.customer, query.status) {
-        (Some(customer), status) => {
-            let table = txn.open_table(BY_CUSTOMER).map_err(unavailable)?;
-            let customer = customer.as_str();
-            let past_customer = format!("{customer}\0");
-            let start = (customer, i64::MIN, 0u32, "");
-            let range = match &cursor {
-                Some(((secs, nanos), id)) => table
-                    .range::<(&str, i64, u32, &str)>(start..(customer, *secs, *nanos, id.as_str())),
-                None => table.range::<(&str, i64, u32, &str)>(
-                    start..(past_customer.as_str(), i64::MIN, 0, ""),
-                ),
-            }
-            .map_err(unavailable)?;
-            let wanted = status.map(OrderStatus::as_str);
-            for entry in range.rev() {
-                let (key, value) = entry.map_err(unavailable)?;
-                if wanted.is_none_or(|w| w == value.value()) {
-                    ids.push(key.value().3.to_owned());
+    match (&query.driver, &query.customer, query.status) {
+        (Some(driver), customer, status) => {
+            let mut of_driver = owned_orders(txn, BY_DRIVER, driver, cursor.as_ref(), status)?;
+            // Rare (a customer's orders with one driver): check each on its document.
+            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+            let of_customer = |id: &String| -> Result<bool, StoreError> {
+                let Some(customer) = customer else {
+                    return Ok(true);
+                };
+                match orders.get(id.as_str()).map_err(unavailable)? {
+                    Some(document) => {
+                        Ok(decode::<OrderHead>(document.value())?.customer_id == *customer)
+                    }
+                    None => Ok(false),
+                }
+            };
+            for id in of_driver.by_ref() {
+                let id = id?;
+                if of_customer(&id)? {
+                    ids.push(id);
                     if ids.len() > limit {
                         break;
                     }
                 }
             }
         }
-        (None, Some(status)) => {
+        (None, Some(customer), status) => {
+            for id in owned_orders(txn, BY_CUSTOMER, customer, cursor.as_ref(), status)? {
+                ids.push(id?);
+                if ids.len() > limit {
+                    break;
+                }
+            }
+        }
+        (None, None, Some(status)) => {
             let table = txn.open_table(BY_STATUS).map_err(unavailable)?;
             let (from, to) = status_bounds(status);
             let start = (from.as_str(), i64::MIN, 0u32, "");
@@ -842,7 +908,7 @@ fn list_orders(txn: &ReadTransaction, query: &OrderQuery) -> Result<OrderPage, S
                 ids.push(key.value().3.to_owned());
             }
         }
-        (None, None) => {
+        (None, None, None) => {
             let table = txn.open_table(BY_TIME).map_err(unavailable)?;
             let range = match &cursor {
                 Some(((secs, nanos), id)) => {

@@ -41,6 +41,9 @@ pub struct OrderCursor {
 pub struct OrderQuery {
     /// `None` lists every customer's orders (admins only).
     pub customer: Option<UserId>,
+    /// Only orders assigned to this driver (a driver's work list). A listing is by
+    /// customer or by driver: with both set, the driver's orders of that customer.
+    pub driver: Option<UserId>,
     pub status: Option<OrderStatus>,
     pub limit: usize,
     pub after: Option<OrderCursor>,

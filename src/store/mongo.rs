@@ -609,6 +609,8 @@ impl MongoStore {
                 index(doc! { "createdAt": -1, "orderId": -1 }),
                 // Admin listings by status, unfinished orders, counts.
                 index(doc! { "status": 1, "createdAt": -1, "orderId": -1 }),
+                // A driver's work list (GET /api/driver/orders).
+                index(doc! { "driverId": 1, "status": 1, "createdAt": -1, "orderId": -1 }),
                 idempotency,
             ])
             .await
@@ -953,6 +955,9 @@ impl Store for MongoStore {
         let mut filter = Document::new();
         if let Some(customer) = &query.customer {
             filter.insert("customerId", customer.as_str());
+        }
+        if let Some(driver) = &query.driver {
+            filter.insert("driverId", driver.as_str());
         }
         if let Some(status) = query.status {
             filter.insert("status", status.as_str());

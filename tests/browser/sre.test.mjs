@@ -76,6 +76,12 @@ test("an admin sees the live supervisor tree, the circuits, orders by status and
       assert.equal(await tree.locator(`[data-actor="${actor}"]`).count(), 1, `${actor} is in the tree`);
     }
     assert.match(await tree.locator('[data-actor="adapter-cms"] .tree-meta').first().textContent(), /restarts?.*mailbox \d+/);
+    // A node on its own is the whole cluster: it owns every shard.
+    const own = page.locator("#cluster-rows tr").first();
+    await own.waitFor();
+    assert.match(await own.locator("th").textContent(), /\(this node\)/);
+    assert.ok(Number(await own.locator("td.num").first().textContent()) > 0, "it owns the shards");
+    assert.match(await page.locator("#cluster-summary").textContent(), /shards over 1 node/);
     for (const system of ["cms", "wms", "ros"]) {
       const card = page.locator(`.service[data-service="${system}"]`);
       assert.equal(await card.getAttribute("data-circuit"), "CLOSED", system);

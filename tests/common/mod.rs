@@ -2,6 +2,8 @@
 //! ports with its own data directory, and speaks to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod process;
+
 use serde_json::{Value, json};
 use std::future::Future;
 use std::time::Duration;
@@ -60,7 +62,9 @@ pub fn backend_overrides() -> Value {
     let isolation = format!("t{}", uuid::Uuid::new_v4().simple());
     json!({
         "store": {"kind": "mongo", "mongodb_uri": required("MONGODB_URI"), "database": isolation},
-        "bus": {"kind": "amqp", "rabbitmq_url": required("RABBITMQ_URL"), "namespace": isolation}
+        // Few shards: every shard is a quorum queue each test's namespace creates.
+        "bus": {"kind": "amqp", "rabbitmq_url": required("RABBITMQ_URL"), "namespace": isolation,
+                "shards": 4}
     })
 }
 
@@ -90,11 +94,12 @@ pub fn backend_env() -> Vec<(&'static str, String)> {
             "SWIFT__BUS__NAMESPACE",
             bus["namespace"].as_str().unwrap_or_default().to_owned(),
         ));
+        env.push(("SWIFT__BUS__SHARDS", bus["shards"].to_string()));
     }
     env
 }
 
-fn merge(base: &mut Value, overrides: Value) {
+pub fn merge(base: &mut Value, overrides: Value) {
     match (base, overrides) {
         (Value::Object(base), Value::Object(overrides)) => {
             for (key, value) in overrides {
@@ -162,6 +167,30 @@ impl TestApp {
 
     pub async fn driver_token(&self) -> String {
         self.login(DRIVER_EMAIL, DRIVER_PASSWORD).await
+    }
+
+    /// An admin assigns the order to the driver whose token this is: drivers may
+    /// move only the orders assigned to them.
+    pub async fn assign(&self, order_id: &str, driver_token: &str) {
+        let driver: Value = self
+            .http
+            .get(self.url("/api/driver/status"))
+            .bearer_auth(driver_token)
+            .send()
+            .await
+            .expect("driver status")
+            .json()
+            .await
+            .expect("driver status body");
+        let response = self
+            .http
+            .post(self.url(&format!("/api/orders/{order_id}/assign")))
+            .bearer_auth(self.admin_token().await)
+            .json(&json!({"driverId": driver["driverId"]}))
+            .send()
+            .await
+            .expect("assign request");
+        assert_eq!(response.status(), 200, "assigning {order_id}");
     }
 
     /// Registers a fresh client; returns (token, user id).

@@ -5,7 +5,7 @@
 use super::dead_letters::delivery_count;
 use super::envelope;
 use super::link::{Link, Session, backoff, unavailable, within};
-use super::topology::{self, DELIVERY_RETRIES};
+use super::topology::{self, DELIVERY_RETRIES, PrivateQueue};
 use crate::bus::{Acknowledge, BusError, Delivery, Inbox};
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream};
@@ -35,7 +35,7 @@ pub(super) enum Acking {
 pub(super) struct Subscription {
     pub queues: Vec<String>,
     /// An exclusive queue to declare and bind on each session before consuming it.
-    pub private_queue: Option<String>,
+    pub private_queue: Option<PrivateQueue>,
     pub acking: Acking,
     pub prefetch: u16,
 }
@@ -180,8 +180,8 @@ where
     if let Some(queue) = &subscription.private_queue {
         within(
             limit,
-            "declaring the updates queue",
-            topology::declare_events_queue(channel, link.names(), queue),
+            "declaring a private queue",
+            topology::declare_private_queue(channel, queue),
         )
         .await?;
     }
@@ -261,11 +261,7 @@ where
             Acking::ByReceiver => Delivery {
                 message,
                 envelope: envelope::read(&delivery.properties),
-                ack: Some(Box::new(BrokerAck {
-                    deliveries_before: delivery_count(&delivery.properties),
-                    acker: delivery.acker,
-                    limit,
-                })),
+                ack: Some(Box::new(BrokerAck::new(delivery, limit))),
             },
             Acking::OnReceipt => {
                 receipts.received(delivery.delivery_tag);
@@ -329,11 +325,21 @@ impl Receipts {
 }
 
 /// The acknowledgement of one work delivery, held by whoever persists its effect.
-struct BrokerAck {
+pub(super) struct BrokerAck {
     acker: Acker,
     /// Earlier deliveries of this message (the quorum queue's `x-delivery-count`).
     deliveries_before: u64,
     limit: Duration,
+}
+
+impl BrokerAck {
+    pub(super) fn new(delivery: lapin::message::Delivery, limit: Duration) -> Self {
+        Self {
+            deliveries_before: delivery_count(&delivery.properties),
+            acker: delivery.acker,
+            limit,
+        }
+    }
 }
 
 fn settled(outcome: bool) -> Result<(), BusError> {

@@ -268,8 +268,10 @@ impl Link {
     /// Declares the topology and opens the publishing channels.
     async fn prepare(&self, connection: &Connection) -> Result<Vec<RwLock<Channel>>, BusError> {
         let setup = within(self.limit, "opening a channel", connection.create_channel()).await?;
+        // A fresh namespace creates every quorum queue (one Raft group per shard),
+        // which takes a while on a busy broker.
         within(
-            self.limit,
+            self.limit.saturating_mul(4),
             "declaring the topology",
             topology::declare(&setup, &self.names),
         )

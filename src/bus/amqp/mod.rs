@@ -13,32 +13,45 @@ mod consume;
 mod dead_letters;
 mod envelope;
 mod link;
+mod shards;
 mod topology;
 
 use self::consume::{Acking, Subscription};
 use self::link::{Link, Outgoing};
-use self::topology::Names;
-use super::{Bus, BusError, DeadLetter, Inbox, OrderCommand, StepRequest};
+use self::shards::{Control, ShardConsumer};
+use self::topology::{Names, PrivateQueue};
+use super::{
+    Bus, BusError, ClusterMessage, DeadLetter, Inbox, OrderCommand, ShardFeed, StepRequest,
+};
 use crate::config::BusSettings;
 use crate::domain::{OrderEvent, System};
 use async_trait::async_trait;
+use futures::StreamExt;
 use lapin::BasicProperties;
 use serde::Serialize;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 pub use self::topology::DELIVERY_RETRIES;
 
 /// AMQP delivery mode of messages written to disk.
 const PERSISTENT: u8 = 2;
+/// Shard events buffered between the shard consumers and the node.
+const SHARD_EVENTS: usize = 1024;
+/// Milliseconds an unread cluster message lives in a node's queue.
+const CLUSTER_MESSAGE_TTL_MS: i64 = 5_000;
 
 pub struct AmqpBus {
     link: Arc<Link>,
     shards: u32,
     prefetch: u16,
     update_subscriptions: AtomicU32,
+    /// How to reach each shard's consumer, once `order_shards` started them.
+    shard_controls: Mutex<Vec<mpsc::Sender<Control>>>,
     /// Stops the connection supervisor and every consumer when the bus is dropped.
     shutdown: CancellationToken,
 }
@@ -64,6 +77,7 @@ impl AmqpBus {
             shards: settings.shards.max(1),
             prefetch: settings.prefetch.max(1),
             update_subscriptions: AtomicU32::new(0),
+            shard_controls: Mutex::default(),
             shutdown,
         })
     }
@@ -102,6 +116,25 @@ impl AmqpBus {
                 queues,
                 private_queue: None,
                 acking: Acking::ByReceiver,
+                prefetch: self.prefetch,
+            },
+        )
+        .await
+    }
+}
+
+impl AmqpBus {
+    /// Consumes a queue of this node's own, acknowledged on receipt.
+    async fn private_inbox<T>(&self, queue: PrivateQueue) -> Result<Inbox<T>, BusError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        consume::inbox(
+            self.link.clone(),
+            Subscription {
+                queues: vec![queue.name.clone()],
+                private_queue: Some(queue),
+                acking: Acking::OnReceipt,
                 prefetch: self.prefetch,
             },
         )
@@ -160,32 +193,118 @@ impl Bus for AmqpBus {
         self.work_inbox(vec![queue]).await
     }
 
-    /// Consumes every shard; the broker makes this node the active consumer of the
-    /// shards nobody else holds, and hands them over when their owner goes.
-    async fn order_commands(&self) -> Result<Inbox<OrderCommand>, BusError> {
-        let queues = self
-            .link
-            .names()
-            .shard_queues()
-            .iter()
-            .map(|q| q.name.clone())
-            .collect();
-        self.work_inbox(queues).await
+    fn shard_count(&self) -> u32 {
+        self.shards
+    }
+
+    /// Starts one consumer per shard, each on its own channel, and returns once the
+    /// broker has registered them all (active or waiting).
+    async fn order_shards(&self) -> Result<ShardFeed, BusError> {
+        let (events, feed) = mpsc::channel(SHARD_EVENTS);
+        let mut controls = Vec::new();
+        let mut subscribed = Vec::new();
+        for (shard, queue) in self.link.names().shard_queues().iter().enumerate() {
+            let (control, orders) = mpsc::channel(4);
+            let (done, registered) = oneshot::channel();
+            controls.push(control);
+            subscribed.push(registered);
+            tokio::spawn(
+                ShardConsumer {
+                    link: self.link.clone(),
+                    shard: shard as u32,
+                    queue: queue.name.clone(),
+                    prefetch: self.prefetch,
+                    events: events.clone(),
+                    control: orders,
+                    subscribed: Some(done),
+                }
+                .run(),
+            );
+        }
+        if let Ok(mut current) = self.shard_controls.lock() {
+            *current = controls;
+        }
+        let limit = self.link.limit;
+        let all = futures::future::join_all(subscribed);
+        match tokio::time::timeout(limit, all).await {
+            Ok(results) if results.iter().all(Result::is_ok) => {
+                Ok(ReceiverStream::new(feed).boxed())
+            }
+            Ok(_) => Err(BusError::Unavailable("the bus is shut down".into())),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "could not subscribe to every shard within {limit:?}"
+            ))),
+        }
+    }
+
+    async fn release_shard(&self, shard: u32, rejoin: bool) -> Result<(), BusError> {
+        let control = self
+            .shard_controls
+            .lock()
+            .ok()
+            .and_then(|controls| controls.get(shard as usize).cloned())
+            .ok_or_else(|| BusError::Rejected(format!("no consumer for shard {shard}")))?;
+        let (done, released) = oneshot::channel();
+        if control
+            .send(Control::Release { rejoin, done })
+            .await
+            .is_err()
+        {
+            // The consumer has ended already: nothing is held.
+            return Ok(());
+        }
+        match tokio::time::timeout(self.link.limit, released).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "shard {shard} was not released within {:?}",
+                self.link.limit
+            ))),
+        }
+    }
+
+    async fn stop_standing_by(&self) -> Result<(), BusError> {
+        let controls = self
+            .shard_controls
+            .lock()
+            .map(|controls| controls.clone())
+            .unwrap_or_default();
+        for control in controls {
+            let _ = control.send(Control::StopStandingBy).await;
+        }
+        Ok(())
+    }
+
+    async fn probe_shard(&self, shard: u32) -> Result<(), BusError> {
+        let queue = self.link.names().shard_queue(shard).name.clone();
+        shards::probe(&self.link, &queue).await
+    }
+
+    async fn broadcast(&self, message: ClusterMessage) -> Result<(), BusError> {
+        let exchange = self.link.names().cluster_exchange.clone();
+        self.publish(&exchange, "", &message, false).await
+    }
+
+    async fn cluster_messages(&self) -> Result<Inbox<ClusterMessage>, BusError> {
+        let names = self.link.names();
+        let queue = PrivateQueue {
+            name: names.cluster_queue(),
+            exchange: names.cluster_exchange.clone(),
+            binding: String::new(),
+            message_ttl_ms: Some(CLUSTER_MESSAGE_TTL_MS),
+        };
+        self.private_inbox(queue).await
     }
 
     async fn order_updates(&self) -> Result<Inbox<OrderEvent>, BusError> {
         let subscription = self.update_subscriptions.fetch_add(1, Ordering::Relaxed);
-        let queue = self.link.names().events_queue(subscription);
-        consume::inbox(
-            self.link.clone(),
-            Subscription {
-                queues: vec![queue.clone()],
-                private_queue: Some(queue),
-                acking: Acking::OnReceipt,
-                prefetch: self.prefetch,
-            },
-        )
-        .await
+        let names = self.link.names();
+        let queue = PrivateQueue {
+            name: names.events_queue(subscription),
+            exchange: names.events_exchange.clone(),
+            binding: "order.#".into(),
+            message_ttl_ms: None,
+        };
+        self.private_inbox(queue).await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError> {

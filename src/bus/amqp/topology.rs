@@ -36,6 +36,8 @@ pub(super) struct Names {
     prefix: String,
     pub order_exchange: String,
     pub events_exchange: String,
+    /// Fanout of cluster messages (heartbeats, operator commands) to every node.
+    pub cluster_exchange: String,
     pub dead_letter_exchange: String,
     /// Step queues in `System::ALL` order, then the shard queues in shard order.
     work: Vec<WorkQueue>,
@@ -79,6 +81,7 @@ impl Names {
         Ok(Self {
             order_exchange: format!("{prefix}order_exchange"),
             events_exchange: format!("{prefix}events_exchange"),
+            cluster_exchange: format!("{prefix}cluster_exchange"),
             dead_letter_exchange: format!("{prefix}dlx"),
             work,
             node_id: node_id.to_owned(),
@@ -123,6 +126,11 @@ impl Names {
             n => format!("{}events.{}.{n}", self.prefix, self.node_id),
         }
     }
+
+    /// This node's queue of cluster messages.
+    pub fn cluster_queue(&self) -> String {
+        format!("{}cluster.{}", self.prefix, self.node_id)
+    }
 }
 
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
@@ -146,6 +154,7 @@ pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<(
     for (exchange, kind) in [
         (&names.order_exchange, ExchangeKind::Direct),
         (&names.events_exchange, ExchangeKind::Topic),
+        (&names.cluster_exchange, ExchangeKind::Fanout),
         (&names.dead_letter_exchange, ExchangeKind::Direct),
     ] {
         channel
@@ -217,30 +226,45 @@ pub(super) async fn declare(channel: &Channel, names: &Names) -> lapin::Result<(
     Ok(())
 }
 
-/// Declares this node's private queue for one `order_updates` subscription. It lives
-/// and dies with the connection: updates missed while it is gone are replayed from
-/// the event log by whoever needs them.
-pub(super) async fn declare_events_queue(
+/// A queue of this node's own, bound to a fanout or topic exchange.
+#[derive(Debug, Clone)]
+pub(super) struct PrivateQueue {
+    pub name: String,
+    pub exchange: String,
+    pub binding: String,
+    /// Milliseconds after which an unread message is dropped (a stale heartbeat says
+    /// nothing the next one does not).
+    pub message_ttl_ms: Option<i64>,
+}
+
+/// Declares one of this node's private queues (an `order_updates` subscription, the
+/// cluster messages). It lives and dies with the connection: updates missed while it
+/// is gone are replayed from the event log by whoever needs them, and heartbeats are
+/// sent again every second.
+pub(super) async fn declare_private_queue(
     channel: &Channel,
-    names: &Names,
-    queue: &str,
+    queue: &PrivateQueue,
 ) -> lapin::Result<()> {
+    let mut arguments = vec![("x-queue-type", text("classic"))];
+    if let Some(ttl) = queue.message_ttl_ms {
+        arguments.push(("x-message-ttl", AMQPValue::LongLongInt(ttl)));
+    }
     channel
         .queue_declare(
-            queue.into(),
+            queue.name.as_str().into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
                 ..QueueDeclareOptions::default()
             },
-            table(&[("x-queue-type", text("classic"))]),
+            table(&arguments),
         )
         .await?;
     channel
         .queue_bind(
-            queue.into(),
-            names.events_exchange.as_str().into(),
-            "order.#".into(),
+            queue.name.as_str().into(),
+            queue.exchange.as_str().into(),
+            queue.binding.as_str().into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

@@ -42,9 +42,13 @@ impl CmsClient {
         if parsed.scheme() != "http" {
             return Err(invalid("only plain http:// URLs are supported".into()));
         }
+        // Calls go to the configured CMS only: a redirect is not followed (it would
+        // re-post the envelope to wherever the CMS points, SSRF) but is a protocol
+        // failure of the CMS, see `classify`.
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .build()?;
@@ -135,13 +139,16 @@ impl SystemClient for CmsClient {
 
 /// Sorts a reply into the saga's terms: a settled outcome, or an error worth
 /// retrying. SOAP 1.1 sends faults with HTTP 500, so the body decides before the
-/// status does.
+/// status does; a redirect is never a SOAP answer, whatever its body says.
 fn classify(
     call: &CmsCall,
     status: StatusCode,
     reply: Result<CmsReply, CodecError>,
 ) -> Result<OperationOutcome, CallError> {
     match (reply, call) {
+        (_, _) if status.is_redirection() => Err(CallError::Malformed(format!(
+            "CMS answered HTTP {status}: redirects are not followed"
+        ))),
         (Ok(CmsReply::Fault(fault)), _) => match fault.kind {
             FaultKind::Client => Ok(OperationOutcome::Refused {
                 reason: if fault.message.trim().is_empty() {
@@ -233,6 +240,27 @@ mod tests {
             decode_reply(b"{\"valid\":true}"),
         );
         assert!(matches!(garbage, Err(CallError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_redirect_is_a_protocol_failure_even_with_a_valid_body() {
+        let valid = || {
+            Ok(CmsReply::Validation(CustomerValidation {
+                valid: true,
+                customer_name: "Elsewhere".into(),
+                tier: "gold".into(),
+            }))
+        };
+        for status in [StatusCode::FOUND, StatusCode::TEMPORARY_REDIRECT] {
+            assert!(matches!(
+                classify(&validate(), status, valid()),
+                Err(CallError::Malformed(_))
+            ));
+            assert!(matches!(
+                classify(&validate(), status, fault(FaultKind::Client)),
+                Err(CallError::Malformed(_))
+            ));
+        }
     }
 
     #[test]

@@ -37,9 +37,13 @@ impl RosClient {
                 "invalid ROS url {base_url:?}: not an http base"
             )));
         }
+        // Calls go to the configured optimiser only: a redirect (to another host, or
+        // anywhere) is not followed but answered as a protocol failure, so a hostile
+        // or hijacked optimiser cannot make us send order addresses elsewhere (SSRF).
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CallError::Connection(e.to_string()))?;
         Ok(Self {
@@ -199,6 +203,9 @@ fn settle_failure(status: StatusCode, body: &[u8]) -> Result<OperationOutcome, C
                 reason: "no route".into(),
             })
         }
+        (false, _, _) if status.is_redirection() => Err(CallError::Malformed(format!(
+            "HTTP {status}: redirects are not followed"
+        ))),
         (false, _, _) => Err(CallError::Malformed(format!("unexpected HTTP {status}"))),
     }
 }
@@ -236,6 +243,12 @@ mod tests {
             settle_failure(StatusCode::NOT_FOUND, b"<html>"),
             Err(CallError::Malformed(_))
         ));
+        for redirect in [StatusCode::FOUND, StatusCode::TEMPORARY_REDIRECT] {
+            assert!(matches!(
+                settle_failure(redirect, br#"{"routeId":"RT-elsewhere"}"#),
+                Err(CallError::Malformed(_))
+            ));
+        }
     }
 
     #[test]
