@@ -4,10 +4,13 @@
 use crate::actors::adapter::AdapterCore;
 use crate::actors::cluster::{ClusterArgs, ClusterKeeper, ClusterMsg, ClusterView};
 use crate::actors::notifier::{self, Notifier};
+use crate::actors::order::{OrderActorView, OrderMsg};
 use crate::actors::orders::OrdersMsg;
 use crate::actors::root::{RootArgs, RootMsg};
 use crate::actors::shards::ShardTable;
-use crate::actors::telemetry::{MailboxGauge, Telemetry, TelemetryMsg};
+use crate::actors::telemetry::{
+    EventPage, EventQuery, MailboxGauge, MailboxesView, Telemetry, TelemetryArgs, TelemetryMsg,
+};
 use crate::actors::{
     ActorNode, AdapterDirectory, Context, Root, RuntimeControl, ServiceHealth, bridge,
 };
@@ -15,7 +18,7 @@ use crate::bus::amqp::AmqpBus;
 use crate::bus::local::LocalBus;
 use crate::bus::{ClusterMessage, SharedBus};
 use crate::config::{BusKind, DEFAULT_ROS_URL, DEFAULT_WMS_ADDR, Settings, StoreKind};
-use crate::domain::{Email, Role, System};
+use crate::domain::{Email, OrderId, Role, System};
 use crate::protocols::SystemClient;
 use crate::protocols::cms::{CmsClient, CmsTarget};
 use crate::protocols::ros::RosClient;
@@ -57,6 +60,7 @@ pub struct Runtime {
     http_task: JoinHandle<()>,
     keeper: ActorRef<ClusterMsg>,
     root: ActorRef<RootMsg>,
+    orders_supervisor: ActorRef<OrdersMsg>,
     root_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -67,11 +71,17 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let builder = crate::observability::prometheus_builder().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "histogram buckets refused; exporting summaries");
+                PrometheusBuilder::new()
+            });
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; then ours stays
             // unused and /metrics shows what it can.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                crate::observability::describe_metrics();
+            }
             handle
         })
         .clone()
@@ -182,10 +192,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
     // may still hold for the process that died.
     let incarnation = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let settings = Arc::new(settings);
+    // Installed before anything records, so that every metric lands in it.
+    let metrics = metrics_handle();
+    crate::observability::declare_series();
     let store = open_store(&settings).await?;
     let bus = open_bus(&settings, &format!("{node_id}.{incarnation}")).await?;
     let admission = Arc::new(Admission::new(settings.orders.max_in_flight));
-    let (telemetry, _) = Actor::spawn(None, Telemetry, ()).await?;
+    let telemetry_args = TelemetryArgs {
+        node: node_id.clone(),
+        history: settings.telemetry.history,
+        metrics: Some(metrics.clone()),
+    };
+    let (telemetry, _) = Actor::spawn(None, Telemetry, telemetry_args).await?;
     let shards = Arc::new(ShardTable::new(bus.shard_count()));
     metrics::gauge!("swift_node_info", "node" => node_id.clone()).set(1.0);
     tracing::info!(node = %node_id, %incarnation, shards = shards.shards(), "node starting");
@@ -205,7 +223,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
         adapters: AdapterDirectory::new(cores),
     });
 
-    let orders_mailbox = MailboxGauge::default();
+    let orders_mailbox = MailboxGauge::new(
+        crate::actors::orders::NAME,
+        crate::actors::orders::NAME,
+        settings.telemetry.mailbox_timing,
+    );
     let root_args = RootArgs {
         context: context.clone(),
         orders_mailbox: orders_mailbox.clone(),
@@ -245,9 +267,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
     let feed = bus.order_shards().await?;
     tasks.push(bridge::spawn_shard_bridge(
         context.clone(),
-        orders_supervisor,
+        orders_supervisor.clone(),
         keeper.clone(),
         orders_mailbox,
+        bridge::gauge(&context, "bridge-orders"),
         feed,
         shutdown.child_token(),
     ));
@@ -256,12 +279,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
     let updates = bus.order_updates().await?;
     tasks.push(notifier::spawn_update_bridge(
         notifier.clone(),
+        bridge::gauge(&context, "bridge-updates"),
         updates,
         shutdown.child_token(),
     ));
 
     let generated_accounts = crate::auth::ensure_bootstrap_accounts(&store, &settings).await?;
-    let orders = OrderService::new(store.clone(), bus.clone(), admission);
+    let orders = OrderService::new(store.clone(), bus.clone(), admission, &node_id);
 
     let sessions = shutdown.child_token();
     let state = crate::http::AppState {
@@ -269,8 +293,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
         store: store.clone(),
         bus: bus.clone(),
         orders: orders.clone(),
-        control: Arc::new(Control(context.clone(), keeper.clone())),
-        metrics: metrics_handle(),
+        control: Arc::new(Control(
+            context.clone(),
+            keeper.clone(),
+            orders_supervisor.clone(),
+        )),
+        metrics,
         tracking: crate::http::ws::Tracking {
             notifier,
             shutdown: sessions.clone(),
@@ -297,6 +325,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
         http_task,
         keeper,
         root,
+        orders_supervisor,
         root_task,
         tasks,
     })
@@ -308,7 +337,11 @@ impl Runtime {
     }
 
     pub fn control(&self) -> Control {
-        Control(self.context.clone(), self.keeper.clone())
+        Control(
+            self.context.clone(),
+            self.keeper.clone(),
+            self.orders_supervisor.clone(),
+        )
     }
 
     /// Runs until `stop` resolves (then drains) or the supervisor tree gives up.
@@ -381,7 +414,7 @@ impl Runtime {
 
 /// Operator controls over the running tree.
 #[derive(Clone)]
-pub struct Control(Arc<Context>, ActorRef<ClusterMsg>);
+pub struct Control(Arc<Context>, ActorRef<ClusterMsg>, ActorRef<OrdersMsg>);
 
 impl Control {
     /// Fault injection for supervision drills: makes the adapter panic.
@@ -420,6 +453,29 @@ impl RuntimeControl for Control {
             timeout
         )
         .ok()
+    }
+
+    fn node_id(&self) -> String {
+        self.0.node_id.clone()
+    }
+
+    async fn order_actor(&self, order_id: &OrderId) -> Result<Option<OrderActorView>, String> {
+        let timeout = CONTROL_TIMEOUT.as_millis() as u64;
+        let actor = ractor::call_t!(self.2, OrdersMsg::Inspect, timeout, order_id.clone())
+            .map_err(|e| e.to_string())?;
+        let Some(actor) = actor else { return Ok(None) };
+        // The actor may stop between the two questions: then none is live.
+        Ok(ractor::call_t!(actor, OrderMsg::Inspect, timeout).ok())
+    }
+
+    async fn mailboxes(&self) -> Option<MailboxesView> {
+        let timeout = CONTROL_TIMEOUT.as_millis() as u64;
+        ractor::call_t!(self.0.telemetry, TelemetryMsg::Mailboxes, timeout).ok()
+    }
+
+    async fn events(&self, query: EventQuery) -> Option<EventPage> {
+        let timeout = CONTROL_TIMEOUT.as_millis() as u64;
+        ractor::call_t!(self.0.telemetry, TelemetryMsg::Events, timeout, query).ok()
     }
 
     async fn cluster(&self) -> Option<ClusterView> {

@@ -43,6 +43,7 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub cluster: ClusterSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +214,18 @@ pub struct SupervisionSettings {
     pub window_secs: u64,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Lifecycle events of supervised actors kept in memory for the SRE page.
+    pub history: usize,
+    /// Stamp messages when sent and observe their time in the mailbox when handled.
+    pub mailbox_timing: bool,
+    /// OTLP/HTTP endpoint traces are exported to (e.g. `http://127.0.0.1:4318`);
+    /// empty: no traces are exported.
+    pub otlp_endpoint: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

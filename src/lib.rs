@@ -10,6 +10,7 @@ pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod observability;
 pub mod protocols;
 pub mod service;
 pub mod simulators;

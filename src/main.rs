@@ -9,9 +9,9 @@ use swiftlogistics::config::{
     BusKind, DEFAULT_ROS_URL, DEFAULT_WMS_ADDR, LogFormat, Profile, Settings, StoreKind,
 };
 use swiftlogistics::domain::System;
-use swiftlogistics::{app, bench, bench_db, bench_ws, simulators};
+use swiftlogistics::{app, bench, bench_db, bench_ws, observability, simulators};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 /// mimalloc rather than glibc's malloc: under load a quarter of the node's CPU went to
 /// glibc's allocator (arena locks, consolidation), and glibc kept each password hash's
@@ -58,26 +58,41 @@ enum Command {
     BenchDb(bench_db::BenchDbArgs),
 }
 
-fn init_logging(settings: &Settings) {
+/// Logs to stderr, and traces over OTLP when `[telemetry] otlp_endpoint` is set
+/// (the returned pipeline must be flushed before exit).
+fn init_logging(settings: &Settings) -> Option<observability::Traces> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     let json = match settings.log.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    if json {
-        builder
-            .json()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json()
             .flatten_event(true)
             .with_current_span(true)
-            .init();
+            .boxed()
     } else {
-        builder.init();
-    }
+        fmt.boxed()
+    };
+    let (otlp, traces) = match observability::otlp_layer(&settings.telemetry) {
+        Ok(Some((layer, traces))) => (Some(layer), Some(traces)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("traces are not exported: {e}");
+            (None, None)
+        }
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otlp)
+        .init();
+    traces
 }
 
 /// Resolves on SIGTERM (docker stop, Kubernetes, systemd) or SIGINT (Ctrl-C): both
@@ -115,23 +130,27 @@ async fn main() -> anyhow::Result<()> {
     }) {
         Command::Serve { no_simulators } => {
             settings.simulators.enabled &= !no_simulators;
-            init_logging(&settings);
-            serve(settings).await
+            let traces = init_logging(&settings);
+            let served = serve(settings).await;
+            if let Some(traces) = traces {
+                tokio::task::spawn_blocking(|| traces.shutdown()).await?;
+            }
+            served
         }
         Command::Simulate => {
-            init_logging(&settings);
+            let _traces = init_logging(&settings);
             simulate(settings).await
         }
         Command::Bench(args) => {
-            init_logging(&settings);
+            let _traces = init_logging(&settings);
             bench::run(args).await
         }
         Command::BenchWs(args) => {
-            init_logging(&settings);
+            let _traces = init_logging(&settings);
             bench_ws::run(args).await
         }
         Command::BenchDb(args) => {
-            init_logging(&settings);
+            let _traces = init_logging(&settings);
             bench_db::run(args).await
         }
     }

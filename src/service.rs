@@ -147,14 +147,17 @@ pub struct OrderService {
     store: SharedStore,
     bus: SharedBus,
     admission: Arc<Admission>,
+    /// This node's id, in the transition log lines.
+    node: Arc<str>,
 }
 
 impl OrderService {
-    pub fn new(store: SharedStore, bus: SharedBus, admission: Arc<Admission>) -> Self {
+    pub fn new(store: SharedStore, bus: SharedBus, admission: Arc<Admission>, node: &str) -> Self {
         Self {
             store,
             bus,
             admission,
+            node: node.into(),
         }
     }
 
@@ -188,6 +191,11 @@ impl OrderService {
                 replayed: true,
             }),
             Intake::Created => {
+                crate::observability::order_transitions(
+                    &self.node,
+                    &order,
+                    std::slice::from_ref(&event),
+                );
                 self.announce(&[event]).await;
                 // The order is durable: it is accepted even if its actor cannot be
                 // woken now; the resume sweep picks it up when the bus is back.
@@ -335,7 +343,7 @@ impl OrderService {
                     ServiceError::Conflict("the order changed meanwhile".into())
                 }
             })?;
-            match commit(&self.store, &self.bus, &decision).await {
+            match commit(&self.store, &self.bus, &self.node, &decision).await {
                 Ok(()) => {
                     if decision.next.is_some() {
                         self.wake(id).await?;
@@ -370,9 +378,11 @@ impl OrderService {
 pub async fn commit(
     store: &SharedStore,
     bus: &SharedBus,
+    node: &str,
     decision: &SagaDecision,
 ) -> Result<(), StoreError> {
     store.apply(&decision.order, &decision.events).await?;
+    crate::observability::order_transitions(node, &decision.order, &decision.events);
     announce(bus, &decision.events).await;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 import { ApiError, ORDER_STATUSES, announce, api, byId, formatDateTime, formatTime, h, keepFresh, logOut, sessionStore, statusLabel, usableSession, whileBusy } from "/static/common.js";
 import { History, drawChart, parseMetrics, sum } from "/static/charts.js";
+import { startTelemetry, stopTelemetry } from "/static/sre-telemetry.js";
 
 const session = sessionStore("swiftlogistics.sre");
 const POLL_MS = 2000;
@@ -123,11 +124,13 @@ function start(token, user) {
   drawCharts();
   poll();
   state.timer = setInterval(poll, POLL_MS);
+  startTelemetry(get, endSessionOn);
 }
 
 function stop() {
   clearInterval(state.timer);
   state.timer = null;
+  stopTelemetry();
 }
 
 function get(path, accept = "json") {

@@ -13,7 +13,7 @@
 use super::circuit::{CircuitBreaker, ProbeTimer};
 use super::control::{CircuitState, ServiceHealth};
 use super::parked::{self, ParkedQueue};
-use super::telemetry::MailboxGauge;
+use super::telemetry::{MailboxGauge, Posted};
 use super::{Acker, Context};
 use crate::bus::{OrderCommand, StepReply, StepRequest};
 use crate::config::Settings;
@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// Requests parked on an open circuit beyond which new ones are answered "retry
 /// later" at once. Admission bounds it anyway; this is the second fence.
@@ -33,10 +34,14 @@ pub enum AdapterMsg {
     Execute {
         request: Box<StepRequest>,
         ack: Acker,
+        posted: Posted,
+        /// The `traceparent` of the order step that asked for the call.
+        trace: Option<String>,
     },
     Completed {
         failure: Option<String>,
         latency: Duration,
+        posted: Posted,
     },
     /// The probe timer of the circuit's `opening`-th opening fired.
     ProbeDue {
@@ -80,7 +85,11 @@ impl AdapterCore {
         Self {
             system,
             client,
-            mailbox: MailboxGauge::default(),
+            mailbox: MailboxGauge::new(
+                "adapters",
+                super::adapters::actor_name(system),
+                settings.telemetry.mailbox_timing,
+            ),
             timeout: Duration::from_millis(timeout_ms),
             permits: Arc::new(Semaphore::new(concurrency)),
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -131,6 +140,8 @@ pub struct AdapterArgs {
 pub struct AdapterState {
     core: Arc<AdapterCore>,
     context: Arc<Context>,
+    /// The circuit state last exported, to count transitions.
+    circuit: CircuitState,
 }
 
 pub struct Adapter;
@@ -145,9 +156,11 @@ impl Actor for Adapter {
         _: ActorRef<Self::Msg>,
         args: AdapterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let circuit = args.core.lock().breaker.state();
         Ok(AdapterState {
             core: args.core,
             context: args.context,
+            circuit,
         })
     }
 
@@ -170,11 +183,24 @@ impl Actor for Adapter {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.core.mailbox.taken();
         match message {
-            AdapterMsg::Execute { request, ack } => state.admit(&myself, request, ack),
-            AdapterMsg::Completed { failure, latency } => {
-                state.completed(&myself, failure, latency)
+            AdapterMsg::Execute {
+                request,
+                ack,
+                posted,
+                trace,
+            } => {
+                state.core.mailbox.took(posted);
+                let span = crate::observability::call_span(&request, trace.as_deref());
+                state.admit(&myself, request, ack, span);
+            }
+            AdapterMsg::Completed {
+                failure,
+                latency,
+                posted,
+            } => {
+                state.core.mailbox.took(posted);
+                state.completed(&myself, failure, latency);
             }
             AdapterMsg::ProbeDue { opening } => {
                 state.core.lock().breaker.probe_due(opening);
@@ -209,11 +235,19 @@ impl Actor for Adapter {
 }
 
 impl AdapterState {
-    fn admit(&self, myself: &ActorRef<AdapterMsg>, request: Box<StepRequest>, ack: Acker) {
+    /// `span` is the call's trace span (a parked call gets a fresh one when it goes:
+    /// the parked queue keeps requests only).
+    fn admit(
+        &self,
+        myself: &ActorRef<AdapterMsg>,
+        request: Box<StepRequest>,
+        ack: Acker,
+        span: tracing::Span,
+    ) {
         let mut inner = self.core.lock();
         if inner.breaker.try_acquire(Instant::now()) {
             drop(inner);
-            self.dispatch(myself, request, ack, Parked::No);
+            self.dispatch(myself, request, ack, Parked::No, span);
         } else if inner.parked.len() < MAX_PARKED {
             inner.parked.push(request, ack);
         } else {
@@ -221,7 +255,8 @@ impl AdapterState {
             let reply = StepReply::Transient {
                 reason: format!("{} circuit is open", self.core.system.as_str()),
             };
-            self.answer_now(request, reply, ack);
+            count_outcome(self.core.system, &request, "circuit_open");
+            self.answer_now(request, reply, ack, span);
         }
     }
 
@@ -243,7 +278,8 @@ impl AdapterState {
                 continue;
             }
             drop(inner);
-            self.dispatch(myself, request, ack, Parked::Yes);
+            let span = crate::observability::call_span(&request, None);
+            self.dispatch(myself, request, ack, Parked::Yes, span);
         }
     }
 
@@ -281,6 +317,7 @@ impl AdapterState {
         request: Box<StepRequest>,
         ack: Acker,
         parked: Parked,
+        span: tracing::Span,
     ) {
         let core = self.core.clone();
         let context = self.context.clone();
@@ -299,10 +336,7 @@ impl AdapterState {
                     Skip::Moot(moot) => drop_parked(&request, &moot, ack),
                     Skip::Unchecked(reply) => send_reply(&bus, &request, reply, ack).await,
                 }
-                core.mailbox.queued();
-                if myself.cast(AdapterMsg::Skipped).is_err() {
-                    core.mailbox.taken();
-                }
+                let _ = myself.cast(AdapterMsg::Skipped);
                 return;
             }
             let started = Instant::now();
@@ -318,7 +352,9 @@ impl AdapterState {
             metrics::histogram!("swift_step_duration_seconds",
                 "system" => core.system.as_str(), "operation" => request.operation.name())
             .record(latency.as_secs_f64());
+            count_outcome(core.system, &request, outcome_kind(&result));
             let failure = result.as_ref().err().map(ToString::to_string);
+            crate::observability::call_outcome(outcome_kind(&result), failure.as_deref());
             if let Some(error) = &failure {
                 tracing::warn!(order_id = %request.order_id, operation = request.operation.name(), %error, "call failed");
             }
@@ -328,29 +364,76 @@ impl AdapterState {
             }
             let reply = crate::protocols::step_reply(result);
             send_reply(&bus, &request, reply, ack).await;
-            core.mailbox.queued();
+            let posted = core.mailbox.post();
             if myself
-                .cast(AdapterMsg::Completed { failure, latency })
+                .cast(AdapterMsg::Completed {
+                    failure,
+                    latency,
+                    posted,
+                })
                 .is_err()
             {
-                core.mailbox.taken();
+                core.mailbox.unpost();
             }
-        });
+        }.instrument(span));
     }
 
-    fn answer_now(&self, request: Box<StepRequest>, reply: StepReply, ack: Acker) {
+    fn answer_now(
+        &self,
+        request: Box<StepRequest>,
+        reply: StepReply,
+        ack: Acker,
+        span: tracing::Span,
+    ) {
         let bus = self.context.bus.clone();
-        tokio::spawn(async move { send_reply(&bus, &request, reply, ack).await });
+        tokio::spawn(async move { send_reply(&bus, &request, reply, ack).await }.instrument(span));
     }
 
-    fn export_circuit_metric(&self) {
-        let value = match self.core.lock().breaker.state() {
+    /// Exports the circuit state after every message, and counts a transition when
+    /// it changed (the breaker only changes state inside this actor's handlers).
+    fn export_circuit_metric(&mut self) {
+        let state = self.core.lock().breaker.state();
+        let system = self.core.system.as_str();
+        if state != self.circuit {
+            self.circuit = state;
+            metrics::counter!("swift_circuit_transitions_total",
+                "system" => system, "to" => circuit_label(state))
+            .increment(1);
+        }
+        let value = match state {
             CircuitState::Closed => 0.0,
             CircuitState::HalfOpen => 1.0,
             CircuitState::Open => 2.0,
         };
-        metrics::gauge!("swift_circuit_state", "system" => self.core.system.as_str()).set(value);
+        metrics::gauge!("swift_circuit_state", "system" => system).set(value);
     }
+}
+
+fn circuit_label(state: CircuitState) -> &'static str {
+    match state {
+        CircuitState::Closed => "closed",
+        CircuitState::HalfOpen => "half_open",
+        CircuitState::Open => "open",
+    }
+}
+
+/// How a call ended, for `swift_step_outcomes_total`: a business refusal is an
+/// answer, not a failure of the system.
+fn outcome_kind(result: &Result<OperationOutcome, CallError>) -> &'static str {
+    match result {
+        Ok(OperationOutcome::Refused { .. }) => "refusal",
+        Ok(_) => "success",
+        Err(CallError::Timeout(_)) => "timeout",
+        Err(CallError::Connection(_)) => "transport",
+        Err(CallError::Remote(_)) => "remote",
+        Err(CallError::Malformed(_)) => "malformed",
+    }
+}
+
+fn count_outcome(system: System, request: &StepRequest, kind: &'static str) {
+    metrics::counter!("swift_step_outcomes_total",
+        "system" => system.as_str(), "operation" => request.operation.name(), "outcome" => kind)
+    .increment(1);
 }
 
 fn schedule_probe(myself: &ActorRef<AdapterMsg>, timer: ProbeTimer) {

@@ -122,7 +122,14 @@ impl Actor for AdaptersSupervisor {
                         myself.send_after(after, move || AdaptersMsg::Respawn(system));
                     }
                     RestartDecision::Escalate => {
-                        return Err(format!("{name} failed too often; escalating").into());
+                        let reason = format!("{name} failed too often; escalating");
+                        telemetry::lifecycle(
+                            telemetry,
+                            &name,
+                            Lifecycle::Escalated,
+                            Some(reason.clone()),
+                        );
+                        return Err(reason.into());
                     }
                 }
             }

@@ -6,7 +6,7 @@ use super::adapter::AdapterMsg;
 use super::cluster::{ClusterMsg, ShardNote};
 use super::orders::OrdersMsg;
 use super::shards::Lease;
-use super::telemetry::MailboxGauge;
+use super::telemetry::{self, ActorInfo, MailboxGauge};
 use super::{Acker, Context};
 use crate::bus::{ClusterMessage, Delivery, Inbox, ShardEvent, ShardFeed, StepRequest};
 use crate::domain::System;
@@ -26,6 +26,7 @@ pub fn spawn_step_bridge(
     mut inbox: Inbox<StepRequest>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    let bridge = gauge(&context, &format!("bridge-{}", system.as_str()));
     tokio::spawn(async move {
         loop {
             let delivery = tokio::select! {
@@ -35,22 +36,32 @@ pub fn spawn_step_bridge(
                     None => return,
                 },
             };
-            let Delivery { message, ack } = delivery;
-            let mut pending = Some(AdapterMsg::Execute {
-                request: Box::new(message),
-                ack: Acker::from(ack),
-            });
-            while let Some(message) = pending.take() {
-                match context.adapters.live(system) {
-                    Some(adapter) => {
-                        let mailbox = context.adapters.core(system).map(|c| c.mailbox.clone());
-                        mailbox.as_ref().map(MailboxGauge::queued);
+            let Delivery {
+                message,
+                ack,
+                envelope,
+            } = delivery;
+            bridge.received(envelope.waited());
+            let trace = envelope.traceparent;
+            let mut pending = Some((Box::new(message), Acker::from(ack)));
+            while let Some((request, ack)) = pending.take() {
+                match (context.adapters.live(system), context.adapters.core(system)) {
+                    (Some(adapter), Some(core)) => {
+                        let posted = core.mailbox.post();
+                        let message = AdapterMsg::Execute {
+                            request,
+                            ack,
+                            posted,
+                            trace: trace.clone(),
+                        };
                         if let Err(ractor::MessagingErr::SendErr(message)) = adapter.cast(message) {
-                            mailbox.as_ref().map(MailboxGauge::taken);
-                            pending = Some(message);
+                            core.mailbox.unpost();
+                            if let AdapterMsg::Execute { request, ack, .. } = message {
+                                pending = Some((request, ack));
+                            }
                         }
                     }
-                    None => pending = Some(message),
+                    _ => pending = Some((request, ack)),
                 }
                 if pending.is_some() {
                     tokio::select! {
@@ -71,6 +82,7 @@ pub fn spawn_shard_bridge(
     orders: ActorRef<OrdersMsg>,
     keeper: ActorRef<ClusterMsg>,
     mailbox: MailboxGauge,
+    bridge: MailboxGauge,
     mut feed: ShardFeed,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -99,15 +111,21 @@ pub fn spawn_shard_bridge(
                     epoch,
                     delivery,
                 } => {
-                    let Delivery { message, ack } = delivery;
-                    mailbox.queued();
+                    let Delivery {
+                        message,
+                        ack,
+                        envelope,
+                    } = delivery;
+                    bridge.received(envelope.waited());
                     let command = OrdersMsg::Command {
                         command: message,
                         lease: Lease { shard, epoch },
                         ack: Acker::from(ack),
+                        posted: mailbox.post(),
+                        trace: envelope.traceparent,
                     };
                     if orders.cast(command).is_err() {
-                        mailbox.taken();
+                        mailbox.unpost();
                         tracing::warn!("orders supervisor gone; bridge stops");
                         return;
                     }
@@ -142,4 +160,21 @@ pub fn spawn_cluster_bridge(
             }
         }
     })
+}
+
+/// The figures of one bridge (family `bridges`), registered under the root: what
+/// it takes from the bus per second.
+pub fn gauge(context: &Context, name: &str) -> MailboxGauge {
+    let gauge = MailboxGauge::new("bridges", name, context.settings.telemetry.mailbox_timing);
+    telemetry::register(
+        &context.telemetry,
+        ActorInfo {
+            name: name.to_owned(),
+            kind: "bridge",
+            parent: Some(super::root::NAME.into()),
+            mailbox: Some(gauge.clone()),
+            family: None,
+        },
+    );
+    gauge
 }

@@ -9,7 +9,7 @@
 
 use super::orders::OrdersMsg;
 use super::shards::Lease;
-use super::telemetry::{self, ActorInfo};
+use super::telemetry::{self, ActorInfo, Posted};
 use super::{Acker, Context};
 use crate::bus::{ClusterMessage, OrderCommand};
 use crate::domain::cluster::{CircuitReport, Membership, NodeReport, placement};
@@ -507,6 +507,8 @@ fn wake_held(
             command,
             lease,
             ack: Acker::none(),
+            posted: Posted::uncounted(),
+            trace: None,
         };
         if orders.cast(wake).is_err() {
             break;

@@ -1,6 +1,8 @@
 //! What operators can see of and do to the running tree, independent of HTTP.
 
-use crate::domain::System;
+use super::order::OrderActorView;
+use super::telemetry::{EventPage, EventQuery, MailboxesView};
+use crate::domain::{OrderId, System};
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -50,6 +52,15 @@ pub trait RuntimeControl: Send + Sync + 'static {
     /// Closes the system's circuit and retries the requests waiting on it.
     async fn recover(&self, system: System) -> Option<ServiceHealth>;
     async fn supervision(&self) -> ActorNode;
+    /// A page of the restart history; `None` if telemetry did not answer.
+    async fn events(&self, query: EventQuery) -> Option<EventPage>;
+    /// This node's id.
+    fn node_id(&self) -> String;
+    /// What the live actor of an order on this node is doing; `Ok(None)` when no
+    /// actor is live for it here, `Err` when the actors did not answer.
+    async fn order_actor(&self, order_id: &OrderId) -> Result<Option<OrderActorView>, String>;
+    /// Mailbox figures per actor family; `None` if telemetry did not answer.
+    async fn mailboxes(&self) -> Option<MailboxesView>;
     /// The cluster as this node sees it; `None` if the node did not answer.
     async fn cluster(&self) -> Option<super::cluster::ClusterView>;
 }

@@ -17,6 +17,7 @@ pub mod bridge;
 pub mod circuit;
 pub mod cluster;
 pub mod control;
+pub mod mailbox;
 pub mod notifier;
 pub mod order;
 pub mod orders;

@@ -16,6 +16,7 @@
 //! order's event log.
 
 use super::Acker;
+use super::mailbox::Stamped;
 use super::telemetry::{self, ActorInfo, FamilySize, MailboxGauge, TelemetryMsg};
 use crate::bus::{Delivery, Inbox};
 use crate::domain::{OrderEvent, OrderId, OrderStatus, Role, UserId};
@@ -134,7 +135,7 @@ pub enum NotifierMsg {
 /// mailbox gauge, so the SRE page shows how far behind the notifier is.
 #[derive(Clone)]
 pub struct Notifier {
-    actor: ActorRef<NotifierMsg>,
+    actor: ActorRef<Stamped<NotifierMsg>>,
     mailbox: MailboxGauge,
     next_session: Arc<AtomicU64>,
 }
@@ -153,7 +154,7 @@ impl Drop for Registration {
 }
 
 impl Notifier {
-    fn new(actor: ActorRef<NotifierMsg>, mailbox: MailboxGauge) -> Self {
+    fn new(actor: ActorRef<Stamped<NotifierMsg>>, mailbox: MailboxGauge) -> Self {
         Self {
             actor,
             mailbox,
@@ -162,9 +163,9 @@ impl Notifier {
     }
 
     fn send(&self, message: NotifierMsg) -> bool {
-        self.mailbox.queued();
-        if self.actor.cast(message).is_err() {
-            self.mailbox.taken();
+        let posted = self.mailbox.post();
+        if self.actor.cast(Stamped { posted, message }).is_err() {
+            self.mailbox.unpost();
             return false;
         }
         true
@@ -256,7 +257,7 @@ pub async fn spawn_linked(
 }
 
 impl Actor for NotifierActor {
-    type Msg = NotifierMsg;
+    type Msg = Stamped<NotifierMsg>;
     type State = NotifierState;
     type Arguments = NotifierArgs;
 
@@ -292,7 +293,8 @@ impl Actor for NotifierActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.mailbox.taken();
+        let Stamped { posted, message } = message;
+        state.mailbox.took(posted);
         match message {
             NotifierMsg::Open {
                 session,
@@ -480,6 +482,7 @@ fn unindex<K: std::hash::Hash + Eq>(
 /// lasting, since sessions read what they missed from the event log.
 pub fn spawn_update_bridge(
     notifier: Notifier,
+    bridge: MailboxGauge,
     mut inbox: Inbox<OrderEvent>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -501,7 +504,12 @@ pub fn spawn_update_bridge(
                     _ = tokio::time::sleep(BACKLOG_RECHECK) => {}
                 }
             }
-            let Delivery { message, ack } = delivery;
+            let Delivery {
+                message,
+                ack,
+                envelope,
+            } = delivery;
+            bridge.received(envelope.waited());
             if !notifier.publish(message) {
                 tracing::warn!("notifier gone; the update bridge stops");
                 return;
@@ -537,10 +545,17 @@ mod tests {
     }
 
     async fn notifier() -> Notifier {
-        let (telemetry, _) = Actor::spawn(None, telemetry::Telemetry, ()).await.unwrap();
+        let telemetry_args = telemetry::TelemetryArgs {
+            node: "n1".into(),
+            history: 10,
+            metrics: None,
+        };
+        let (telemetry, _) = Actor::spawn(None, telemetry::Telemetry, telemetry_args)
+            .await
+            .unwrap();
         let args = NotifierArgs {
             telemetry,
-            mailbox: MailboxGauge::default(),
+            mailbox: MailboxGauge::new("notifier", NAME, true),
             parent: "root".into(),
         };
         let mailbox = args.mailbox.clone();

@@ -26,7 +26,7 @@ use crate::service::commit;
 use crate::store::StoreError;
 use chrono::Utc;
 use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -40,13 +40,14 @@ const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub enum OrderMsg {
     /// Reload from the store and drive on.
-    Wake { ack: Acker },
+    Wake { ack: Acker, trace: Option<String> },
     StepResult {
         operation: Operation,
         attempt: u32,
         epoch: u64,
         reply: StepReply,
         ack: Acker,
+        trace: Option<String>,
     },
     /// The backoff after a transient failure of a step is over.
     RetryDue { operation: Operation },
@@ -56,6 +57,35 @@ pub enum OrderMsg {
     IdleCheck { generation: u64 },
     /// The store or the bus failed; try again what could not be done.
     Retry,
+    /// What the actor is doing, for `GET /api/telemetry/orders/{id}`.
+    Inspect(RpcReplyPort<OrderActorView>),
+}
+
+/// An order actor as telemetry shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderActorView {
+    /// awaiting_reply, backing_off, persisting, outage_retry, idle or ready.
+    pub phase: &'static str,
+    pub in_flight: Option<StepInFlight>,
+    /// Failed attempts of the step the order waits on.
+    pub attempts: u32,
+    pub next_timer: Option<NextTimer>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepInFlight {
+    pub operation: &'static str,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextTimer {
+    /// watchdog, idle_check or retry_backoff.
+    pub kind: &'static str,
+    pub due_at: chrono::DateTime<Utc>,
 }
 
 pub struct OrderActorArgs {
@@ -118,6 +148,14 @@ pub struct OrderState {
     /// Pending timer (watchdog or idle check), aborted as soon as it is moot so that
     /// tens of thousands of orders do not leave as many sleeping tasks behind.
     timer: Option<JoinHandle<Result<(), MessagingErr<OrderMsg>>>>,
+    /// What the pending timer (or the step backoff) is and when it fires.
+    next_timer: Option<NextTimer>,
+    /// The trace span of the order's processing, from the command that started it
+    /// (a child of the `traceparent` it came with: intake's request) until the order
+    /// leaves processing; every step span hangs under it.
+    span: tracing::Span,
+    /// The span of the step in flight, closed when its reply settles it.
+    step_span: Option<tracing::Span>,
     context: Arc<Context>,
     router: ActorRef<OrdersMsg>,
 }
@@ -152,6 +190,9 @@ impl Actor for OrderActor {
             received: 0,
             generation: 0,
             timer: None,
+            next_timer: None,
+            span: tracing::Span::none(),
+            step_span: None,
             context: args.context,
             router: args.router,
         })
@@ -187,8 +228,17 @@ impl Actor for OrderActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.generation += 1;
-        let span =
-            tracing::info_span!("order", order_id = %state.order_id, node = %state.context.node_id);
+        if state.span.is_none() {
+            let trace = match &message {
+                OrderMsg::Wake { trace, .. } | OrderMsg::StepResult { trace, .. } => {
+                    trace.as_deref()
+                }
+                _ => None,
+            };
+            let node = &state.context.node_id;
+            state.span = crate::observability::order_span(&state.order_id, node, trace);
+        }
+        let span = state.span.clone();
         Box::pin(state.handle(&myself, message).instrument(span)).await
     }
 }
@@ -244,7 +294,7 @@ impl OrderState {
         message: OrderMsg,
     ) -> Result<(), OrderError> {
         match message {
-            OrderMsg::Wake { ack } => {
+            OrderMsg::Wake { ack, .. } => {
                 self.received += 1;
                 self.held.push(ack);
                 self.reload().await?;
@@ -255,6 +305,7 @@ impl OrderState {
                 epoch,
                 reply,
                 ack,
+                ..
             } => {
                 self.received += 1;
                 self.held.push(ack);
@@ -287,6 +338,10 @@ impl OrderState {
             OrderMsg::Retry => {
                 self.retry_scheduled = false;
                 self.reload().await?;
+            }
+            OrderMsg::Inspect(reply) => {
+                let _ = reply.send(self.view());
+                return Ok(());
             }
             OrderMsg::IdleCheck { generation } => {
                 if generation + 1 == self.generation && self.is_quiet() {
@@ -353,6 +408,7 @@ impl OrderState {
                 if self.in_flight.is_some_and(|f| f.operation == operation) {
                     self.in_flight = None;
                     self.cancel_timer();
+                    self.step_span = None;
                 }
                 if expected {
                     self.attempts = 0;
@@ -366,6 +422,9 @@ impl OrderState {
                 }
                 self.in_flight = None;
                 self.cancel_timer();
+                if let Some(span) = self.step_span.take() {
+                    crate::observability::step_failed(&span, &reason);
+                }
                 if !expected {
                     return;
                 }
@@ -385,6 +444,7 @@ impl OrderState {
                     ));
                     tracing::debug!(operation = operation.name(), %reason, ?delay, "retrying later");
                     self.backing_off = true;
+                    self.note_timer("retry_backoff", delay);
                     myself.send_after(delay, move || OrderMsg::RetryDue { operation });
                 }
             }
@@ -416,11 +476,9 @@ impl OrderState {
                 Err(SagaRejection::Stale | SagaRejection::Conflict(_)) => return Ok(()),
             };
             self.ensure_lease()?;
-            match commit(&self.context.store, &self.context.bus, &decision).await {
+            let context = &self.context;
+            match commit(&context.store, &context.bus, &context.node_id, &decision).await {
                 Ok(()) => {
-                    // Which node drives how much of the work, for the cluster figures.
-                    let node = self.context.node_id.clone();
-                    metrics::counter!("swift_order_transitions_total", "node" => node).increment(1);
                     self.order = Some(decision.order);
                     return Ok(());
                 }
@@ -447,6 +505,9 @@ impl OrderState {
             }
         } else {
             self.release_admission();
+            // Processing is over: the order's span ends with this message; a later
+            // command (cancel, delivery) starts another under its own request.
+            self.span = tracing::Span::none();
         }
         if status.is_terminal() {
             myself.stop(None);
@@ -461,6 +522,7 @@ impl OrderState {
                 let generation = self.generation;
                 let after = Duration::from_secs(self.context.settings.orders.passivate_after_secs);
                 self.cancel_timer();
+                self.note_timer("idle_check", after);
                 self.timer =
                     Some(myself.send_after(after, move || OrderMsg::IdleCheck { generation }));
             }
@@ -490,10 +552,17 @@ impl OrderState {
             route_id: order.route.as_ref().and_then(|r| r.route_id.clone()),
         };
         self.ensure_lease()?;
-        self.context.bus.send_step(request).await?;
+        let span = crate::observability::step_span(operation, attempt);
+        self.context
+            .bus
+            .send_step(request)
+            .instrument(span.clone())
+            .await?;
+        self.step_span = Some(span);
         self.in_flight = Some(InFlight { operation, attempt });
         let watchdog = Duration::from_secs(self.context.settings.saga.step_watchdog_secs);
         self.cancel_timer();
+        self.note_timer("watchdog", watchdog);
         self.timer =
             Some(myself.send_after(watchdog, move || OrderMsg::Watchdog { operation, attempt }));
         Ok(())
@@ -502,6 +571,41 @@ impl OrderState {
     fn cancel_timer(&mut self) {
         if let Some(timer) = self.timer.take() {
             timer.abort();
+        }
+        self.next_timer = None;
+    }
+
+    fn note_timer(&mut self, kind: &'static str, after: Duration) {
+        self.next_timer = chrono::TimeDelta::from_std(after)
+            .ok()
+            .map(|after| NextTimer {
+                kind,
+                due_at: Utc::now() + after,
+            });
+    }
+
+    fn view(&self) -> OrderActorView {
+        let phase = if self.pending.is_some() {
+            "persisting"
+        } else if self.in_flight.is_some() {
+            "awaiting_reply"
+        } else if self.backing_off {
+            "backing_off"
+        } else if self.retry_scheduled {
+            "outage_retry"
+        } else if self.next_operation().is_none() {
+            "idle"
+        } else {
+            "ready"
+        };
+        OrderActorView {
+            phase,
+            in_flight: self.in_flight.map(|f| StepInFlight {
+                operation: f.operation.name(),
+                attempt: f.attempt,
+            }),
+            attempts: self.attempts,
+            next_timer: self.next_timer.clone(),
         }
     }
 

@@ -12,7 +12,7 @@
 
 use super::order::{OrderActor, OrderActorArgs, OrderMsg};
 use super::shards::Lease;
-use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge};
+use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge, Posted};
 use super::{Acker, Context};
 use crate::bus::OrderCommand;
 use crate::domain::OrderId;
@@ -33,11 +33,17 @@ pub enum OrdersMsg {
         command: OrderCommand,
         lease: Lease,
         ack: Acker,
+        posted: Posted,
+        /// The `traceparent` the command was posted with.
+        trace: Option<String>,
     },
     Passivate {
         order_id: OrderId,
         received: u64,
     },
+    /// The live actor of an order, if there is one (for telemetry: the caller asks
+    /// the actor itself, so the router never waits on it).
+    Inspect(OrderId, RpcReplyPort<Option<ActorRef<OrderMsg>>>),
     /// Stops every actor working under the lease; replies once they have stopped.
     Release {
         lease: Lease,
@@ -107,13 +113,17 @@ impl Actor for OrdersSupervisor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.mailbox.taken();
         match message {
             OrdersMsg::Command {
                 command,
                 lease,
                 ack,
-            } => state.route(&myself, command, lease, ack).await,
+                posted,
+                trace,
+            } => {
+                state.mailbox.took(posted);
+                state.route(&myself, command, lease, ack, trace).await
+            }
             OrdersMsg::Release { lease, reply } => {
                 state.release(lease, reply);
                 Ok(())
@@ -141,6 +151,10 @@ impl Actor for OrdersSupervisor {
                 }
                 Ok(())
             }
+            OrdersMsg::Inspect(order_id, reply) => {
+                let _ = reply.send(state.live.get(&order_id).map(|l| l.actor.clone()));
+                Ok(())
+            }
         }
     }
 
@@ -164,15 +178,28 @@ impl Actor for OrdersSupervisor {
                 let failures = state.failures.entry(order_id.clone()).or_default();
                 *failures += 1;
                 tracing::error!(%order_id, %error, failures = *failures, "order actor failed");
-                let detail = Some(format!("{order_id}: {error}"));
-                telemetry::lifecycle(&state.context.telemetry, NAME, Lifecycle::Failed, detail);
+                let failures = *failures;
+                let actor = format!("order-{order_id}");
+                let telemetry = state.context.telemetry.clone();
+                telemetry::lifecycle(
+                    &telemetry,
+                    &actor,
+                    Lifecycle::Failed,
+                    Some(error.to_string()),
+                );
                 let shard = order_id.shard(state.context.shards.shards());
-                if *failures <= MAX_ORDER_RESTARTS
+                if failures <= MAX_ORDER_RESTARTS
                     && let Some(lease) = state.context.shards.lease(shard)
                 {
                     // Rebuilt from the store: whatever it had persisted is where it resumes.
                     let wake = OrderCommand::Wake { order_id };
-                    state.route(&myself, wake, lease, Acker::none()).await?;
+                    state
+                        .route(&myself, wake, lease, Acker::none(), None)
+                        .await?;
+                    telemetry::lifecycle(&telemetry, &actor, Lifecycle::Restarted, None);
+                } else {
+                    let detail = format!("gave up after {failures} failures");
+                    telemetry::lifecycle(&telemetry, &actor, Lifecycle::Stopped, Some(detail));
                 }
             }
             _ => {}
@@ -236,6 +263,7 @@ impl OrdersState {
         command: OrderCommand,
         lease: Lease,
         ack: Acker,
+        trace: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
         let order_id = command.order_id().clone();
         if !self.context.shards.holds(lease) {
@@ -254,7 +282,7 @@ impl OrdersState {
             stale.actor.stop(Some("shard handed over".into()));
         }
         let message = match command {
-            OrderCommand::Wake { .. } => OrderMsg::Wake { ack },
+            OrderCommand::Wake { .. } => OrderMsg::Wake { ack, trace },
             OrderCommand::StepResult {
                 operation,
                 attempt,
@@ -267,6 +295,7 @@ impl OrdersState {
                 epoch,
                 reply,
                 ack,
+                trace,
             },
         };
         let live = match self.live.get_mut(&order_id) {

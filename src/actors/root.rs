@@ -77,7 +77,11 @@ impl Actor for Root {
             Actor::spawn_linked(None, OrdersSupervisor, orders_args, myself.get_cell()).await?;
         let notifier_args = NotifierArgs {
             telemetry: context.telemetry.clone(),
-            mailbox: MailboxGauge::default(),
+            mailbox: MailboxGauge::new(
+                notifier::NAME,
+                notifier::NAME,
+                context.settings.telemetry.mailbox_timing,
+            ),
             parent: NAME.into(),
         };
         let notifier = notifier::spawn_linked(notifier_args, myself.get_cell()).await?;
@@ -143,11 +147,25 @@ impl Actor for Root {
         telemetry::lifecycle(telemetry, adapters::NAME, Lifecycle::Failed, failure);
         match state.intensity.on_failure(Instant::now()) {
             RestartDecision::Restart { after } => {
-                telemetry::lifecycle(telemetry, adapters::NAME, Lifecycle::Restarting, None);
+                telemetry::lifecycle(
+                    telemetry,
+                    adapters::NAME,
+                    Lifecycle::Restarting,
+                    Some(format!("in {after:?}")),
+                );
                 myself.send_after(after, || RootMsg::RestartAdapters);
                 Ok(())
             }
-            RestartDecision::Escalate => Err("the adapters keep failing; stopping the node".into()),
+            RestartDecision::Escalate => {
+                let reason = "the adapters keep failing; stopping the node";
+                telemetry::lifecycle(
+                    telemetry,
+                    adapters::NAME,
+                    Lifecycle::Escalated,
+                    Some(reason.into()),
+                );
+                Err(reason.into())
+            }
         }
     }
 }

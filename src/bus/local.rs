@@ -3,7 +3,7 @@
 //! nothing needs to: every order's state is in the store and is resumed from there.
 
 use super::{
-    Bus, BusError, ClusterMessage, DeadLetter, Delivery, Inbox, OrderCommand, ShardEvent,
+    Bus, BusError, ClusterMessage, DeadLetter, Delivery, Envelope, Inbox, OrderCommand, ShardEvent,
     ShardFeed, StepRequest, next_epoch,
 };
 use crate::domain::{OrderEvent, System};
@@ -20,8 +20,8 @@ const QUEUE_CAPACITY: usize = 65_536;
 const UPDATE_BUFFER: usize = 16_384;
 
 struct Queue<T> {
-    sender: mpsc::Sender<T>,
-    receiver: Mutex<Option<mpsc::Receiver<T>>>,
+    sender: mpsc::Sender<(T, Envelope)>,
+    receiver: Mutex<Option<mpsc::Receiver<(T, Envelope)>>>,
 }
 
 impl<T: Send + 'static> Queue<T> {
@@ -35,7 +35,7 @@ impl<T: Send + 'static> Queue<T> {
 
     async fn send(&self, message: T) -> Result<(), BusError> {
         self.sender
-            .send(message)
+            .send((message, Envelope::here()))
             .await
             .map_err(|_| BusError::Unavailable("no consumer for this queue any more".into()))
     }
@@ -49,7 +49,11 @@ impl<T: Send + 'static> Queue<T> {
             .take()
             .ok_or_else(|| BusError::Rejected(format!("queue {name} already has its consumer")))?;
         Ok(ReceiverStream::new(receiver)
-            .map(Delivery::unacknowledged)
+            .map(|(message, envelope)| Delivery {
+                message,
+                ack: None,
+                envelope,
+            })
             .boxed())
     }
 }

@@ -16,6 +16,7 @@ use crate::domain::{
     Location, Operation, OperationOutcome, OrderEvent, OrderId, PackageDetails, System, UserId,
 };
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -104,14 +105,44 @@ pub trait Acknowledge: Send + Sync {
     async fn reject(self: Box<Self>, reason: &str) -> Result<(), BusError>;
 }
 
+/// What travels beside a message's body (AMQP headers): when it was posted, and the
+/// W3C `traceparent` of the span that posted it, so its trace goes on wherever the
+/// message is handled.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Envelope {
+    pub posted_at: Option<DateTime<Utc>>,
+    pub traceparent: Option<String>,
+}
+
+impl Envelope {
+    /// The envelope of a message posted now, from within the current span.
+    pub fn here() -> Self {
+        Self {
+            posted_at: Some(Utc::now()),
+            traceparent: crate::observability::current_traceparent(),
+        }
+    }
+
+    /// How long the message was on its way (`None` if unknown, or if the poster's
+    /// clock is ahead of ours).
+    pub fn waited(&self) -> Option<std::time::Duration> {
+        (Utc::now() - self.posted_at?).to_std().ok()
+    }
+}
+
 pub struct Delivery<T> {
     pub message: T,
     pub ack: Option<Box<dyn Acknowledge>>,
+    pub envelope: Envelope,
 }
 
 impl<T> Delivery<T> {
     pub fn unacknowledged(message: T) -> Self {
-        Self { message, ack: None }
+        Self {
+            message,
+            ack: None,
+            envelope: Envelope::default(),
+        }
     }
 
     pub async fn ack(self) -> Result<(), BusError> {
@@ -221,6 +252,11 @@ pub trait Bus: Send + Sync + 'static {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError>;
     /// Moves every dead letter of `queue` back onto `queue`; returns how many moved.
     async fn redrive(&self, queue: &str) -> Result<usize, BusError>;
+    /// Dead letters waiting per work queue (for `/metrics`); none on a bus that
+    /// keeps no dead letters.
+    async fn dead_letter_depths(&self) -> Result<Vec<(String, u64)>, BusError> {
+        Ok(Vec::new())
+    }
 }
 
 pub type SharedBus = Arc<dyn Bus>;

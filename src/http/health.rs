@@ -85,6 +85,7 @@ pub async fn metrics(State(state): State<ApiState>, headers: axum::http::HeaderM
         }
     }
     refresh_order_counts(&state).await;
+    refresh_dead_letter_depths(&state).await;
     let in_flight = state.app.orders.admission().in_flight();
     metrics::gauge!("swift_orders_in_flight").set(in_flight as f64);
     if let Some(bytes) = resident_memory_bytes() {
@@ -121,6 +122,28 @@ async fn refresh_order_counts(state: &ApiState) {
         for status in OrderStatus::ALL {
             let count = counts.get(&status).copied().unwrap_or(0);
             metrics::gauge!("swift_orders", "status" => status.as_str()).set(count as f64);
+        }
+    }
+}
+
+/// Dead-letter queue depths cost a broker round trip per queue: shared like the
+/// order counts, and set from this node's last reading on every scrape.
+async fn refresh_dead_letter_depths(state: &ApiState) {
+    let mut last = state.dead_letter_depths.lock().await;
+    let stale = last
+        .as_ref()
+        .is_none_or(|(read_at, _)| read_at.elapsed() >= ORDER_COUNTS_MAX_AGE);
+    if stale {
+        match tokio::time::timeout(PROBE_TIMEOUT, state.app.bus.dead_letter_depths()).await {
+            Ok(Ok(depths)) => *last = Some((Instant::now(), depths)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "dead-letter depths unavailable for metrics"),
+            Err(_) => tracing::warn!("dead-letter depths timed out for metrics"),
+        }
+    }
+    if let Some((_, depths)) = last.as_ref() {
+        for (queue, waiting) in depths {
+            metrics::gauge!("swift_dead_letter_queue_messages", "queue" => queue.clone())
+                .set(*waiting as f64);
         }
     }
 }

@@ -51,6 +51,9 @@ pub type OrderCounts = (
     std::collections::HashMap<crate::domain::OrderStatus, u64>,
 );
 
+/// Dead letters waiting per queue, and when they were counted.
+pub type DeadLetterDepths = (tokio::time::Instant, Vec<(String, u64)>);
+
 /// The handlers' state: the application plus what only the HTTP layer needs.
 #[derive(Clone)]
 pub struct ApiState {
@@ -61,6 +64,8 @@ pub struct ApiState {
     pub ws_sessions: Arc<dashmap::DashMap<crate::domain::UserId, usize>>,
     /// The last order count by status and when it was read (see `health::metrics`).
     pub order_counts: Arc<tokio::sync::Mutex<Option<OrderCounts>>>,
+    /// The last dead-letter depths per queue and when they were read.
+    pub dead_letter_depths: Arc<tokio::sync::Mutex<Option<DeadLetterDepths>>>,
 }
 
 impl ApiState {
@@ -73,6 +78,7 @@ impl ApiState {
             limits,
             ws_sessions: Arc::default(),
             order_counts: Arc::default(),
+            dead_letter_depths: Arc::default(),
         }
     }
 }
@@ -112,6 +118,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/services/health", get(services::health))
         .route("/api/services/{service}/recover", post(services::recover))
         .route("/api/telemetry/supervision", get(services::supervision))
+        .route("/api/telemetry/events", get(services::events))
+        .route("/api/telemetry/mailboxes", get(services::mailboxes))
+        .route("/api/telemetry/orders/{id}", get(services::order_actor))
         .route("/api/cluster", get(services::cluster))
         .route("/api/admin/dlq", get(dead_letters::list))
         .route(

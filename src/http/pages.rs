@@ -87,6 +87,7 @@ fn static_asset(name: &str) -> Option<Asset> {
         "common.js" => asset!("common.js", JS),
         "tracking.js" => asset!("tracking.js", JS),
         "sre.js" => asset!("sre.js", JS),
+        "sre-telemetry.js" => asset!("sre-telemetry.js", JS),
         "charts.js" => asset!("charts.js", JS),
         "favicon.svg" => asset!("favicon.svg", SVG),
         _ => return None,

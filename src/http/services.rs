@@ -1,10 +1,11 @@
-//! Operator endpoints: external systems' health, manual recovery (seed 001), and the
-//! live supervision tree (DESIGN section 3). Admins only.
+//! Operator endpoints: external systems' health, manual recovery (seed 001), the
+//! live supervision tree (DESIGN section 3) and its restart history. Admins only.
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{ApiPath, Caller};
-use crate::domain::{Role, System};
+use super::extract::{ApiPath, ApiQuery, Caller};
+use crate::actors::telemetry::EventQuery;
+use crate::domain::{OrderId, Role, System};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -62,6 +63,71 @@ pub async fn supervision(
     Ok(axum::Json(tree).into_response())
 }
 
+/// `GET /api/telemetry/events?actor=&kind=&before=&limit=`: the restart history of
+/// this node, newest first (see `telemetry::EventQuery`).
+pub async fn events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<EventQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let page = ask(state.app.control.events(query))
+        .await?
+        .ok_or_else(|| ApiError::unavailable("telemetry did not answer", Some(1)))?;
+    Ok(axum::Json(page).into_response())
+}
+
+/// `GET /api/telemetry/mailboxes`: depth, messages per second and time in mailbox
+/// per actor family and member, over the last few seconds.
+pub async fn mailboxes(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let view = ask(state.app.control.mailboxes())
+        .await?
+        .ok_or_else(|| ApiError::unavailable("telemetry did not answer", Some(1)))?;
+    Ok(axum::Json(view).into_response())
+}
+
+/// `GET /api/telemetry/orders/{id}`: where an order's actor runs (node, shard) and,
+/// if it is live on this node, its phase, in-flight step and attempt and next timer.
+pub async fn order_actor(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let id = OrderId::parse(&id).ok_or_else(ApiError::order_not_found)?;
+    let order = state
+        .app
+        .store
+        .order(&id)
+        .await?
+        .ok_or_else(ApiError::order_not_found)?;
+    let actor = ask(state.app.control.order_actor(&id))
+        .await?
+        .map_err(|e| {
+            ApiError::unavailable(
+                format!("the orders supervisor did not answer: {e}"),
+                Some(1),
+            )
+        })?;
+    let shards = state.app.settings.bus.shards;
+    Ok(axum::Json(json!({
+        "orderId": id,
+        "status": order.status,
+        "node": state.app.control.node_id(),
+        "shard": id.shard(shards),
+        "shards": shards,
+        "live": actor.is_some(),
+        "phase": actor.as_ref().map(|a| a.phase),
+        "inFlight": actor.as_ref().and_then(|a| a.in_flight.clone()),
+        "attempts": actor.as_ref().map(|a| a.attempts),
+        "nextTimer": actor.as_ref().and_then(|a| a.next_timer.clone()),
+    }))
+    .into_response())
+}
 /// The cluster as this node sees it: every node heard from, when, the shards it
 /// holds, its live order actors and its circuits.
 pub async fn cluster(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {

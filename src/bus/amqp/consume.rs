@@ -3,6 +3,7 @@
 //! the stream its caller holds stays open across broker restarts.
 
 use super::dead_letters::delivery_count;
+use super::envelope;
 use super::link::{Link, Session, backoff, unavailable, within};
 use super::topology::{self, DELIVERY_RETRIES, PrivateQueue};
 use crate::bus::{Acknowledge, BusError, Delivery, Inbox};
@@ -243,6 +244,8 @@ where
                 );
                 match subscription.acking {
                     Acking::ByReceiver => {
+                        metrics::counter!("swift_dead_lettered_messages_total", "reason" => "malformed")
+                            .increment(1);
                         let dropped = BasicNackOptions {
                             multiple: false,
                             requeue: false,
@@ -257,11 +260,16 @@ where
         let handed = match subscription.acking {
             Acking::ByReceiver => Delivery {
                 message,
+                envelope: envelope::read(&delivery.properties),
                 ack: Some(Box::new(BrokerAck::new(delivery, limit))),
             },
             Acking::OnReceipt => {
                 receipts.received(delivery.delivery_tag);
-                Delivery::unacknowledged(message)
+                Delivery {
+                    message,
+                    ack: None,
+                    envelope: envelope::read(&delivery.properties),
+                }
             }
         };
         tokio::select! {
@@ -371,6 +379,8 @@ impl Acknowledge for BrokerAck {
                 attempt,
                 "delivery failed its last attempt; the broker dead-letters it"
             );
+            metrics::counter!("swift_dead_lettered_messages_total", "reason" => "delivery_limit")
+                .increment(1);
             let outcome = within(self.limit, "returning a delivery", self.acker.nack(again));
             return settled(outcome.await?);
         }

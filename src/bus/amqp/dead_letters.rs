@@ -152,6 +152,43 @@ pub(super) async fn list(link: &Link, limit: usize) -> Result<Vec<DeadLetter>, B
     Ok(found)
 }
 
+/// How many dead letters wait in each dead-letter queue (passive declares: nothing
+/// is read).
+pub(super) async fn depths(link: &Link) -> Result<Vec<(String, u64)>, BusError> {
+    let channel = open_channel(link).await?;
+    let mut depths = Vec::new();
+    let mut counted = Ok(());
+    for work in link.names().work_queues() {
+        match count(link.limit, &channel, work).await {
+            Ok(waiting) => depths.push((work.logical.clone(), u64::from(waiting))),
+            Err(e) => {
+                counted = Err(e);
+                break;
+            }
+        }
+    }
+    close(&channel, link.limit).await;
+    counted.map(|()| depths)
+}
+
+async fn count(limit: Duration, channel: &Channel, work: &WorkQueue) -> Result<u32, BusError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = within(
+        limit,
+        "counting dead letters",
+        channel.queue_declare(
+            work.dead_letters.as_str().into(),
+            passive,
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok(declared.message_count())
+}
+
 async fn browse(
     link: &Link,
     channel: &Channel,
@@ -201,21 +238,7 @@ async fn move_back(
         channel.confirm_select(ConfirmSelectOptions::default()),
     )
     .await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let waiting = within(
-        limit,
-        "counting dead letters",
-        channel.queue_declare(
-            work.dead_letters.as_str().into(),
-            passive,
-            FieldTable::default(),
-        ),
-    )
-    .await?
-    .message_count();
+    let waiting = count(limit, channel, work).await?;
     let mut moved = 0usize;
     while moved < waiting as usize {
         let got = within(

@@ -13,6 +13,7 @@
 
 mod consume;
 mod dead_letters;
+mod envelope;
 mod link;
 mod shards;
 mod topology;
@@ -161,10 +162,13 @@ impl Drop for AmqpBus {
     }
 }
 
+/// Every message we publish: persistent JSON, stamped with when it was posted and
+/// the trace it belongs to (headers read back by the consuming side's telemetry).
 fn persistent_json() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into())
+        .with_headers(envelope::headers(&super::Envelope::here()))
 }
 
 /// `order.created` for an order's first event, `order.status.<STATUS>` after that.
@@ -349,6 +353,10 @@ impl Bus for AmqpBus {
 
     async fn redrive(&self, queue: &str) -> Result<usize, BusError> {
         dead_letters::redrive(&self.link, queue).await
+    }
+
+    async fn dead_letter_depths(&self) -> Result<Vec<(String, u64)>, BusError> {
+        dead_letters::depths(&self.link).await
     }
 }
 

@@ -274,6 +274,7 @@ impl ShardConsumer {
                 epoch: current,
                 delivery: Delivery {
                     message,
+                    envelope: super::envelope::read(&delivery.properties),
                     ack: Some(Box::new(BrokerAck::new(delivery, limit))),
                 },
             };
