@@ -680,7 +680,11 @@ mod tests {
             "store": {"path": dir},
             "simulators": {"cms_bind": "127.0.0.1:0", "ros_bind": "127.0.0.1:0",
                             "wms_bind": "127.0.0.1:0", "control_bind": "127.0.0.1:0"},
-            "auth": {"admin_password": "bench-admin-password", "driver_password": "bench-driver-password"},
+            "auth": {"admin_password": "bench-admin-password", "driver_password": "bench-driver-password",
+                     "login_per_minute": 1_000_000, "register_per_hour": 1_000_000},
+            // A benchmark is one client placing many orders: the per-address budgets
+            // that protect a public node would measure themselves instead.
+            "rate_limit": {"anonymous_per_window": 1_000_000_000, "user_per_window": 1_000_000_000},
         });
         if let (Some(base), serde_json::Value::Object(extra)) =
             (settings.as_object_mut(), overrides)
