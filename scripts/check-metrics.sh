@@ -41,8 +41,10 @@ for _ in $(seq 1 120); do
 done
 
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
-token=$(curl -sf "$base/api/auth/register" -H 'content-type: application/json' \
-    -d '{"name":"Metrics Check","email":"metrics-check@example.com","password":"correct-horse-battery"}' | json '["token"]')
+account='{"name":"Metrics Check","email":"metrics-check@example.com","password":"correct-horse-battery"}'
+# Registration answers 202 either way; the token comes from logging in.
+curl -sf "$base/api/auth/register" -H 'content-type: application/json' -d "$account" >/dev/null
+token=$(curl -sf "$base/api/auth/login" -H 'content-type: application/json' -d "$account" | json '["token"]')
 order=$(curl -sf "$base/api/orders" -H "authorization: Bearer $token" -H 'content-type: application/json' \
     -d '{"pickupLocation":{"lat":40.7,"lng":-74.0,"address":"1 A St"},"deliveryAddress":{"lat":40.8,"lng":-73.9,"address":"2 B St"},"packageDetails":{"weight":1.5,"description":"Box","fragile":false}}' \
     | json '["orderId"]')

@@ -180,15 +180,23 @@ async fn nodes_move_to_a_live_broker_and_lose_nothing_when_theirs_is_killed() {
     // empty (RabbitMQ 3.10); let the new queues settle first.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let registered = json(
-        http.post(format!("{}/api/auth/register", nodes[0].url))
-            .json(&json!({"name": "Cluster Test", "email": "bc@example.com", "password": "correct-horse-battery"}))
+    let account = json!({"name": "Cluster Test", "email": "bc@example.com", "password": "correct-horse-battery"});
+    let registered = http
+        .post(format!("{}/api/auth/register", nodes[0].url))
+        .json(&account)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 202);
+    let logged_in = json(
+        http.post(format!("{}/api/auth/login", nodes[0].url))
+            .json(&account)
             .send()
             .await
             .unwrap(),
     )
     .await;
-    let token = registered["token"].as_str().unwrap().to_owned();
+    let token = logged_in["token"].as_str().unwrap().to_owned();
 
     // Clients on both nodes place orders until told to stop; each answer's status
     // and how long it took are kept.
