@@ -114,8 +114,8 @@ if [ -z "$base_url" ]; then
     cat "$node_log" >&2
     exit 1
 fi
-# "  simulators: CMS SOAP ... | control 127.0.0.1:PORT"
-control=$(grep -m1 -o 'control [0-9.:]*' "$node_log" | awk '{print $2}' || true)
+# "  simulator control API: 127.0.0.1:PORT"
+control=$(grep -m1 -o 'simulator control API: [0-9.:]*' "$node_log" | awk '{print $4}' || true)
 if [ -z "$control" ]; then
     log "the node did not print the simulators' control address:"
     cat "$node_log" >&2
