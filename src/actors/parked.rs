@@ -10,7 +10,7 @@
 //! attempt of an order's operation is sent: the order waits on that one only.
 
 use super::Acker;
-use crate::bus::StepRequest;
+use crate::domain::StepRequest;
 use crate::domain::saga::next_operation;
 use crate::domain::{Operation, Order, OrderId, OrderStatus};
 use std::collections::{HashMap, VecDeque};

@@ -12,9 +12,9 @@ pub(crate) mod catalogue;
 pub mod local;
 
 use crate::domain::cluster::NodeReport;
-use crate::domain::{
-    Location, Operation, OperationOutcome, OrderEvent, OrderId, PackageDetails, System, UserId,
-};
+use crate::domain::{Operation, OrderEvent, OrderId, System};
+/// The saga's step messages are domain types; the bus carries them.
+pub use crate::domain::{StepReply, StepRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -32,43 +32,6 @@ pub enum BusError {
     /// An operator named a queue the bus does not have.
     #[error("no queue named {0:?} has dead letters")]
     NoSuchQueue(String),
-}
-
-/// A call the order saga asks an adapter to make. Carries what every protocol needs,
-/// so an adapter on any node can serve it without reading the store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepRequest {
-    pub order_id: OrderId,
-    pub customer_id: UserId,
-    pub operation: Operation,
-    /// Distinguishes a retry from the call it replaces, so late replies are dropped.
-    pub attempt: u32,
-    /// The shard ownership the request was made under (see [`ShardEvent`]): a reply
-    /// reaching a later owner of the shard is recognised as an old attempt's.
-    #[serde(default)]
-    pub epoch: u64,
-    pub pickup: Location,
-    pub delivery: Location,
-    pub package: PackageDetails,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route_id: Option<String>,
-}
-
-impl StepRequest {
-    pub fn idempotency_key(&self) -> String {
-        self.operation.idempotency_key(&self.order_id)
-    }
-}
-
-/// How an adapter answered a step request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
-pub enum StepReply {
-    /// Success or business refusal: final for this operation.
-    Settled { outcome: OperationOutcome },
-    /// Worth retrying later (timeout, outage, open circuit).
-    Transient { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@ pub mod ids;
 pub mod order;
 pub mod saga;
 pub mod status;
+pub mod step;
 pub mod user;
 pub mod validation;
 
@@ -17,5 +18,6 @@ pub use order::{
 };
 pub use saga::{Operation, OperationOutcome, SagaDecision, SagaInput, StepState, System};
 pub use status::OrderStatus;
+pub use step::{StepReply, StepRequest};
 pub use user::{Email, LoginSession, Registration, Role, User};
 pub use validation::{FieldError, ValidationErrors};
