@@ -10,11 +10,12 @@
 //! A parked request is checked against its order's persisted state before it goes
 //! out (see `parked`).
 
+use super::Context;
 use super::circuit::{CircuitBreaker, ProbeTimer};
 use super::control::{CircuitState, ServiceHealth};
 use super::parked::{self, ParkedQueue};
 use super::telemetry::{MailboxGauge, Posted};
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::{OrderCommand, StepReply, StepRequest};
 use crate::config::Settings;
 use crate::domain::{OperationOutcome, System};

@@ -2,12 +2,13 @@
 //! mailbox source. The acknowledgement travels with the message, so whoever persists
 //! the effect acknowledges it.
 
+use super::Context;
 use super::adapter::AdapterMsg;
 use super::cluster::{ClusterMsg, ShardNote};
 use super::orders::OrdersMsg;
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, MailboxGauge};
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::{ClusterMessage, Delivery, Inbox, ShardEvent, ShardFeed, StepRequest};
 use crate::domain::System;
 use futures::StreamExt;

@@ -7,10 +7,11 @@
 //! sweeps its shards for orders nobody drove for a while, hands everything over when
 //! the node drains, and answers for the cluster view.
 
+use super::Context;
 use super::orders::OrdersMsg;
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, Posted};
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::{ClusterMessage, OrderCommand};
 use crate::domain::cluster::{CircuitReport, Membership, NodeReport, placement};
 use crate::domain::{OrderId, System};

@@ -15,11 +15,11 @@
 //! while the bus lagged, while the client was reconnecting) it reads from the
 //! order's event log.
 
-use super::Acker;
 use super::mailbox::Stamped;
 use super::telemetry::{self, ActorInfo, FamilySize, MailboxGauge, TelemetryMsg};
+use crate::bus::Acker;
 use crate::bus::{Delivery, Inbox};
-use crate::domain::{OrderEvent, OrderId, OrderStatus, Role, UserId};
+use crate::domain::{OrderEvent, OrderId, OrderStatus, UserId};
 use crate::service::Viewer;
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
@@ -103,11 +103,6 @@ impl Update {
             frame: frame.into(),
         })
     }
-}
-
-/// Whether `viewer` may see the orders of `customer`.
-pub fn may_see(viewer: &Viewer, customer: &UserId) -> bool {
-    viewer.role == Role::Admin || viewer.user_id == *customer
 }
 
 pub enum NotifierMsg {
@@ -342,13 +337,15 @@ impl NotifierState {
                     return;
                 }
                 entry.everything = true;
-                if entry.viewer.role == Role::Admin {
-                    self.everything.insert(session);
-                } else {
-                    self.everything_of
-                        .entry(entry.viewer.user_id.clone())
+                match entry.viewer.customer_scope() {
+                    None => {
+                        self.everything.insert(session);
+                    }
+                    Some(own) => self
+                        .everything_of
+                        .entry(own.clone())
                         .or_default()
-                        .push(session);
+                        .push(session),
                 }
             }
         }
@@ -370,11 +367,11 @@ impl NotifierState {
                 if !std::mem::take(&mut entry.everything) {
                     return;
                 }
-                if entry.viewer.role == Role::Admin {
-                    self.everything.remove(&session);
-                } else {
-                    let user = entry.viewer.user_id.clone();
-                    unindex(&mut self.everything_of, &user, session);
+                match entry.viewer.customer_scope().cloned() {
+                    None => {
+                        self.everything.remove(&session);
+                    }
+                    Some(own) => unindex(&mut self.everything_of, &own, session),
                 }
             }
         }
@@ -386,10 +383,11 @@ impl NotifierState {
             unindex(&mut self.by_order, order_id, session);
         }
         if entry.everything {
-            if entry.viewer.role == Role::Admin {
-                self.everything.remove(&session);
-            } else {
-                unindex(&mut self.everything_of, &entry.viewer.user_id, session);
+            match entry.viewer.customer_scope() {
+                None => {
+                    self.everything.remove(&session);
+                }
+                Some(own) => unindex(&mut self.everything_of, own, session),
             }
         }
         self.family.left();
@@ -442,7 +440,7 @@ impl NotifierState {
                 continue;
             };
             // The second fence: subscriptions were checked when they were made.
-            if !may_see(&entry.viewer, &event.customer_id) {
+            if !entry.viewer.may_see(&event.customer_id) {
                 continue;
             }
             match entry.outbox.try_send(update.clone()) {
@@ -522,7 +520,7 @@ pub fn spawn_update_bridge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::OrderStatus;
+    use crate::domain::Role;
     use serde_json::json;
 
     fn viewer(user: &str, role: Role) -> Viewer {

@@ -15,11 +15,12 @@
 //! the epoch, and replies to another epoch's requests are dropped. An actor that
 //! finds itself fenced stops at once; the shard's new owner resumes the order.
 
+use super::Context;
 use super::orders::OrdersMsg;
 use super::shards::Lease;
-use super::supervision::{jittered, step_backoff};
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::{BusError, StepReply, StepRequest};
+use crate::domain::backoff::{exponential, jittered};
 use crate::domain::saga::{self, SagaRejection};
 use crate::domain::{Operation, OperationOutcome, Order, OrderId, SagaInput};
 use crate::service::commit;
@@ -267,7 +268,7 @@ impl OrderState {
             }
             Err(error) if error.is_transient() => {
                 self.failures += 1;
-                let delay = jittered(step_backoff(
+                let delay = jittered(exponential(
                     self.failures,
                     OUTAGE_BACKOFF_BASE,
                     OUTAGE_BACKOFF_MAX,
@@ -437,7 +438,7 @@ impl OrderState {
                     self.pending = Some((operation, OperationOutcome::Exhausted { reason }));
                 } else {
                     let saga = &self.context.settings.saga;
-                    let delay = jittered(step_backoff(
+                    let delay = jittered(exponential(
                         self.attempts,
                         Duration::from_millis(saga.backoff_base_ms),
                         Duration::from_millis(saga.backoff_max_ms),

@@ -10,10 +10,11 @@
 //! lease that ended are dropped (the shard's new owner resumes the order from the
 //! store), and releasing a shard stops all of its actors.
 
+use super::Context;
 use super::order::{OrderActor, OrderActorArgs, OrderMsg};
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge, Posted};
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::OrderCommand;
 use crate::domain::OrderId;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};

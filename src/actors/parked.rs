@@ -9,7 +9,7 @@
 //! dropped (acknowledged, not sent). Among requests parked here, only the newest
 //! attempt of an order's operation is sent: the order waits on that one only.
 
-use super::Acker;
+use crate::bus::Acker;
 use crate::domain::StepRequest;
 use crate::domain::saga::next_operation;
 use crate::domain::{Operation, Order, OrderId, OrderStatus};

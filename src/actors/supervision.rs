@@ -4,6 +4,7 @@
 //! backoff so that a child failing on start does not spin.
 
 use crate::config::SupervisionSettings;
+use crate::domain::backoff;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -47,26 +48,11 @@ impl RestartIntensity {
         if self.recent.len() >= self.max_restarts {
             return RestartDecision::Escalate;
         }
-        let exponent = u32::try_from(self.recent.len()).unwrap_or(u32::MAX).min(16);
-        let after = self
-            .backoff_base
-            .saturating_mul(2u32.saturating_pow(exponent))
-            .min(self.backoff_max);
+        let failures = u32::try_from(self.recent.len() + 1).unwrap_or(u32::MAX);
+        let after = backoff::exponential(failures, self.backoff_base, self.backoff_max);
         self.recent.push_back(now);
         RestartDecision::Restart { after }
     }
-}
-
-/// Exponential backoff for retrying a saga step: `base * 2^(attempt-1)`, capped.
-pub fn step_backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(16);
-    base.saturating_mul(2u32.saturating_pow(exponent)).min(max)
-}
-
-/// Spreads a delay over [delay/2, delay], so that orders failing together (a
-/// system going down under load) do not all come back in the same instant.
-pub fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(rand::random_range(0.5..=1.0))
 }
 
 #[cfg(test)]
@@ -115,25 +101,5 @@ mod tests {
                 after: Duration::from_millis(50)
             }
         );
-    }
-
-    #[test]
-    fn jitter_stays_within_half_and_whole() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_millis(100));
-            assert!(
-                d >= Duration::from_millis(50) && d <= Duration::from_millis(100),
-                "{d:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn step_backoff_doubles_and_caps() {
-        let (base, max) = (Duration::from_millis(100), Duration::from_millis(1000));
-        let delays: Vec<_> = (1..=6)
-            .map(|a| step_backoff(a, base, max).as_millis())
-            .collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
     }
 }

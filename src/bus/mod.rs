@@ -68,6 +68,46 @@ pub trait Acknowledge: Send + Sync {
     async fn reject(self: Box<Self>, reason: &str) -> Result<(), BusError>;
 }
 
+/// The acknowledgement of the delivery a message came from, if it came from one
+/// (the in-process bus and messages made up on this node have none). Handlers ack
+/// best effort: if it fails the broker redelivers, and every handler is idempotent.
+pub struct Acker(Option<Box<dyn Acknowledge>>);
+
+impl Acker {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Acknowledges, and says whether the broker took it.
+    pub async fn try_ack(self) -> Result<(), BusError> {
+        match self.0 {
+            Some(ack) => ack.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Acknowledges best effort: a failure is logged and left to redelivery.
+    pub async fn ack(self) {
+        if let Err(e) = self.try_ack().await {
+            tracing::warn!(error = %e, "acknowledgement failed; the message will be redelivered");
+        }
+    }
+
+    pub async fn reject(self, reason: &str) {
+        if let Some(ack) = self.0
+            && let Err(e) = ack.reject(reason).await
+        {
+            tracing::warn!(error = %e, "rejection failed; the message will be redelivered");
+        }
+    }
+}
+
+impl From<Option<Box<dyn Acknowledge>>> for Acker {
+    fn from(ack: Option<Box<dyn Acknowledge>>) -> Self {
+        Self(ack)
+    }
+}
+
 /// What travels beside a message's body (AMQP headers): when it was posted, and the
 /// W3C `traceparent` of the span that posted it, so its trace goes on wherever the
 /// message is handled.
@@ -109,10 +149,7 @@ impl<T> Delivery<T> {
     }
 
     pub async fn ack(self) -> Result<(), BusError> {
-        match self.ack {
-            Some(ack) => ack.ack().await,
-            None => Ok(()),
-        }
+        Acker::from(self.ack).try_ack().await
     }
 }
 

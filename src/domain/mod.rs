@@ -2,9 +2,11 @@
 //! Everything here is unit-tested on its own; the rest of the crate depends on it,
 //! never the other way round.
 
+pub mod backoff;
 pub mod cluster;
 pub mod ids;
 pub mod order;
+pub mod progress;
 pub mod saga;
 pub mod status;
 pub mod step;

@@ -357,12 +357,7 @@ pub fn decide(
             draft.order.driver_id = Some(driver);
         }
         SagaInput::Delivery { status, by } => {
-            let allowed = matches!(
-                (order.status, status),
-                (OrderStatus::ReadyForDelivery, OrderStatus::OutForDelivery)
-                    | (OrderStatus::OutForDelivery, OrderStatus::Delivered)
-            );
-            if !allowed {
+            if order.status.next_delivery_report() != Some(status) {
                 return Err(SagaRejection::Conflict(format!(
                     "cannot move an order from {} to {status}",
                     order.status
@@ -498,63 +493,6 @@ fn settle_compensation(
         draft.announce(OrderStatus::Compensating, &message, Value::Null);
     }
     Ok(())
-}
-
-/// Seed 001's view of progress: the three steps with their state and the time each
-/// settled, taken from the event log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepView {
-    pub step: &'static str,
-    pub name: &'static str,
-    pub status: &'static str,
-    pub timestamp: Option<DateTime<Utc>>,
-}
-
-pub fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> {
-    let current = next_operation(order).filter(|op| !op.is_compensation());
-    System::ALL
-        .into_iter()
-        .map(|system| {
-            let (step, name, done_status) = match system {
-                System::Cms => (
-                    "CMS_VERIFICATION",
-                    "Customer Verification",
-                    OrderStatus::CmsValidated,
-                ),
-                System::Wms => (
-                    "WMS_REGISTRATION",
-                    "Inventory Reservation",
-                    OrderStatus::InventoryReserved,
-                ),
-                System::Ros => (
-                    "ROS_OPTIMIZATION",
-                    "Route Optimization",
-                    OrderStatus::RouteOptimized,
-                ),
-            };
-            let state = order.integration_status.get(system);
-            let status = match state {
-                StepState::Pending if current.map(Operation::system) == Some(system) => {
-                    "IN_PROGRESS"
-                }
-                StepState::Pending => "PENDING",
-                StepState::Completed => "COMPLETED",
-                StepState::Refused | StepState::Failed => "FAILED",
-                StepState::Compensated => "COMPENSATED",
-            };
-            let timestamp = events
-                .iter()
-                .find(|e| e.status == done_status)
-                .map(|e| e.timestamp);
-            StepView {
-                step,
-                name,
-                status,
-                timestamp,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -935,14 +873,5 @@ mod tests {
                 Err(SagaRejection::Conflict(_))
             ));
         }
-    }
-
-    #[test]
-    fn step_views_follow_progress() {
-        let d = step(&received(), Operation::ValidateCustomer, profile());
-        let views = step_views(&d.order, &d.events);
-        let states: Vec<_> = views.iter().map(|v| v.status).collect();
-        assert_eq!(states, ["COMPLETED", "IN_PROGRESS", "PENDING"]);
-        assert!(views[0].timestamp.is_some());
     }
 }

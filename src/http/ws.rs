@@ -51,24 +51,23 @@
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{Caller, authenticate, bearer};
-use crate::actors::notifier::{self, Notifier, Registration, Topic, Update};
+use super::extract::{Caller, authenticate, request_token};
+use crate::actors::notifier::{Notifier, Registration, Topic, Update};
 use crate::config::WebSocketSettings;
 use crate::domain::{Order, OrderId, UserId};
 use crate::service::Viewer;
 use crate::store::SharedStore;
+use axum::extract::State;
 use axum::extract::ws::{
     CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
     rejection::WebSocketUpgradeRejection,
 };
-use axum::extract::{Query, State, rejection::QueryRejection};
-use axum::http::HeaderMap;
 use axum::http::header::{HOST, ORIGIN};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,11 +132,6 @@ pub struct Tracking {
     pub shutdown: CancellationToken,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct TokenQuery {
-    token: Option<String>,
-}
-
 /// Whether a browser page from `Origin` may open a session: no Origin (not a
 /// browser), the node's own origin (same host and port as the request's `Host`), or
 /// one of the configured ones.
@@ -196,7 +190,7 @@ impl Drop for SessionSlot {
 /// errors, since no WebSocket exists yet to carry an error frame.
 pub async fn handler(
     State(state): State<ApiState>,
-    query: Result<Query<TokenQuery>, QueryRejection>,
+    uri: Uri,
     headers: HeaderMap,
     known: Option<axum::Extension<Caller>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -207,8 +201,7 @@ pub async fn handler(
         return ApiError::Forbidden("this Origin may not open WebSocket sessions".into())
             .into_response();
     }
-    let from_query = query.ok().and_then(|Query(q)| q.token);
-    let Some(token) = from_query.as_deref().or_else(|| bearer(&headers)) else {
+    let Some(token) = request_token(&headers, &uri) else {
         return ApiError::Unauthorized(
             "a token is required: ?token=<jwt> or an Authorization: Bearer header".into(),
         )
@@ -216,7 +209,7 @@ pub async fn handler(
     };
     let caller = match known {
         Some(axum::Extension(caller)) => caller,
-        None => match authenticate(&state.sessions, token).await {
+        None => match authenticate(&state.sessions, &token).await {
             Ok(caller) => caller,
             Err(e) => return e.into_response(),
         },
@@ -678,8 +671,7 @@ impl Session {
         let unavailable = || "the missed updates cannot be read now; subscribe again".to_owned();
         // What the notifier lets through "*": the viewer's own orders, every order
         // for an admin.
-        let customer =
-            (self.viewer.role != crate::domain::Role::Admin).then(|| self.viewer.user_id.clone());
+        let customer = self.viewer.customer_scope().cloned();
         let mut query = crate::store::OrderQuery {
             customer,
             driver: None,
@@ -822,7 +814,7 @@ impl Session {
     /// reference to the socket would make the future not `Send`.)
     async fn load(&mut self, order_id: &OrderId) -> Result<Option<Order>, ()> {
         match tokio::time::timeout(STORE_TIMEOUT, self.store.order(order_id)).await {
-            Ok(Ok(order)) => Ok(order.filter(|o| notifier::may_see(&self.viewer, &o.customer_id))),
+            Ok(Ok(order)) => Ok(order.filter(|o| self.viewer.may_see(&o.customer_id))),
             Ok(Err(e)) => {
                 tracing::warn!(%order_id, error = %e, "cannot read an order for a subscription");
                 Err(())
