@@ -16,8 +16,10 @@ use chrono::Utc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+pub mod drivers;
 mod visibility;
 
+pub use drivers::DriverService;
 use visibility::Action;
 pub use visibility::Viewer;
 
@@ -194,6 +196,41 @@ impl OrderService {
             Some(order) if viewer.may(action, &order) => Ok(order),
             _ => Err(ServiceError::NotFound),
         }
+    }
+
+    /// The order if the viewer may see it; `None` for one that does not exist or is
+    /// not theirs alike.
+    pub async fn find_visible(
+        &self,
+        viewer: &Viewer,
+        id: &OrderId,
+    ) -> Result<Option<Order>, ServiceError> {
+        match self.find(viewer, id).await {
+            Ok(order) => Ok(Some(order)),
+            Err(ServiceError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Up to `limit` logged updates of an order after `after` (a `seq`), for a
+    /// reader that was let see the order (a WebSocket session following it).
+    pub async fn updates_after(
+        &self,
+        id: &OrderId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OrderEvent>, ServiceError> {
+        Ok(self.store.events(id, after, limit).await?)
+    }
+
+    /// Orders by status across the cluster (for `/metrics`).
+    pub async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, ServiceError> {
+        Ok(self.store.count_by_status().await?)
+    }
+
+    /// Whether the order store answers (for readiness).
+    pub async fn store_reachable(&self) -> Result<(), ServiceError> {
+        Ok(self.store.ping().await?)
     }
 
     /// The order with its whole event log (for the status view and the audit trail).

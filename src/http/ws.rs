@@ -55,8 +55,8 @@ use super::extract::{Caller, authenticate, request_token};
 use crate::actors::notifier::{Notifier, Registration, Topic, Update};
 use crate::config::WebSocketSettings;
 use crate::domain::{Order, OrderId, UserId};
+use crate::service::OrderService;
 use crate::service::Viewer;
-use crate::store::SharedStore;
 use axum::extract::State;
 use axum::extract::ws::{
     CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
@@ -236,7 +236,7 @@ pub async fn handler(
         expires_at: caller.expires_at,
         sessions: state.sessions.clone(),
         slot,
-        store: state.app.store.clone(),
+        orders: state.app.orders.clone(),
         tracking: state.app.tracking.clone(),
         limits: Arc::new(state.app.settings.websocket.clone()),
     };
@@ -253,7 +253,7 @@ struct SessionContext {
     expires_at: DateTime<Utc>,
     sessions: Arc<crate::auth::Sessions>,
     slot: SessionSlot,
-    store: SharedStore,
+    orders: OrderService,
     tracking: Tracking,
     limits: Arc<WebSocketSettings>,
 }
@@ -315,7 +315,7 @@ struct Session {
     socket: WebSocket,
     registration: Registration,
     viewer: Viewer,
-    store: SharedStore,
+    orders: OrderService,
     notifier: Notifier,
     limits: Arc<WebSocketSettings>,
     /// Cancelled by the notifier when the session falls behind, or with the node.
@@ -336,7 +336,7 @@ async fn run(socket: WebSocket, context: SessionContext) {
         expires_at,
         sessions,
         slot,
-        store,
+        orders,
         tracking,
         limits,
     } = context;
@@ -353,7 +353,7 @@ async fn run(socket: WebSocket, context: SessionContext) {
         socket,
         registration,
         viewer,
-        store,
+        orders,
         notifier: tracking.notifier,
         limits,
         cut,
@@ -669,11 +669,9 @@ impl Session {
         from: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<crate::domain::OrderEvent>, String> {
         let unavailable = || "the missed updates cannot be read now; subscribe again".to_owned();
-        // What the notifier lets through "*": the viewer's own orders, every order
-        // for an admin.
-        let customer = self.viewer.customer_scope().cloned();
+        // What the notifier lets through "*": the orders the viewer may see.
         let mut query = crate::store::OrderQuery {
-            customer,
+            customer: None,
             driver: None,
             status: None,
             limit: REPLAY_ORDERS_PAGE,
@@ -681,19 +679,21 @@ impl Session {
         };
         let mut events = Vec::new();
         loop {
-            let page = tokio::time::timeout(STORE_TIMEOUT, self.store.orders(&query))
-                .await
-                .map_err(|_| unavailable())?
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "cannot list orders for a replay");
-                    unavailable()
-                })?;
+            let page =
+                tokio::time::timeout(STORE_TIMEOUT, self.orders.list(&self.viewer, query.clone()))
+                    .await
+                    .map_err(|_| unavailable())?
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "cannot list orders for a replay");
+                        unavailable()
+                    })?;
             for order in page.orders.iter().filter(|o| o.updated_at >= from) {
                 let mut after = 0;
                 loop {
                     let logged = tokio::time::timeout(
                         STORE_TIMEOUT,
-                        self.store.events(&order.order_id, after, REPLAY_PAGE),
+                        self.orders
+                            .updates_after(&order.order_id, after, REPLAY_PAGE),
                     )
                     .await
                     .map_err(|_| unavailable())?
@@ -813,8 +813,13 @@ impl Session {
     /// The order if it exists and the viewer may see it. (`&mut self`: a shared
     /// reference to the socket would make the future not `Send`.)
     async fn load(&mut self, order_id: &OrderId) -> Result<Option<Order>, ()> {
-        match tokio::time::timeout(STORE_TIMEOUT, self.store.order(order_id)).await {
-            Ok(Ok(order)) => Ok(order.filter(|o| self.viewer.may_see(&o.customer_id))),
+        match tokio::time::timeout(
+            STORE_TIMEOUT,
+            self.orders.find_visible(&self.viewer, order_id),
+        )
+        .await
+        {
+            Ok(Ok(order)) => Ok(order),
             Ok(Err(e)) => {
                 tracing::warn!(%order_id, error = %e, "cannot read an order for a subscription");
                 Err(())
@@ -876,7 +881,7 @@ impl Session {
         while sent + 1 < update.seq {
             let missed = tokio::time::timeout(
                 STORE_TIMEOUT,
-                self.store.events(
+                self.orders.updates_after(
                     &update.order_id,
                     sent,
                     (update.seq - sent - 1).min(REPLAY_PAGE as u64) as usize,
@@ -912,7 +917,7 @@ impl Session {
             }
             let events = match tokio::time::timeout(
                 STORE_TIMEOUT,
-                self.store.events(order_id, last, REPLAY_PAGE),
+                self.orders.updates_after(order_id, last, REPLAY_PAGE),
             )
             .await
             {
