@@ -54,7 +54,7 @@ use super::error::ApiError;
 use super::extract::{Caller, authenticate, request_token};
 use crate::actors::notifier::{Notifier, Registration, Topic, Update};
 use crate::config::WebSocketSettings;
-use crate::domain::{Order, OrderId, UserId};
+use crate::domain::{Order, OrderEvent, OrderId, OrderStatus, UserId};
 use crate::service::OrderService;
 use crate::service::Viewer;
 use axum::extract::State;
@@ -68,6 +68,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +185,58 @@ impl Drop for SessionSlot {
             *count == 0
         });
     }
+}
+
+/// The `order-update` frame: the seed's `orderId`, `status` and `message` (seed 000
+/// section 8.4), the event's own fields (`customerData`, `route`, ...) under `data`,
+/// and the `seq` that replay and de-duplication rest on.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    order_id: &'a OrderId,
+    status: OrderStatus,
+    message: &'a str,
+    seq: u64,
+    timestamp: DateTime<Utc>,
+    /// Where a session following `"*"` resumes after a reconnect (`since`).
+    cursor: String,
+    data: &'a Value,
+}
+
+/// The position of an update in a customer's stream of updates across orders: the
+/// milliseconds of its timestamp, as an opaque string.
+fn cursor_of(timestamp: DateTime<Utc>) -> String {
+    timestamp.timestamp_millis().to_string()
+}
+
+/// Renders one logged update as its `order-update` frame.
+fn update_frame(event: &OrderEvent) -> Result<Utf8Bytes, serde_json::Error> {
+    serde_json::to_string(&UpdateFrame {
+        kind: "order-update",
+        order_id: &event.order_id,
+        status: event.status,
+        message: &event.message,
+        seq: event.seq,
+        timestamp: event.timestamp,
+        cursor: cursor_of(event.timestamp),
+        data: &event.data,
+    })
+    .map(Utf8Bytes::from)
+}
+
+/// The frame of a live update, rendered by the first session that sends it and
+/// shared with every other session that receives it.
+fn shared_frame(update: &Update) -> Option<Utf8Bytes> {
+    let rendered = update.rendered.get_or_init(|| match update_frame(&update.event) {
+        Ok(frame) => Some(Bytes::copy_from_slice(frame.as_bytes())),
+        Err(e) => {
+            tracing::error!(order_id = %update.event.order_id, error = %e, "cannot render an order update");
+            None
+        }
+    });
+    Utf8Bytes::try_from(rendered.clone()?).ok()
 }
 
 /// Checks the origin and authenticates, then upgrades. Failures are ordinary JSON
@@ -496,6 +549,12 @@ impl Session {
         }
     }
 
+    /// Sends a live update (see `shared_frame`).
+    async fn send_update(&mut self, update: &Update) -> Result<(), Ending> {
+        let frame = shared_frame(update).ok_or(Ending::ReplayFailed)?;
+        self.send(Message::Text(frame)).await
+    }
+
     async fn send(&mut self, message: Message) -> Result<(), Ending> {
         tokio::select! {
             biased;
@@ -654,8 +713,8 @@ impl Session {
             {
                 continue;
             }
-            let update = Update::of(&event).map_err(|_| Ending::ReplayFailed)?;
-            self.send(Message::Text(update.frame)).await?;
+            let frame = update_frame(&event).map_err(|_| Ending::ReplayFailed)?;
+            self.send(Message::Text(frame)).await?;
             self.everything_sent.insert(event.order_id, event.seq);
         }
         Ok(())
@@ -845,7 +904,7 @@ impl Session {
     }
 
     async fn forward(&mut self, update: &Update) -> Result<(), Ending> {
-        let Some(last) = self.last_sent(&update.order_id) else {
+        let Some(last) = self.last_sent(&update.event.order_id) else {
             // Not followed on its own: it came through "*" (or the order was just
             // unsubscribed, and the notifier did not know yet).
             if self.everything {
@@ -853,38 +912,41 @@ impl Session {
             }
             return Ok(());
         };
-        if update.seq <= last {
+        if update.event.seq <= last {
             return Ok(());
         }
-        if update.seq > last + 1 {
-            return match self.catch_up(&update.order_id, Some(update.seq)).await {
+        if update.event.seq > last + 1 {
+            return match self
+                .catch_up(&update.event.order_id, Some(update.event.seq))
+                .await
+            {
                 Ok(()) => Ok(()),
                 Err(Replay::Ended(ending)) => Err(ending),
                 Err(Replay::StoreFailed) => Err(Ending::ReplayFailed),
             };
         }
-        self.send(Message::Text(update.frame.clone())).await?;
-        self.mark_sent(&update.order_id, update.seq);
+        self.send_update(update).await?;
+        self.mark_sent(&update.event.order_id, update.event.seq);
         Ok(())
     }
 
     /// An update that came through `"*"`: for an order a replay touched, duplicates
     /// are dropped and a gap is read from the log first.
     async fn forward_everything(&mut self, update: &Update) -> Result<(), Ending> {
-        let Some(&sent) = self.everything_sent.get(&update.order_id) else {
-            return self.send(Message::Text(update.frame.clone())).await;
+        let Some(&sent) = self.everything_sent.get(&update.event.order_id) else {
+            return self.send_update(update).await;
         };
-        if update.seq <= sent {
+        if update.event.seq <= sent {
             return Ok(());
         }
         let mut sent = sent;
-        while sent + 1 < update.seq {
+        while sent + 1 < update.event.seq {
             let missed = tokio::time::timeout(
                 STORE_TIMEOUT,
                 self.orders.updates_after(
-                    &update.order_id,
+                    &update.event.order_id,
                     sent,
-                    (update.seq - sent - 1).min(REPLAY_PAGE as u64) as usize,
+                    (update.event.seq - sent - 1).min(REPLAY_PAGE as u64) as usize,
                 ),
             )
             .await
@@ -893,15 +955,15 @@ impl Session {
             let Some(last) = missed.last().map(|e| e.seq) else {
                 return Err(Ending::ReplayFailed);
             };
-            for event in missed.iter().filter(|e| e.seq < update.seq) {
-                let frame = Update::of(event).map_err(|_| Ending::ReplayFailed)?.frame;
+            for event in missed.iter().filter(|e| e.seq < update.event.seq) {
+                let frame = update_frame(event).map_err(|_| Ending::ReplayFailed)?;
                 self.send(Message::Text(frame)).await?;
             }
-            sent = last.min(update.seq - 1);
+            sent = last.min(update.event.seq - 1);
         }
-        self.send(Message::Text(update.frame.clone())).await?;
+        self.send_update(update).await?;
         self.everything_sent
-            .insert(update.order_id.clone(), update.seq);
+            .insert(update.event.order_id.clone(), update.event.seq);
         Ok(())
     }
 
@@ -939,8 +1001,8 @@ impl Session {
                     tracing::error!(%order_id, expected = sent + 1, found = event.seq, "event log out of sequence");
                     return Err(Replay::StoreFailed);
                 }
-                let update = Update::of(&event).map_err(|_| Replay::StoreFailed)?;
-                self.send(Message::Text(update.frame))
+                let frame = update_frame(&event).map_err(|_| Replay::StoreFailed)?;
+                self.send(Message::Text(frame))
                     .await
                     .map_err(Replay::Ended)?;
                 sent = event.seq;
@@ -979,4 +1041,43 @@ fn is_capacity_error(error: &axum::Error) -> bool {
 enum Replay {
     Ended(Ending),
     StoreFailed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(order: &str, customer: &str, seq: u64) -> OrderEvent {
+        OrderEvent {
+            order_id: OrderId::parse(order).unwrap(),
+            customer_id: UserId::from_trusted(customer),
+            seq,
+            status: OrderStatus::CmsValidated,
+            message: "Customer validated successfully".into(),
+            timestamp: Utc::now(),
+            data: json!({"customerData": {"id": customer, "name": "Ada", "tier": "gold"}}),
+        }
+    }
+
+    #[test]
+    fn update_frames_carry_the_seed_fields_and_the_sequence_number() {
+        let rendered = update_frame(&event("ORD-1", "usr_a", 2)).unwrap();
+        let frame: Value = serde_json::from_str(rendered.as_str()).unwrap();
+        assert_eq!(frame["type"], "order-update");
+        assert_eq!(frame["orderId"], "ORD-1");
+        assert_eq!(frame["status"], "CMS_VALIDATED");
+        assert_eq!(frame["message"], "Customer validated successfully");
+        assert_eq!(frame["seq"], 2);
+        assert_eq!(frame["data"]["customerData"]["tier"], "gold");
+        assert!(frame["timestamp"].as_str().is_some());
+    }
+
+    #[test]
+    fn a_live_update_is_rendered_once_for_every_session() {
+        let update = Update::new(event("ORD-1", "usr_a", 3));
+        let first = shared_frame(&update).unwrap();
+        assert!(update.rendered.get().is_some());
+        assert_eq!(shared_frame(&update).unwrap(), first);
+        assert_eq!(first, update_frame(&update.event).unwrap());
+    }
 }
