@@ -479,26 +479,13 @@ pub fn spawn_update_bridge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{OrderStatus, Role};
-    use chrono::Utc;
-    use serde_json::json;
+    use crate::domain::Role;
+    use crate::domain::fixtures::validated_event as event;
 
     fn viewer(user: &str, role: Role) -> Viewer {
         Viewer {
             user_id: UserId::from_trusted(user),
             role,
-        }
-    }
-
-    fn event(order: &str, customer: &str, seq: u64) -> OrderEvent {
-        OrderEvent {
-            order_id: OrderId::parse(order).unwrap(),
-            customer_id: UserId::from_trusted(customer),
-            seq,
-            status: OrderStatus::CmsValidated,
-            message: "Customer validated successfully".into(),
-            timestamp: Utc::now(),
-            data: json!({"customerData": {"id": customer, "name": "Ada", "tier": "gold"}}),
         }
     }
 

@@ -4,6 +4,8 @@
 
 pub mod backoff;
 pub mod cluster;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod ids;
 pub mod order;
 pub mod progress;

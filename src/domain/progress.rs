@@ -135,32 +135,28 @@ pub fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::fixtures;
     use crate::domain::saga::{SagaInput, decide};
-    use crate::domain::{
-        CustomerProfile, Location, NewOrder, OperationOutcome, PackageDetails, Reservation, UserId,
-    };
+    use crate::domain::{CustomerProfile, OperationOutcome, Reservation};
     use serde_json::json;
 
     fn received() -> (Order, OrderEvent) {
-        let loc = Location::at(1.0, 2.0, None);
-        let request = NewOrder {
-            pickup_location: loc.clone(),
-            delivery_address: loc,
-            package_details: PackageDetails {
-                weight: 1.0,
-                dimensions: None,
-                description: None,
-                fragile: false,
-            },
-            scheduled_pickup_time: None,
-            special_instructions: None,
-        };
-        Order::receive(
-            OrderId::parse("ORD-20260204-ABC").unwrap(),
-            UserId::from_trusted("usr_1"),
-            request,
+        fixtures::received("ORD-20260204-ABC", "usr_1", Utc::now())
+    }
+
+    fn validated(order: &Order) -> crate::domain::SagaDecision {
+        decide(
+            order,
+            SagaInput::Outcome(
+                Operation::ValidateCustomer,
+                OperationOutcome::CustomerValidated(CustomerProfile {
+                    name: "John".into(),
+                    tier: "gold".into(),
+                }),
+            ),
             Utc::now(),
         )
+        .unwrap()
     }
 
     #[test]
@@ -179,18 +175,7 @@ mod tests {
         assert!(view["steps"][0]["timestamp"].is_null());
         assert!(view.get("failureReason").is_none());
 
-        let validated = decide(
-            &order,
-            SagaInput::Outcome(
-                Operation::ValidateCustomer,
-                OperationOutcome::CustomerValidated(CustomerProfile {
-                    name: "John".into(),
-                    tier: "gold".into(),
-                }),
-            ),
-            Utc::now(),
-        )
-        .unwrap();
+        let validated = validated(&order);
         let reserved = decide(
             &validated.order,
             SagaInput::Outcome(
@@ -219,18 +204,7 @@ mod tests {
     #[test]
     fn step_views_follow_progress() {
         let (order, first) = received();
-        let d = decide(
-            &order,
-            SagaInput::Outcome(
-                Operation::ValidateCustomer,
-                OperationOutcome::CustomerValidated(CustomerProfile {
-                    name: "John".into(),
-                    tier: "gold".into(),
-                }),
-            ),
-            Utc::now(),
-        )
-        .unwrap();
+        let d = validated(&order);
         let events = [vec![first], d.events].concat();
         let views = step_views(&d.order, &events);
         let states: Vec<_> = views.iter().map(|v| v.status).collect();

@@ -498,8 +498,7 @@ fn settle_compensation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::order::{Location, NewOrder, PackageDetails};
-    use crate::domain::{OrderId, UserId};
+    use crate::domain::fixtures;
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-02-04T16:20:30Z")
@@ -508,26 +507,7 @@ mod tests {
     }
 
     fn received() -> Order {
-        let loc = Location::at(1.0, 2.0, None);
-        let request = NewOrder {
-            pickup_location: loc.clone(),
-            delivery_address: loc,
-            package_details: PackageDetails {
-                weight: 1.0,
-                dimensions: None,
-                description: None,
-                fragile: false,
-            },
-            scheduled_pickup_time: None,
-            special_instructions: None,
-        };
-        Order::receive(
-            OrderId::parse("ORD-1").unwrap(),
-            UserId::from_trusted("usr_1"),
-            request,
-            now(),
-        )
-        .0
+        fixtures::received("ORD-1", "usr_1", now()).0
     }
 
     fn profile() -> OperationOutcome {

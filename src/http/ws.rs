@@ -1046,18 +1046,7 @@ enum Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(order: &str, customer: &str, seq: u64) -> OrderEvent {
-        OrderEvent {
-            order_id: OrderId::parse(order).unwrap(),
-            customer_id: UserId::from_trusted(customer),
-            seq,
-            status: OrderStatus::CmsValidated,
-            message: "Customer validated successfully".into(),
-            timestamp: Utc::now(),
-            data: json!({"customerData": {"id": customer, "name": "Ada", "tier": "gold"}}),
-        }
-    }
+    use crate::domain::fixtures::validated_event as event;
 
     #[test]
     fn update_frames_carry_the_seed_fields_and_the_sequence_number() {

@@ -53,26 +53,11 @@ impl Viewer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Location, NewOrder, OrderId, PackageDetails};
+    use crate::domain::fixtures;
     use chrono::Utc;
 
     fn order_of(customer: &str, driver: Option<&str>) -> Order {
-        let here = Location::at(1.0, 2.0, None);
-        let request = NewOrder {
-            pickup_location: here.clone(),
-            delivery_address: here,
-            package_details: PackageDetails {
-                weight: 1.0,
-                dimensions: None,
-                description: None,
-                fragile: false,
-            },
-            scheduled_pickup_time: None,
-            special_instructions: None,
-        };
-        let id = OrderId::parse("ORD-1").unwrap();
-        let (mut order, _) =
-            Order::receive(id, UserId::from_trusted(customer), request, Utc::now());
+        let (mut order, _) = fixtures::received("ORD-1", customer, Utc::now());
         order.driver_id = driver.map(UserId::from_trusted);
         order
     }
