@@ -491,7 +491,7 @@ impl RuntimeControl for Control {
             Ok(tree) => tree,
             Err(e) => ActorNode {
                 name: "root".into(),
-                kind: "supervisor".into(),
+                kind: crate::actors::ActorKind::Supervisor,
                 status: format!("unknown ({e})"),
                 restarts: 0,
                 mailbox_depth: 0,

@@ -5,6 +5,7 @@
 use super::Context;
 use super::adapter::AdapterMsg;
 use super::cluster::{ClusterMsg, ShardNote};
+use super::control::ActorKind;
 use super::orders::OrdersMsg;
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, MailboxGauge};
@@ -171,7 +172,7 @@ pub fn gauge(context: &Context, name: &str) -> MailboxGauge {
         &context.telemetry,
         ActorInfo {
             name: name.to_owned(),
-            kind: "bridge",
+            kind: ActorKind::Bridge,
             parent: Some(super::root::NAME.into()),
             mailbox: Some(gauge.clone()),
             family: None,

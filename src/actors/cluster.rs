@@ -8,6 +8,7 @@
 //! the node drains, and answers for the cluster view.
 
 use super::Context;
+use super::control::ActorKind;
 use super::orders::OrdersMsg;
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, Posted};
@@ -123,7 +124,7 @@ impl Actor for ClusterKeeper {
             &context.telemetry,
             ActorInfo {
                 name: NAME.into(),
-                kind: "cluster",
+                kind: ActorKind::Cluster,
                 parent: Some(super::root::NAME.into()),
                 mailbox: None,
                 family: None,

@@ -27,7 +27,7 @@ pub mod shards;
 pub mod supervision;
 pub mod telemetry;
 
-pub use control::{ActorNode, CircuitState, RuntimeControl, ServiceHealth};
+pub use control::{ActorKind, ActorNode, CircuitState, RuntimeControl, ServiceHealth};
 pub use root::Root;
 
 use crate::bus::SharedBus;

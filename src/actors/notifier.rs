@@ -15,6 +15,7 @@
 //! while the bus lagged, while the client was reconnecting) it reads from the
 //! order's event log.
 
+use super::control::ActorKind;
 use super::mailbox::Stamped;
 use super::telemetry::{self, ActorInfo, FamilySize, MailboxGauge, TelemetryMsg};
 use crate::bus::Acker;
@@ -231,7 +232,7 @@ impl Actor for NotifierActor {
             &args.telemetry,
             ActorInfo {
                 name: NAME.into(),
-                kind: "notifier",
+                kind: ActorKind::Notifier,
                 parent: Some(args.parent),
                 mailbox: Some(args.mailbox.clone()),
                 family: Some(family.clone()),

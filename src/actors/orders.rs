@@ -11,6 +11,7 @@
 //! store), and releasing a shard stops all of its actors.
 
 use super::Context;
+use super::control::ActorKind;
 use super::order::{OrderActor, OrderActorArgs, OrderMsg};
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge, Posted};
@@ -92,7 +93,7 @@ impl Actor for OrdersSupervisor {
             &args.context.telemetry,
             ActorInfo {
                 name: NAME.into(),
-                kind: "supervisor",
+                kind: ActorKind::Supervisor,
                 parent: Some(args.parent),
                 mailbox: Some(args.mailbox.clone()),
                 family: Some(family.clone()),

@@ -3,8 +3,10 @@
 //! `max_restarts` within `window`, else escalate, as in Erlang/OTP) and exponential
 //! backoff so that a child failing on start does not spin.
 
+use super::telemetry::{self, Lifecycle, TelemetryMsg};
 use crate::config::SupervisionSettings;
 use crate::domain::backoff;
+use ractor::{ActorProcessingErr, ActorRef};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,41 @@ impl RestartIntensity {
         let after = backoff::exponential(failures, self.backoff_base, self.backoff_max);
         self.recent.push_back(now);
         RestartDecision::Restart { after }
+    }
+}
+
+/// What a one_for_one supervisor does when its child `child` failed: records the
+/// failure, then, as `intensity` decides, either has `restart` schedule the restart
+/// after the backoff, or records the escalation and fails itself with `escalation`.
+pub fn on_child_failure(
+    intensity: &mut RestartIntensity,
+    telemetry: &ActorRef<TelemetryMsg>,
+    child: &str,
+    failure: Option<String>,
+    escalation: String,
+    restart: impl FnOnce(Duration),
+) -> Result<(), ActorProcessingErr> {
+    telemetry::lifecycle(telemetry, child, Lifecycle::Failed, failure);
+    match intensity.on_failure(Instant::now()) {
+        RestartDecision::Restart { after } => {
+            telemetry::lifecycle(
+                telemetry,
+                child,
+                Lifecycle::Restarting,
+                Some(format!("in {after:?}")),
+            );
+            restart(after);
+            Ok(())
+        }
+        RestartDecision::Escalate => {
+            telemetry::lifecycle(
+                telemetry,
+                child,
+                Lifecycle::Escalated,
+                Some(escalation.clone()),
+            );
+            Err(escalation.into())
+        }
     }
 }
 
