@@ -12,6 +12,7 @@ pub mod progress;
 pub mod saga;
 pub mod status;
 pub mod step;
+pub mod update;
 pub mod user;
 pub mod validation;
 

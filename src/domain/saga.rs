@@ -11,9 +11,13 @@
 use super::ids::UserId;
 use super::order::{Compensation, CustomerProfile, Order, OrderEvent, Reservation, Route};
 use super::status::OrderStatus;
+use super::update::{
+    self, CompensationStarted, CustomerData, CustomerValidated, DeliveryReported,
+    InventoryReserved, OrderEnded, RouteOptimized,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -282,7 +286,10 @@ impl Draft {
             self.announce(
                 OrderStatus::Compensating,
                 &message,
-                json!({"reason": reason, "compensations": remaining}),
+                update::payload(&CompensationStarted {
+                    reason: &reason,
+                    compensations: &remaining,
+                }),
             );
             self.order.compensation = Some(Compensation {
                 outcome,
@@ -299,7 +306,11 @@ impl Draft {
             _ => format!("Order failed: {reason}"),
         };
         self.order.failure_reason = Some(reason.clone());
-        self.announce(outcome, &message, json!({"reason": reason}));
+        self.announce(
+            outcome,
+            &message,
+            update::payload(&OrderEnded { reason: &reason }),
+        );
     }
 
     fn done(self) -> SagaDecision {
@@ -367,7 +378,10 @@ pub fn decide(
                 OrderStatus::OutForDelivery => "Out for delivery",
                 _ => "Delivered",
             };
-            let data = json!({"driverId": order.driver_id, "by": by});
+            let data = update::payload(&DeliveryReported {
+                driver_id: order.driver_id.as_ref(),
+                by: &by,
+            });
             draft.announce(status, message, data);
         }
     }
@@ -386,8 +400,13 @@ fn settle_forward(
                 .order
                 .integration_status
                 .set(system, StepState::Completed);
-            let data = json!({"customerData": {
-                "id": draft.order.customer_id, "name": profile.name, "tier": profile.tier}});
+            let data = update::payload(&CustomerValidated {
+                customer_data: CustomerData {
+                    id: &draft.order.customer_id,
+                    name: &profile.name,
+                    tier: &profile.tier,
+                },
+            });
             draft.order.customer = Some(profile);
             draft.announce(
                 OrderStatus::CmsValidated,
@@ -400,10 +419,11 @@ fn settle_forward(
                 .order
                 .integration_status
                 .set(system, StepState::Completed);
-            let mut data = json!({"inventory": "RESERVED", "warehouse": reservation.warehouse});
-            if let Some(location) = &reservation.picking_location {
-                data["pickingLocation"] = json!(location);
-            }
+            let data = update::payload(&InventoryReserved {
+                inventory: "RESERVED",
+                warehouse: &reservation.warehouse,
+                picking_location: reservation.picking_location.as_deref(),
+            });
             draft.order.warehouse = Some(reservation);
             draft.announce(
                 OrderStatus::InventoryReserved,
@@ -416,7 +436,7 @@ fn settle_forward(
                 .order
                 .integration_status
                 .set(system, StepState::Completed);
-            let data = json!({"route": route});
+            let data = update::payload(&RouteOptimized { route: &route });
             draft.order.route = Some(route);
             draft.announce(
                 OrderStatus::RouteOptimized,
