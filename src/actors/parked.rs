@@ -118,7 +118,7 @@ mod tests {
     use chrono::Utc;
 
     fn received() -> Order {
-        fixtures::received("ORD-1", "usr_1", Utc::now()).0
+        fixtures::received_by("ORD-1", "usr_1", Utc::now()).0
     }
 
     fn request(order: &Order, operation: Operation, attempt: u32) -> StepRequest {

@@ -9,6 +9,7 @@ pub(crate) mod fixtures;
 pub mod ids;
 pub mod order;
 pub mod progress;
+pub mod runner;
 pub mod saga;
 pub mod status;
 pub mod step;

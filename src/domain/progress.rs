@@ -141,7 +141,7 @@ mod tests {
     use serde_json::json;
 
     fn received() -> (Order, OrderEvent) {
-        fixtures::received("ORD-20260204-ABC", "usr_1", Utc::now())
+        fixtures::received_by("ORD-20260204-ABC", "usr_1", Utc::now())
     }
 
     fn validated(order: &Order) -> crate::domain::SagaDecision {

@@ -518,39 +518,10 @@ fn settle_compensation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::fixtures;
-
-    fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-02-04T16:20:30Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::domain::fixtures::{self, now, profile, reserved, routed};
 
     fn received() -> Order {
-        fixtures::received("ORD-1", "usr_1", now()).0
-    }
-
-    fn profile() -> OperationOutcome {
-        OperationOutcome::CustomerValidated(CustomerProfile {
-            name: "John".into(),
-            tier: "premium".into(),
-        })
-    }
-
-    fn reserved() -> OperationOutcome {
-        OperationOutcome::InventoryReserved(Reservation {
-            warehouse: "WH-001".into(),
-            picking_location: Some("A-1".into()),
-        })
-    }
-
-    fn routed() -> OperationOutcome {
-        OperationOutcome::RouteOptimized(Route {
-            route_id: Some("RT-1".into()),
-            waypoints: vec![],
-            distance: 1.0,
-            eta: "2026-02-05T10:45:00Z".into(),
-        })
+        fixtures::received("ORD-1")
     }
 
     fn step(order: &Order, op: Operation, outcome: OperationOutcome) -> SagaDecision {

@@ -57,7 +57,7 @@ mod tests {
     use chrono::Utc;
 
     fn order_of(customer: &str, driver: Option<&str>) -> Order {
-        let (mut order, _) = fixtures::received("ORD-1", customer, Utc::now());
+        let (mut order, _) = fixtures::received_by("ORD-1", customer, Utc::now());
         order.driver_id = driver.map(UserId::from_trusted);
         order
     }
