@@ -40,7 +40,7 @@ pub enum AdapterMsg {
         trace: Option<String>,
     },
     Completed {
-        failure: Option<String>,
+        failure: Option<CallError>,
         latency: Duration,
         posted: Posted,
     },
@@ -72,7 +72,8 @@ struct CoreState {
     parked: ParkedQueue,
     total_calls: u64,
     total_failures: u64,
-    last_error: Option<String>,
+    /// Kept typed; rendered only for the health view.
+    last_error: Option<CallError>,
     last_latency: Option<Duration>,
 }
 
@@ -124,7 +125,7 @@ impl AdapterCore {
             consecutive_failures: inner.breaker.consecutive_failures(),
             total_failures: inner.total_failures,
             total_calls: inner.total_calls,
-            last_error: inner.last_error.clone(),
+            last_error: inner.last_error.as_ref().map(ToString::to_string),
             last_latency_ms: inner.last_latency.map(|d| d.as_secs_f64() * 1000.0),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             waiting: inner.parked.len(),
@@ -284,7 +285,12 @@ impl AdapterState {
         }
     }
 
-    fn completed(&self, myself: &ActorRef<AdapterMsg>, failure: Option<String>, latency: Duration) {
+    fn completed(
+        &self,
+        myself: &ActorRef<AdapterMsg>,
+        failure: Option<CallError>,
+        latency: Duration,
+    ) {
         let mut inner = self.core.lock();
         inner.total_calls += 1;
         inner.last_latency = Some(latency);
@@ -354,9 +360,10 @@ impl AdapterState {
                 "system" => core.system.as_str(), "operation" => request.operation.name())
             .record(latency.as_secs_f64());
             count_outcome(core.system, &request, outcome_kind(&result));
-            let failure = result.as_ref().err().map(ToString::to_string);
-            crate::observability::call_outcome(outcome_kind(&result), failure.as_deref());
-            if let Some(error) = &failure {
+            let failure = result.as_ref().err().cloned();
+            let error = failure.as_ref().map(ToString::to_string);
+            crate::observability::call_outcome(outcome_kind(&result), error.as_deref());
+            if let Some(error) = &error {
                 tracing::warn!(order_id = %request.order_id, operation = request.operation.name(), %error, "call failed");
             }
             // The customer reads fixed domain words; what the system said is here.
