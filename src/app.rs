@@ -4,7 +4,6 @@
 use crate::actors::adapter::AdapterCore;
 use crate::actors::cluster::{ClusterArgs, ClusterKeeper, ClusterMsg, ClusterView};
 use crate::actors::notifier::{self, Notifier};
-use crate::actors::order::{OrderActorView, OrderMsg};
 use crate::actors::orders::OrdersMsg;
 use crate::actors::root::{RootArgs, RootMsg};
 use crate::actors::shards::ShardTable;
@@ -14,6 +13,7 @@ use crate::actors::telemetry::{
 use crate::actors::{
     ActorNode, AdapterDirectory, Context, Root, RuntimeControl, ServiceHealth, bridge,
 };
+use crate::bus::OrderActorLocation;
 use crate::bus::amqp::AmqpBus;
 use crate::bus::local::LocalBus;
 use crate::bus::{ClusterMessage, SharedBus};
@@ -60,7 +60,6 @@ pub struct Runtime {
     http_task: JoinHandle<()>,
     keeper: ActorRef<ClusterMsg>,
     root: ActorRef<RootMsg>,
-    orders_supervisor: ActorRef<OrdersMsg>,
     root_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -294,11 +293,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
         orders: orders.clone(),
         drivers: crate::service::DriverService::new(store.clone()),
         sessions: Arc::new(crate::auth::Sessions::new(store.clone(), &settings.auth)),
-        control: Arc::new(Control(
-            context.clone(),
-            keeper.clone(),
-            orders_supervisor.clone(),
-        )),
+        control: Arc::new(Control(context.clone(), keeper.clone())),
         metrics,
         tracking: crate::http::ws::Tracking {
             notifier,
@@ -326,7 +321,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
         http_task,
         keeper,
         root,
-        orders_supervisor,
         root_task,
         tasks,
     })
@@ -338,11 +332,7 @@ impl Runtime {
     }
 
     pub fn control(&self) -> Control {
-        Control(
-            self.context.clone(),
-            self.keeper.clone(),
-            self.orders_supervisor.clone(),
-        )
+        Control(self.context.clone(), self.keeper.clone())
     }
 
     /// Runs until `stop` resolves (then drains) or the supervisor tree gives up.
@@ -415,7 +405,7 @@ impl Runtime {
 
 /// Operator controls over the running tree.
 #[derive(Clone)]
-pub struct Control(Arc<Context>, ActorRef<ClusterMsg>, ActorRef<OrdersMsg>);
+pub struct Control(Arc<Context>, ActorRef<ClusterMsg>);
 
 impl Control {
     /// Fault injection for supervision drills: makes the adapter panic.
@@ -460,13 +450,19 @@ impl RuntimeControl for Control {
         self.0.node_id.clone()
     }
 
-    async fn order_actor(&self, order_id: &OrderId) -> Result<Option<OrderActorView>, String> {
+    async fn order_actor(&self, order_id: &OrderId) -> Result<OrderActorLocation, String> {
         let timeout = CONTROL_TIMEOUT.as_millis() as u64;
-        let actor = ractor::call_t!(self.2, OrdersMsg::Inspect, timeout, order_id.clone())
-            .map_err(|e| e.to_string())?;
-        let Some(actor) = actor else { return Ok(None) };
-        // The actor may stop between the two questions: then none is live.
-        Ok(ractor::call_t!(actor, OrderMsg::Inspect, timeout).ok())
+        let locate = |reply| ClusterMsg::Locate {
+            order_id: order_id.clone(),
+            reply,
+        };
+        match ractor::call_t!(self.1, locate, timeout) {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(error)) => Err(error),
+            Err(error) => Err(format!(
+                "the node holding the order's shard did not answer: {error}"
+            )),
+        }
     }
 
     async fn mailboxes(&self) -> Option<MailboxesView> {

@@ -163,9 +163,13 @@ impl Cluster {
     }
 
     async fn view(&self, index: usize) -> Option<Value> {
+        self.admin_get(index, "/api/cluster").await
+    }
+
+    async fn admin_get(&self, index: usize, path: &str) -> Option<Value> {
         let response = self
             .http
-            .get(format!("{}/api/cluster", self.url(index)))
+            .get(format!("{}{path}", self.url(index)))
             .bearer_auth(&self.admin)
             .send()
             .await
@@ -459,6 +463,13 @@ impl Load {
     }
 }
 
+/// The shard of an order, as the nodes compute it.
+fn order_shard(order: &str, shards: u32) -> u32 {
+    swiftlogistics::domain::OrderId::parse(order)
+        .unwrap()
+        .shard(shards)
+}
+
 /// This node's own entry in its cluster view.
 fn own_report(view: &Value) -> Value {
     view["nodes"]
@@ -496,6 +507,24 @@ async fn shards_spread_and_survive_a_kill_and_a_cut_connection() {
     let targets = (0..3).map(|i| cluster.url(i)).collect();
     let load = Load::start(&cluster, targets, 8, 300).await;
     load.wait_accepted(80).await;
+
+    // Any node finds an order's actor: the node holding its shard says what it does.
+    let order = load.accepted.lock().await[0].clone();
+    let path = format!("/api/telemetry/orders/{order}");
+    let mut answers = Vec::new();
+    for index in 0..3 {
+        let answer = cluster.admin_get(index, &path).await;
+        answers.push(answer.expect("order lookup answered")["node"].clone());
+    }
+    let shard = order_shard(&order, SHARDS as u32);
+    let owner = answers[0].as_str().unwrap().to_owned();
+    let index = ["a", "b", "c"].iter().position(|n| *n == owner).unwrap();
+    let held = own_report(&cluster.view(index).await.unwrap())["shards"].clone();
+    assert!(
+        answers.iter().all(|node| *node == answers[0])
+            && held.as_array().unwrap().contains(&shard.into()),
+        "lookups of {order} (shard {shard}) from a, b, c: {answers:?}; {owner} holds {held}"
+    );
 
     // kill -9 of a node that owns shards, with orders in flight.
     let c_actors = own_report(&cluster.view(2).await.unwrap())["orderActors"].clone();

@@ -9,17 +9,17 @@
 
 use super::Context;
 use super::control::ActorKind;
-use super::orders::OrdersMsg;
+use super::orders::{OrdersMsg, inspect};
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, Posted};
 use crate::bus::Acker;
-use crate::bus::{ClusterMessage, OrderCommand};
+use crate::bus::{ClusterMessage, OrderActorLocation, OrderCommand};
 use crate::domain::cluster::{CircuitReport, Membership, NodeReport};
 use crate::domain::{OrderId, System};
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +32,10 @@ const CENSUS_TIMEOUT: Duration = Duration::from_millis(300);
 /// Gains arriving together are resumed with one read of the store.
 const RESUME_BATCH_DELAY: Duration = Duration::from_millis(20);
 const RESUME_RETRY: Duration = Duration::from_secs(1);
+/// How long the actors have to say what they are doing.
+const LOCATE_TIMEOUT_MS: u64 = 500;
+/// How long a lookup sent to the other nodes is remembered.
+const LOCATE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A change in what this node holds, as its shard consumers saw it (the shard table
 /// is already updated when this arrives).
@@ -54,6 +58,12 @@ pub enum ClusterMsg {
     /// Hand every shard over and take none; replies once none is held.
     Drain(RpcReplyPort<()>),
     View(RpcReplyPort<ClusterView>),
+    /// Where an order's actor runs and what it is doing, asked of the node holding
+    /// its shard (this one, or another over the cluster exchange).
+    Locate {
+        order_id: OrderId,
+        reply: RpcReplyPort<Result<OrderActorLocation, String>>,
+    },
 }
 
 /// One node as `GET /api/cluster` shows it.
@@ -105,6 +115,9 @@ pub struct ClusterState {
     /// Set while a heartbeat (and its probes) is being published: while the broker
     /// is unreachable a publish waits, and the keeper must not.
     publishing: Arc<AtomicBool>,
+    /// Lookups of order actors sent to the other nodes, by request number.
+    locating: HashMap<u64, (Instant, RpcReplyPort<Result<OrderActorLocation, String>>)>,
+    next_request: u64,
 }
 
 pub struct ClusterKeeper;
@@ -149,6 +162,8 @@ impl Actor for ClusterKeeper {
             last_sweep: Instant::now(),
             listening_until: Instant::now() + timeout,
             publishing: Arc::default(),
+            locating: HashMap::new(),
+            next_request: 0,
         })
     }
 
@@ -195,6 +210,7 @@ impl Actor for ClusterKeeper {
             ClusterMsg::View(reply) => {
                 let _ = reply.send(state.view());
             }
+            ClusterMsg::Locate { order_id, reply } => state.locate(order_id, reply),
         }
         Ok(())
     }
@@ -259,7 +275,86 @@ impl ClusterState {
                     self.recover_locally(service, from);
                 }
             }
+            ClusterMessage::InspectOrder {
+                request,
+                asked_by,
+                order_id,
+            } => {
+                if asked_by != self.me() && self.holds_shard_of(&order_id) {
+                    let (orders, bus, node) = (
+                        self.orders.clone(),
+                        self.context.bus.clone(),
+                        self.me().to_owned(),
+                    );
+                    tokio::spawn(async move {
+                        let Ok(actor) = inspect(&orders, &order_id, LOCATE_TIMEOUT_MS).await else {
+                            return;
+                        };
+                        let found = OrderActorLocation { node, actor };
+                        let answer = ClusterMessage::InspectedOrder {
+                            request,
+                            asked_by,
+                            found,
+                        };
+                        if let Err(error) = bus.broadcast(answer).await {
+                            tracing::warn!(%error, "could not answer an order lookup");
+                        }
+                    });
+                }
+            }
+            ClusterMessage::InspectedOrder {
+                request,
+                asked_by,
+                found,
+            } => {
+                if asked_by == self.me()
+                    && let Some((_, reply)) = self.locating.remove(&request)
+                {
+                    let _ = reply.send(Ok(found));
+                }
+            }
         }
+    }
+
+    fn holds_shard_of(&self, order_id: &OrderId) -> bool {
+        let shard = order_id.shard(self.context.shards.shards());
+        self.context.shards.held().iter().any(|l| l.shard == shard)
+    }
+
+    /// Answers from this node when it holds the order's shard, else asks the others;
+    /// the node holding the shard answers (nobody answers while it moves).
+    fn locate(
+        &mut self,
+        order_id: OrderId,
+        reply: RpcReplyPort<Result<OrderActorLocation, String>>,
+    ) {
+        if self.holds_shard_of(&order_id) {
+            let (orders, node) = (self.orders.clone(), self.me().to_owned());
+            tokio::spawn(async move {
+                let found = inspect(&orders, &order_id, LOCATE_TIMEOUT_MS)
+                    .await
+                    .map(|actor| OrderActorLocation { node, actor });
+                let _ = reply.send(found);
+            });
+            return;
+        }
+        let now = Instant::now();
+        self.locating
+            .retain(|_, (asked, _)| now.duration_since(*asked) < LOCATE_PATIENCE);
+        self.next_request += 1;
+        let request = self.next_request;
+        self.locating.insert(request, (now, reply));
+        let ask = ClusterMessage::InspectOrder {
+            request,
+            asked_by: self.me().to_owned(),
+            order_id,
+        };
+        let bus = self.context.bus.clone();
+        tokio::spawn(async move {
+            if let Err(error) = bus.broadcast(ask).await {
+                tracing::warn!(%error, "could not ask the cluster about an order");
+            }
+        });
     }
 
     fn recover_locally(&self, system: System, from: String) {

@@ -1,7 +1,7 @@
 //! What operators can see of and do to the running tree, independent of HTTP.
 
-use super::order::OrderActorView;
 use super::telemetry::{EventPage, EventQuery, MailboxesView};
+use crate::bus::OrderActorLocation;
 use crate::domain::{OrderId, System};
 use async_trait::async_trait;
 use serde::Serialize;
@@ -67,9 +67,9 @@ pub trait RuntimeControl: Send + Sync + 'static {
     async fn events(&self, query: EventQuery) -> Option<EventPage>;
     /// This node's id.
     fn node_id(&self) -> String;
-    /// What the live actor of an order on this node is doing; `Ok(None)` when no
-    /// actor is live for it here, `Err` when the actors did not answer.
-    async fn order_actor(&self, order_id: &OrderId) -> Result<Option<OrderActorView>, String>;
+    /// Which node holds the order's shard and what its live actor there is doing
+    /// (none live: `actor` is `None`); `Err` when that node did not answer.
+    async fn order_actor(&self, order_id: &OrderId) -> Result<OrderActorLocation, String>;
     /// Mailbox figures per actor family; `None` if telemetry did not answer.
     async fn mailboxes(&self) -> Option<MailboxesView>;
     /// The cluster as this node sees it; `None` if the node did not answer.

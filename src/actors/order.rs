@@ -21,7 +21,9 @@ use super::shards::Lease;
 use crate::bus::Acker;
 use crate::bus::{BusError, StepReply};
 use crate::domain::backoff::jittered;
-use crate::domain::runner::{Effect, Event, NO_REPLY, Runner, RunnerPolicy, Timer};
+use crate::domain::runner::{
+    Effect, Event, NO_REPLY, NextTimer, OrderActorView, Runner, RunnerPolicy, StepInFlight, Timer,
+};
 use crate::domain::saga;
 use crate::domain::{Operation, OperationOutcome, OrderId, SagaInput};
 use crate::service::{KeptChanging, announce, commit_with_retry};
@@ -54,33 +56,6 @@ pub enum OrderMsg {
     OutageOver,
     /// What the actor is doing, for `GET /api/telemetry/orders/{id}`.
     Inspect(RpcReplyPort<OrderActorView>),
-}
-
-/// An order actor as telemetry shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OrderActorView {
-    /// awaiting_reply, backing_off, persisting, outage_retry, idle or ready.
-    pub phase: &'static str,
-    pub in_flight: Option<StepInFlight>,
-    /// Failed attempts of the step the order waits on.
-    pub attempts: u32,
-    pub next_timer: Option<NextTimer>,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepInFlight {
-    pub operation: &'static str,
-    pub attempt: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NextTimer {
-    /// watchdog, idle_check or retry_backoff.
-    pub kind: &'static str,
-    pub due_at: chrono::DateTime<Utc>,
 }
 
 pub struct OrderActorArgs {
@@ -350,7 +325,7 @@ impl OrderState {
                 self.next_timer = chrono::TimeDelta::from_std(after)
                     .ok()
                     .map(|delay| NextTimer {
-                        kind: timer.name(),
+                        kind: timer.name().to_owned(),
                         due_at: Utc::now() + delay,
                     });
                 self.timer = Some(myself.send_after(after, move || OrderMsg::Timer(timer)));
@@ -430,12 +405,12 @@ impl OrderState {
 
     fn view(&self) -> OrderActorView {
         OrderActorView {
-            phase: self.runner.phase_name(),
+            phase: self.runner.phase_name().to_owned(),
             in_flight: self
                 .runner
                 .in_flight()
                 .map(|(operation, attempt)| StepInFlight {
-                    operation: operation.name(),
+                    operation: operation.name().to_owned(),
                     attempt,
                 }),
             attempts: self.runner.attempts(),

@@ -333,3 +333,17 @@ impl OrdersState {
         Ok(())
     }
 }
+
+/// What the live actor of an order on this node is doing; `Ok(None)` when no actor
+/// is live for it here, `Err` when the actors did not answer within `timeout_ms`.
+pub async fn inspect(
+    orders: &ActorRef<OrdersMsg>,
+    order_id: &OrderId,
+    timeout_ms: u64,
+) -> Result<Option<crate::domain::runner::OrderActorView>, String> {
+    let actor = ractor::call_t!(orders, OrdersMsg::Inspect, timeout_ms, order_id.clone())
+        .map_err(|e| e.to_string())?;
+    let Some(actor) = actor else { return Ok(None) };
+    // The actor may stop between the two questions: then none is live.
+    Ok(ractor::call_t!(actor, super::order::OrderMsg::Inspect, timeout_ms).ok())
+}

@@ -215,6 +215,25 @@ pub enum ClusterMessage {
         service: System,
         from: String,
     },
+    /// `asked_by` looks up an order's actor: the node holding its shard answers.
+    InspectOrder {
+        request: u64,
+        asked_by: String,
+        order_id: OrderId,
+    },
+    InspectedOrder {
+        request: u64,
+        asked_by: String,
+        found: OrderActorLocation,
+    },
+}
+
+/// Where an order's actor runs and, if one is live, what it is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderActorLocation {
+    pub node: String,
+    pub actor: Option<crate::domain::runner::OrderActorView>,
 }
 
 #[async_trait]

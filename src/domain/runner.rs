@@ -177,6 +177,33 @@ pub enum Effect {
     Fail(String),
 }
 
+/// An order actor as telemetry shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderActorView {
+    /// awaiting_reply, backing_off, persisting, outage_retry, idle or ready.
+    pub phase: String,
+    pub in_flight: Option<StepInFlight>,
+    /// Failed attempts of the step the order waits on.
+    pub attempts: u32,
+    pub next_timer: Option<NextTimer>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepInFlight {
+    pub operation: String,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextTimer {
+    /// watchdog, idle_check or retry_backoff.
+    pub kind: String,
+    pub due_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// One order's runner: the last known order and what its step is doing.
 #[derive(Debug, Clone)]
 pub struct Runner {

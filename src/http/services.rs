@@ -100,23 +100,19 @@ pub async fn order_actor(
     caller.require(&[Role::Admin])?;
     let id = OrderId::parse(&id).ok_or_else(ApiError::order_not_found)?;
     let order = state.app.orders.find(&caller.viewer(), &id).await?;
-    let actor = ask(state.app.control.order_actor(&id))
+    let found = ask(state.app.control.order_actor(&id))
         .await?
-        .map_err(|e| {
-            ApiError::unavailable(
-                format!("the orders supervisor did not answer: {e}"),
-                Some(1),
-            )
-        })?;
+        .map_err(|e| ApiError::unavailable(e, Some(1)))?;
+    let actor = found.actor;
     let shards = state.app.settings.bus.shards;
     Ok(axum::Json(json!({
         "orderId": id,
         "status": order.status,
-        "node": state.app.control.node_id(),
+        "node": found.node,
         "shard": id.shard(shards),
         "shards": shards,
         "live": actor.is_some(),
-        "phase": actor.as_ref().map(|a| a.phase),
+        "phase": actor.as_ref().map(|a| a.phase.as_str()),
         "inFlight": actor.as_ref().and_then(|a| a.in_flight.clone()),
         "attempts": actor.as_ref().map(|a| a.attempts),
         "nextTimer": actor.as_ref().and_then(|a| a.next_timer.clone()),
