@@ -42,6 +42,12 @@ pub enum ServiceError {
     Bus(#[from] crate::bus::BusError),
 }
 
+impl From<KeptChanging> for ServiceError {
+    fn from(_: KeptChanging) -> Self {
+        Self::Conflict("the order is changing too fast; try again".into())
+    }
+}
+
 /// Who is asking. Clients see and cancel their own orders; drivers move on the
 /// orders assigned to them; admins do everything. An order the caller may not act on
 /// is answered as if it did not exist (404), so ids reveal nothing.
@@ -332,31 +338,31 @@ impl OrderService {
         id: &OrderId,
         input: impl Fn(&Order) -> Option<SagaInput>,
     ) -> Result<Order, ServiceError> {
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let order = self.load(viewer, action, id).await?;
-            let Some(input) = input(&order) else {
-                return Ok(order);
+        let order = self.load(viewer, action, id).await?;
+        let decide = |order: &Order| {
+            if !viewer.may(action, order) {
+                return Err(ServiceError::NotFound);
+            }
+            let Some(input) = input(order) else {
+                return Ok(None);
             };
-            let decision = saga::decide(&order, input, Utc::now()).map_err(|e| match e {
-                SagaRejection::Conflict(m) => ServiceError::Conflict(m),
-                SagaRejection::Stale => {
-                    ServiceError::Conflict("the order changed meanwhile".into())
-                }
-            })?;
-            match commit(&self.store, &self.bus, &self.node, &decision).await {
-                Ok(()) => {
-                    if decision.next.is_some() {
-                        self.wake(id).await?;
+            saga::decide(order, input, Utc::now())
+                .map(Some)
+                .map_err(|e| match e {
+                    SagaRejection::Conflict(m) => ServiceError::Conflict(m),
+                    SagaRejection::Stale => {
+                        ServiceError::Conflict("the order changed meanwhile".into())
                     }
-                    return Ok(decision.order);
-                }
-                Err(StoreError::VersionConflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
+                })
+        };
+        let committed = commit_with_retry(self.store.as_ref(), &self.node, order, decide).await?;
+        if let Some(decision) = &committed.decision {
+            announce(&self.bus, &decision.events).await;
+            if decision.next.is_some() {
+                self.wake(id).await?;
             }
         }
-        Err(ServiceError::Conflict(
-            "the order is changing too fast; try again".into(),
-        ))
+        Ok(committed.order)
     }
 
     async fn wake(&self, id: &OrderId) -> Result<(), ServiceError> {
@@ -373,22 +379,84 @@ impl OrderService {
     }
 }
 
-/// Persists a saga decision (compare-and-set) and then announces its events. Events
-/// are only ever announced after they are durable.
-pub async fn commit(
-    store: &SharedStore,
-    bus: &SharedBus,
+/// What [`commit_with_retry`] reads and writes: an order as stored, and the
+/// compare-and-set write of a decision (refused with `VersionConflict` when the
+/// stored order is no longer the one decided on).
+#[async_trait::async_trait]
+pub trait OrderWrites: Send + Sync {
+    async fn current(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
+    async fn write(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError>;
+}
+
+#[async_trait::async_trait]
+impl<S: crate::store::Store + ?Sized> OrderWrites for S {
+    async fn current(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        self.order(id).await
+    }
+
+    async fn write(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError> {
+        self.apply(order, events).await
+    }
+}
+
+/// What a commit came to: the order as stored now, and the decision written (none
+/// when `decide` found nothing to do on the order as it stands).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub order: Order,
+    pub decision: Option<SagaDecision>,
+}
+
+/// Another writer kept winning the compare-and-set race.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("order {0} kept changing under us")]
+pub struct KeptChanging(pub OrderId);
+
+/// Decides on `order` and writes the decision with compare-and-set; when another
+/// writer got there first, reads the order again and decides again, a few times at
+/// most. The one way a change reaches an order: the order actors' step outcomes and
+/// the HTTP commands (cancel, assign, delivery) alike. `decide` sees every version
+/// read, so it re-checks whatever it depends on (who may act, the actor's lease).
+/// Events are not announced here: the caller announces them once this returns.
+pub async fn commit_with_retry<E>(
+    store: &(impl OrderWrites + ?Sized),
     node: &str,
-    decision: &SagaDecision,
-) -> Result<(), StoreError> {
-    store.apply(&decision.order, &decision.events).await?;
-    crate::observability::order_transitions(node, &decision.order, &decision.events);
-    announce(bus, &decision.events).await;
-    Ok(())
+    mut order: Order,
+    mut decide: impl FnMut(&Order) -> Result<Option<SagaDecision>, E>,
+) -> Result<Committed, E>
+where
+    E: From<StoreError> + From<KeptChanging>,
+{
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let Some(decision) = decide(&order)? else {
+            return Ok(Committed {
+                order,
+                decision: None,
+            });
+        };
+        match store.write(&decision.order, &decision.events).await {
+            Ok(()) => {
+                crate::observability::order_transitions(node, &decision.order, &decision.events);
+                return Ok(Committed {
+                    order: decision.order.clone(),
+                    decision: Some(decision),
+                });
+            }
+            Err(StoreError::VersionConflict { .. }) => {
+                let id = order.order_id.clone();
+                order = store
+                    .current(&id)
+                    .await?
+                    .ok_or(StoreError::NotFound(id))?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(KeptChanging(order.order_id).into())
 }
 
 /// Best effort: a lost announcement is recovered by subscribers from the event log.
-async fn announce(bus: &SharedBus, events: &[OrderEvent]) {
+pub async fn announce(bus: &SharedBus, events: &[OrderEvent]) {
     for event in events {
         if let Err(e) = bus.publish_update(event.clone()).await {
             tracing::warn!(order_id = %event.order_id, error = %e, "order update not announced");

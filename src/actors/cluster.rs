@@ -12,7 +12,7 @@ use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, Posted};
 use super::{Acker, Context};
 use crate::bus::{ClusterMessage, OrderCommand};
-use crate::domain::cluster::{CircuitReport, Membership, NodeReport, placement};
+use crate::domain::cluster::{CircuitReport, Membership, NodeReport};
 use crate::domain::{OrderId, System};
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -210,7 +210,7 @@ impl ClusterState {
             // Regained while the hand-over is still on its way: decided once it is done.
             return;
         }
-        if !self.should_own(lease.shard) {
+        if !self.keeps(lease.shard) {
             self.hand_over(myself, lease);
             return;
         }
@@ -361,17 +361,16 @@ impl ClusterState {
         self.membership.sharing(self.leaving, Instant::now())
     }
 
-    fn should_own(&self, shard: u32) -> bool {
-        let owners = placement(self.context.shards.shards(), &self.sharing());
-        owners.get(&shard).map(String::as_str) == Some(self.me())
+    fn keeps(&self, shard: u32) -> bool {
+        let shards = self.context.shards.shards();
+        self.membership
+            .keeps(shard, shards, self.leaving, Instant::now())
     }
 
-    /// Hands over every held shard this node should not own.
+    /// Hands over every held shard this node should not keep.
     fn balance(&mut self, myself: &ActorRef<ClusterMsg>) {
-        let owners = placement(self.context.shards.shards(), &self.sharing());
         for lease in self.context.shards.held() {
-            let mine = owners.get(&lease.shard).map(String::as_str) == Some(self.me());
-            if !mine && !self.yielding.contains_key(&lease.shard) {
+            if !self.keeps(lease.shard) && !self.yielding.contains_key(&lease.shard) {
                 self.hand_over(myself, lease);
             }
         }

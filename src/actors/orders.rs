@@ -24,9 +24,13 @@ use std::time::Duration;
 pub const NAME: &str = "orders";
 /// Failures of one order's actor before the router stops restarting it.
 const MAX_ORDER_RESTARTS: u32 = 3;
-/// How long a released shard's actors get to finish the message at hand. They are
-/// fenced meanwhile, so waiting longer would only delay the handover.
-const STOP_WAIT: Duration = Duration::from_secs(3);
+/// How long a released shard's actors get to finish the message at hand, so that
+/// their acknowledgements still reach the broker on the shard's channel. They are
+/// fenced meanwhile (nothing they do after the check takes effect), so waiting
+/// longer would only delay the hand-over: under load a message at hand waits on a
+/// busy store, and what is not acknowledged in time is redelivered to the next
+/// owner, which handles it idempotently.
+const STOP_WAIT: Duration = Duration::from_millis(500);
 
 pub enum OrdersMsg {
     Command {

@@ -178,6 +178,31 @@ impl Membership {
             .collect()
     }
 
+    /// Whether this node, active on `shard`, keeps it. It hands a shard over to its
+    /// fair owner, except to an owner whose last heartbeat still claims the shard:
+    /// the broker made this node active, so that claim is stale (the owner died or
+    /// lost its connection), and the owner counts as gone for this shard. Without
+    /// that, the survivors of a node's death would bounce its shards between them
+    /// until it is counted out. An owner back as a standby no longer claims the
+    /// shard in its next heartbeat and gets it then.
+    pub fn keeps(&self, shard: u32, shards: u32, leaving: bool, now: Instant) -> bool {
+        let mut sharing = self.sharing(leaving, now);
+        while let Some(owner) = placement(shards, &sharing).remove(&shard) {
+            if owner == self.me {
+                return true;
+            }
+            let stale = self
+                .peers
+                .get(&owner)
+                .is_some_and(|peer| peer.report.shards.contains(&shard));
+            if !stale {
+                return false;
+            }
+            sharing.remove(&owner);
+        }
+        false
+    }
+
     /// The last report of every node in the view with when it was heard.
     pub fn reports(&self) -> impl Iterator<Item = (&NodeReport, Instant)> {
         self.peers.values().map(|peer| (&peer.report, peer.heard))
@@ -280,5 +305,33 @@ mod tests {
         assert_eq!(view.expire(later), vec!["c".to_owned()]);
         assert_eq!(view.sharing(false, later), nodes(&["b", "me"]));
         assert_eq!(view.claimed_elsewhere(later), [1, 2, 3].into());
+    }
+
+    #[test]
+    fn a_shard_goes_to_its_fair_owner_unless_that_owner_lost_it() {
+        let start = Instant::now();
+        let mut view = Membership::new("me", Duration::from_secs(3));
+        view.heard(report("b", &[], false), start);
+        view.heard(report("c", &[], false), start);
+        let owners = placement(12, &nodes(&["b", "c", "me"]));
+        let of = |node: &str| (0..12).find(|s| owners[s] == node).unwrap();
+        assert!(view.keeps(of("me"), 12, false, start));
+        assert!(
+            !view.keeps(of("b"), 12, false, start),
+            "b stands by: hand it over"
+        );
+        // c's last heartbeat claims a shard this node was just made active on: c has
+        // lost it (died or was cut off). Handing it back would bounce it; it goes to
+        // its fair owner among the others instead.
+        let lost = of("c");
+        view.heard(report("c", &[lost], false), start);
+        let without_c = placement(12, &nodes(&["b", "me"]));
+        assert_eq!(view.keeps(lost, 12, false, start), without_c[&lost] == "me");
+        // c is back, standing by: now it gets its share.
+        view.heard(report("c", &[], false), start);
+        assert!(!view.keeps(lost, 12, false, start));
+        // Leaving with nobody else to take it: handed over all the same.
+        let alone = Membership::new("me", Duration::from_secs(3));
+        assert!(!alone.keeps(of("me"), 12, true, start));
     }
 }

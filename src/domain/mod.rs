@@ -3,8 +3,11 @@
 //! never the other way round.
 
 pub mod cluster;
+#[cfg(test)]
+pub mod fixtures;
 pub mod ids;
 pub mod order;
+pub mod runner;
 pub mod saga;
 pub mod status;
 pub mod user;
