@@ -8,6 +8,8 @@ pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod http;
+#[cfg(test)]
+mod journey_simulation;
 pub mod observability;
 pub mod protocols;
 pub mod service;

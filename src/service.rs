@@ -444,10 +444,7 @@ where
             }
             Err(StoreError::VersionConflict { .. }) => {
                 let id = order.order_id.clone();
-                order = store
-                    .current(&id)
-                    .await?
-                    .ok_or(StoreError::NotFound(id))?;
+                order = store.current(&id).await?.ok_or(StoreError::NotFound(id))?;
             }
             Err(error) => return Err(error.into()),
         }

@@ -1,6 +1,8 @@
 //! Orders and step outcomes for the domain's unit tests and the journey simulation.
 
-use super::order::{CustomerProfile, Location, NewOrder, Order, PackageDetails, Reservation, Route};
+use super::order::{
+    CustomerProfile, Location, NewOrder, Order, PackageDetails, Reservation, Route,
+};
 use super::saga::{Operation, OperationOutcome};
 use super::{OrderId, UserId};
 use chrono::{DateTime, Utc};

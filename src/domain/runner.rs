@@ -147,10 +147,15 @@ pub enum Effect {
         failure: Option<String>,
     },
     /// Start `timer`, replacing the pending one.
-    StartTimer { timer: Timer, after: Duration },
+    StartTimer {
+        timer: Timer,
+        after: Duration,
+    },
     CancelTimer,
     /// Try again what the outage stopped, after `after` (spread by the actor).
-    RetryAfterOutage { after: Duration },
+    RetryAfterOutage {
+        after: Duration,
+    },
     /// Acknowledge every delivery held so far: its effect is persisted.
     Acknowledge,
     /// Take one of the node's admission slots (the order is processing).
@@ -161,9 +166,13 @@ pub enum Effect {
     ProcessingOver,
     /// Ask the router to stop this actor; `received` is how many messages it has
     /// seen, so that the router can tell whether one is still on its way.
-    Passivate { received: u64 },
+    Passivate {
+        received: u64,
+    },
     /// Stop the actor, handing held deliveries back.
-    Stop { reason: Option<String> },
+    Stop {
+        reason: Option<String>,
+    },
     /// Stop the actor with an error, handing held deliveries back.
     Fail(String),
 }
@@ -507,7 +516,9 @@ impl Runner {
                 self.last_attempt += 1;
                 let attempt = self.last_attempt;
                 effects.push(Effect::CancelTimer);
-                effects.push(Effect::Send(Box::new(self.request(order, operation, attempt))));
+                effects.push(Effect::Send(Box::new(
+                    self.request(order, operation, attempt),
+                )));
                 self.phase = Phase::Sending { operation, attempt };
             }
             Some(_) => self.settled(effects),
@@ -562,9 +573,9 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::OrderStatus;
     use crate::domain::fixtures::{now, received, success};
     use crate::domain::saga::{SagaInput, decide};
-    use crate::domain::OrderStatus;
 
     const EPOCH: u64 = 7;
     const BASE: Duration = Duration::from_millis(100);
@@ -636,7 +647,10 @@ mod tests {
         let effects = runner.handle(Event::Loaded(Some(order)));
         assert_eq!(effects[0], Effect::Admit);
         assert_eq!(sends(&effects), [(Operation::ValidateCustomer, 1)]);
-        assert!(!effects.contains(&Effect::Acknowledge), "not before it is out");
+        assert!(
+            !effects.contains(&Effect::Acknowledge),
+            "not before it is out"
+        );
         let effects = runner.handle(Event::Sent);
         assert_eq!(
             effects,
@@ -664,7 +678,10 @@ mod tests {
             outcome: success(Operation::ValidateCustomer),
         };
         assert_eq!(effects.last(), Some(&persist));
-        assert!(!effects.contains(&Effect::Acknowledge), "held until persisted");
+        assert!(
+            !effects.contains(&Effect::Acknowledge),
+            "held until persisted"
+        );
         let effects = runner.handle(persisted(
             &order,
             Operation::ValidateCustomer,
@@ -684,7 +701,10 @@ mod tests {
             timer: Timer::Backoff { operation: op },
             after: BASE,
         }));
-        assert!(sends(&effects).is_empty(), "nothing before the backoff is over");
+        assert!(
+            sends(&effects).is_empty(),
+            "nothing before the backoff is over"
+        );
         assert_eq!(runner.phase_name(), "backing_off");
         assert_eq!(runner.attempts(), 1);
         let effects = runner.handle(Event::TimerFired(Timer::Backoff { operation: op }));
@@ -762,7 +782,10 @@ mod tests {
         let order = received("ORD-1");
         let validated = decide(
             &order,
-            SagaInput::Outcome(Operation::ValidateCustomer, success(Operation::ValidateCustomer)),
+            SagaInput::Outcome(
+                Operation::ValidateCustomer,
+                success(Operation::ValidateCustomer),
+            ),
             now(),
         )
         .unwrap()
