@@ -231,7 +231,18 @@ pub struct IssuedTokens {
 /// The user behind a live session, as last read.
 type SessionCheck = Option<(UserId, Email, Role)>;
 
-/// Login sessions: issuing, rotating, revoking, and checking tokens against them.
+/// How a login's password checked out.
+#[derive(Debug)]
+pub enum LoginCheck {
+    Verified(User),
+    /// Wrong password, or no such account (`known_account` is for the logs only).
+    Refused {
+        known_account: bool,
+    },
+}
+
+/// Accounts and their login sessions: registering and checking passwords, issuing,
+/// rotating, revoking, and checking tokens against the sessions.
 pub struct Sessions {
     store: Arc<dyn UserStore>,
     keys: TokenKeys,
@@ -254,6 +265,42 @@ impl Sessions {
 
     pub fn keys(&self) -> &TokenKeys {
         &self.keys
+    }
+
+    /// Creates a client's account. `false` when the e-mail address has one already:
+    /// nothing changes, and the caller answers as if it had not (no account probing).
+    pub async fn register(&self, user: &User) -> Result<bool, AuthError> {
+        match self.store.insert_user(user).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::DuplicateEmail) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks a login's password. An unknown or malformed address costs the same
+    /// hashing time as a known one, so timing tells nothing.
+    pub async fn check_login(
+        &self,
+        email: Option<&Email>,
+        password: String,
+    ) -> Result<LoginCheck, AuthError> {
+        let user = match email {
+            Some(email) => self.store.user_by_email(email).await?,
+            None => None,
+        };
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        let verified = verify_password(password, stored).await?;
+        Ok(match user {
+            Some(user) if verified => LoginCheck::Verified(user),
+            known => LoginCheck::Refused {
+                known_account: known.is_some(),
+            },
+        })
+    }
+
+    /// The account with this id, if there is one.
+    pub async fn account(&self, id: &UserId) -> Result<Option<User>, AuthError> {
+        Ok(self.store.user_by_id(id).await?)
     }
 
     /// Starts a login session for `user` (whose password was checked).
