@@ -108,34 +108,18 @@ pub(crate) fn page(orders: Vec<Order>, more: bool) -> OrderPage {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::domain::{Location, NewOrder, OrderStatus, PackageDetails, UserId};
+    use crate::domain::OrderStatus;
+    use crate::domain::fixtures;
     use chrono::{TimeZone, Utc};
 
-    /// A received order with its first event (times with milliseconds, which every
-    /// backend keeps).
+    /// A received order with its first event, at a time with milliseconds (which
+    /// every backend keeps).
     pub(crate) fn placed() -> (Order, OrderEvent) {
-        let request = NewOrder {
-            pickup_location: Location::at(1.0, 2.0, None),
-            delivery_address: Location::at(3.0, 4.0, None),
-            package_details: PackageDetails {
-                weight: 1.5,
-                dimensions: None,
-                description: None,
-                fragile: false,
-            },
-            scheduled_pickup_time: None,
-            special_instructions: None,
-        };
         let at = Utc
-            .timestamp_millis_opt(1_770_000_000_000)
+            .timestamp_millis_opt(1_770_000_000_123)
             .single()
             .unwrap();
-        Order::receive(
-            OrderId::parse("ORD-20260204-AAAA").unwrap(),
-            UserId::from_trusted("usr_a"),
-            request,
-            at,
-        )
+        fixtures::received_by("ORD-20260204-AAAA", "usr_a", at)
     }
 
     /// The order one step on, with the events of that step (`count` of them).
