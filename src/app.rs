@@ -283,15 +283,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
         shutdown.child_token(),
     ));
 
-    let generated_accounts = crate::auth::ensure_bootstrap_accounts(&store, &settings).await?;
+    let generated_accounts = crate::auth::ensure_bootstrap_accounts(&*store, &settings).await?;
     let orders = OrderService::new(store.clone(), bus.clone(), admission, &node_id);
 
     let sessions = shutdown.child_token();
     let state = crate::http::AppState {
         settings: settings.clone(),
-        store: store.clone(),
         bus: bus.clone(),
         orders: orders.clone(),
+        drivers: crate::service::DriverService::new(store.clone()),
+        sessions: Arc::new(crate::auth::Sessions::new(store.clone(), &settings.auth)),
         control: Arc::new(Control(context.clone(), keeper.clone())),
         metrics,
         tracking: crate::http::ws::Tracking {
@@ -486,7 +487,7 @@ impl RuntimeControl for Control {
             Ok(tree) => tree,
             Err(e) => ActorNode {
                 name: "root".into(),
-                kind: "supervisor".into(),
+                kind: crate::actors::ActorKind::Supervisor,
                 status: format!("unknown ({e})"),
                 restarts: 0,
                 mailbox_depth: 0,

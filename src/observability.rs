@@ -5,8 +5,8 @@
 //! Metric names follow Prometheus conventions: `swift_` prefix, base units in the
 //! name (`_seconds`, `_bytes`), `_total` on counters only.
 
-use crate::bus::StepRequest;
 use crate::config::TelemetrySettings;
+use crate::domain::StepRequest;
 use crate::domain::{Operation, Order, OrderEvent, OrderId, OrderStatus, System, saga};
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};

@@ -16,6 +16,13 @@ use chrono::Utc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+pub mod drivers;
+mod visibility;
+
+pub use drivers::DriverService;
+use visibility::Action;
+pub use visibility::Viewer;
+
 /// Most times a request re-reads and re-decides after losing a compare-and-set race.
 const MAX_CAS_ATTEMPTS: usize = 8;
 /// Orders of each kind in a driver's work list (ready for pickup, carrying).
@@ -45,41 +52,6 @@ pub enum ServiceError {
 impl From<KeptChanging> for ServiceError {
     fn from(_: KeptChanging) -> Self {
         Self::Conflict("the order is changing too fast; try again".into())
-    }
-}
-
-/// Who is asking. Clients see and cancel their own orders; drivers move on the
-/// orders assigned to them; admins do everything. An order the caller may not act on
-/// is answered as if it did not exist (404), so ids reveal nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Viewer {
-    pub user_id: UserId,
-    pub role: Role,
-}
-
-/// What a caller wants to do with one order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    /// Read it, or cancel it (the route admits clients and admins only).
-    Own,
-    /// Take it out for delivery or mark it delivered.
-    Deliver,
-    /// Give it to a driver.
-    Assign,
-}
-
-impl Viewer {
-    fn may(&self, action: Action, order: &Order) -> bool {
-        if self.role == Role::Admin {
-            return true;
-        }
-        match action {
-            Action::Own => order.customer_id == self.user_id,
-            Action::Deliver => {
-                self.role == Role::Driver && order.driver_id.as_ref() == Some(&self.user_id)
-            }
-            Action::Assign => false,
-        }
     }
 }
 
@@ -232,6 +204,41 @@ impl OrderService {
         }
     }
 
+    /// The order if the viewer may see it; `None` for one that does not exist or is
+    /// not theirs alike.
+    pub async fn find_visible(
+        &self,
+        viewer: &Viewer,
+        id: &OrderId,
+    ) -> Result<Option<Order>, ServiceError> {
+        match self.find(viewer, id).await {
+            Ok(order) => Ok(Some(order)),
+            Err(ServiceError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Up to `limit` logged updates of an order after `after` (a `seq`), for a
+    /// reader that was let see the order (a WebSocket session following it).
+    pub async fn updates_after(
+        &self,
+        id: &OrderId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OrderEvent>, ServiceError> {
+        Ok(self.store.events(id, after, limit).await?)
+    }
+
+    /// Orders by status across the cluster (for `/metrics`).
+    pub async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, ServiceError> {
+        Ok(self.store.count_by_status().await?)
+    }
+
+    /// Whether the order store answers (for readiness).
+    pub async fn store_reachable(&self) -> Result<(), ServiceError> {
+        Ok(self.store.ping().await?)
+    }
+
     /// The order with its whole event log (for the status view and the audit trail).
     pub async fn history(
         &self,
@@ -248,8 +255,8 @@ impl OrderService {
         viewer: &Viewer,
         mut query: OrderQuery,
     ) -> Result<OrderPage, ServiceError> {
-        if viewer.role != Role::Admin {
-            query.customer = Some(viewer.user_id.clone());
+        if let Some(own) = viewer.customer_scope() {
+            query.customer = Some(own.clone());
         }
         Ok(self.store.orders(&query).await?)
     }
@@ -266,7 +273,7 @@ impl OrderService {
         id: &OrderId,
         status: OrderStatus,
     ) -> Result<Order, ServiceError> {
-        if !matches!(status, OrderStatus::OutForDelivery | OrderStatus::Delivered) {
+        if !status.is_delivery_report() {
             return Err(ServiceError::Conflict(
                 "status must be OUT_FOR_DELIVERY or DELIVERED".into(),
             ));
@@ -457,74 +464,6 @@ pub async fn announce(bus: &SharedBus, events: &[OrderEvent]) {
     for event in events {
         if let Err(e) = bus.publish_update(event.clone()).await {
             tracing::warn!(order_id = %event.order_id, error = %e, "order update not announced");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Location, PackageDetails};
-
-    fn order_of(customer: &str, driver: Option<&str>) -> Order {
-        let here = Location::at(1.0, 2.0, None);
-        let request = NewOrder {
-            pickup_location: here.clone(),
-            delivery_address: here,
-            package_details: PackageDetails {
-                weight: 1.0,
-                dimensions: None,
-                description: None,
-                fragile: false,
-            },
-            scheduled_pickup_time: None,
-            special_instructions: None,
-        };
-        let id = OrderId::parse("ORD-1").unwrap();
-        let (mut order, _) =
-            Order::receive(id, UserId::from_trusted(customer), request, Utc::now());
-        order.driver_id = driver.map(UserId::from_trusted);
-        order
-    }
-
-    fn viewer(id: &str, role: Role) -> Viewer {
-        Viewer {
-            user_id: UserId::from_trusted(id),
-            role,
-        }
-    }
-
-    #[test]
-    fn drivers_act_only_on_orders_assigned_to_them() {
-        let assigned = order_of("usr_c", Some("usr_d"));
-        let unassigned = order_of("usr_c", None);
-        let driver = viewer("usr_d", Role::Driver);
-        let other_driver = viewer("usr_e", Role::Driver);
-        assert!(driver.may(Action::Deliver, &assigned));
-        assert!(!other_driver.may(Action::Deliver, &assigned));
-        assert!(!driver.may(Action::Deliver, &unassigned));
-        assert!(
-            !driver.may(Action::Own, &assigned),
-            "drivers are not customers"
-        );
-        assert!(!driver.may(Action::Assign, &assigned));
-    }
-
-    #[test]
-    fn a_client_with_a_drivers_id_is_no_driver() {
-        // A client whose id was assigned by mistake still cannot deliver.
-        let assigned_to_client = order_of("usr_c", Some("usr_x"));
-        assert!(!viewer("usr_x", Role::Client).may(Action::Deliver, &assigned_to_client));
-        assert!(viewer("usr_c", Role::Client).may(Action::Own, &assigned_to_client));
-        assert!(!viewer("usr_c", Role::Client).may(Action::Deliver, &assigned_to_client));
-    }
-
-    #[test]
-    fn admins_keep_full_access() {
-        let admin = viewer("usr_a", Role::Admin);
-        let order = order_of("usr_c", None);
-        for action in [Action::Own, Action::Deliver, Action::Assign] {
-            assert!(admin.may(action, &order));
         }
     }
 }

@@ -10,11 +10,12 @@
 //! A parked request is checked against its order's persisted state before it goes
 //! out (see `parked`).
 
+use super::Context;
 use super::circuit::{CircuitBreaker, ProbeTimer};
 use super::control::{CircuitState, ServiceHealth};
 use super::parked::{self, ParkedQueue};
 use super::telemetry::{MailboxGauge, Posted};
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::{OrderCommand, StepReply, StepRequest};
 use crate::config::Settings;
 use crate::domain::{OperationOutcome, System};
@@ -39,7 +40,7 @@ pub enum AdapterMsg {
         trace: Option<String>,
     },
     Completed {
-        failure: Option<String>,
+        failure: Option<CallError>,
         latency: Duration,
         posted: Posted,
     },
@@ -71,17 +72,14 @@ struct CoreState {
     parked: ParkedQueue,
     total_calls: u64,
     total_failures: u64,
-    last_error: Option<String>,
+    /// Kept typed; rendered only for the health view.
+    last_error: Option<CallError>,
     last_latency: Option<Duration>,
 }
 
 impl AdapterCore {
     pub fn new(system: System, client: Arc<dyn SystemClient>, settings: &Settings) -> Self {
-        let (timeout_ms, concurrency) = match system {
-            System::Cms => (settings.cms.timeout_ms, settings.cms.concurrency),
-            System::Ros => (settings.ros.timeout_ms, settings.ros.concurrency),
-            System::Wms => (settings.wms.timeout_ms, settings.wms.concurrency),
-        };
+        let limits = settings.call_limits(system);
         Self {
             system,
             client,
@@ -90,8 +88,8 @@ impl AdapterCore {
                 super::adapters::actor_name(system),
                 settings.telemetry.mailbox_timing,
             ),
-            timeout: Duration::from_millis(timeout_ms),
-            permits: Arc::new(Semaphore::new(concurrency)),
+            timeout: Duration::from_millis(limits.timeout_ms),
+            permits: Arc::new(Semaphore::new(limits.concurrency)),
             in_flight: Arc::new(AtomicUsize::new(0)),
             inner: Mutex::new(CoreState {
                 breaker: CircuitBreaker::new(
@@ -123,7 +121,7 @@ impl AdapterCore {
             consecutive_failures: inner.breaker.consecutive_failures(),
             total_failures: inner.total_failures,
             total_calls: inner.total_calls,
-            last_error: inner.last_error.clone(),
+            last_error: inner.last_error.as_ref().map(ToString::to_string),
             last_latency_ms: inner.last_latency.map(|d| d.as_secs_f64() * 1000.0),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             waiting: inner.parked.len(),
@@ -283,7 +281,12 @@ impl AdapterState {
         }
     }
 
-    fn completed(&self, myself: &ActorRef<AdapterMsg>, failure: Option<String>, latency: Duration) {
+    fn completed(
+        &self,
+        myself: &ActorRef<AdapterMsg>,
+        failure: Option<CallError>,
+        latency: Duration,
+    ) {
         let mut inner = self.core.lock();
         inner.total_calls += 1;
         inner.last_latency = Some(latency);
@@ -353,9 +356,10 @@ impl AdapterState {
                 "system" => core.system.as_str(), "operation" => request.operation.name())
             .record(latency.as_secs_f64());
             count_outcome(core.system, &request, outcome_kind(&result));
-            let failure = result.as_ref().err().map(ToString::to_string);
-            crate::observability::call_outcome(outcome_kind(&result), failure.as_deref());
-            if let Some(error) = &failure {
+            let failure = result.as_ref().err().cloned();
+            let error = failure.as_ref().map(ToString::to_string);
+            crate::observability::call_outcome(outcome_kind(&result), error.as_deref());
+            if let Some(error) = &error {
                 tracing::warn!(order_id = %request.order_id, operation = request.operation.name(), %error, "call failed");
             }
             // The customer reads fixed domain words; what the system said is here.

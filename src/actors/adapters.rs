@@ -4,13 +4,13 @@
 
 use super::Context;
 use super::adapter::{Adapter, AdapterArgs, AdapterCore, AdapterMsg};
-use super::supervision::{RestartDecision, RestartIntensity};
+use super::control::ActorKind;
+use super::supervision::{RestartIntensity, on_child_failure};
 use super::telemetry::{self, ActorInfo, Lifecycle};
 use crate::domain::System;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 pub const NAME: &str = "adapters";
 
@@ -49,7 +49,7 @@ impl Actor for AdaptersSupervisor {
             &args.context.telemetry,
             ActorInfo {
                 name: NAME.into(),
-                kind: "supervisor",
+                kind: ActorKind::Supervisor,
                 parent: Some(args.parent),
                 mailbox: None,
                 family: None,
@@ -109,29 +109,16 @@ impl Actor for AdaptersSupervisor {
                 state.context.adapters.remove_live(system);
                 let name = actor_name(system);
                 tracing::error!(actor = %name, %error, "adapter failed");
-                let telemetry = &state.context.telemetry;
-                telemetry::lifecycle(telemetry, &name, Lifecycle::Failed, Some(error.to_string()));
-                match state.intensity.on_failure(Instant::now()) {
-                    RestartDecision::Restart { after } => {
-                        telemetry::lifecycle(
-                            telemetry,
-                            &name,
-                            Lifecycle::Restarting,
-                            Some(format!("in {after:?}")),
-                        );
+                on_child_failure(
+                    &mut state.intensity,
+                    &state.context.telemetry,
+                    &name,
+                    Some(error.to_string()),
+                    format!("{name} failed too often; escalating"),
+                    |after| {
                         myself.send_after(after, move || AdaptersMsg::Respawn(system));
-                    }
-                    RestartDecision::Escalate => {
-                        let reason = format!("{name} failed too often; escalating");
-                        telemetry::lifecycle(
-                            telemetry,
-                            &name,
-                            Lifecycle::Escalated,
-                            Some(reason.clone()),
-                        );
-                        return Err(reason.into());
-                    }
-                }
+                    },
+                )?;
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some(system) = state.children.remove(&cell.get_id()) {
@@ -165,7 +152,7 @@ impl AdaptersState {
             &self.context.telemetry,
             ActorInfo {
                 name: actor_name(system),
-                kind: "adapter",
+                kind: ActorKind::Adapter,
                 parent: Some(NAME.into()),
                 mailbox: Some(core.mailbox.clone()),
                 family: None,

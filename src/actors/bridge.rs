@@ -2,12 +2,14 @@
 //! mailbox source. The acknowledgement travels with the message, so whoever persists
 //! the effect acknowledges it.
 
+use super::Context;
 use super::adapter::AdapterMsg;
 use super::cluster::{ClusterMsg, ShardNote};
+use super::control::ActorKind;
 use super::orders::OrdersMsg;
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, MailboxGauge};
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::{ClusterMessage, Delivery, Inbox, ShardEvent, ShardFeed, StepRequest};
 use crate::domain::System;
 use futures::StreamExt;
@@ -170,7 +172,7 @@ pub fn gauge(context: &Context, name: &str) -> MailboxGauge {
         &context.telemetry,
         ActorInfo {
             name: name.to_owned(),
-            kind: "bridge",
+            kind: ActorKind::Bridge,
             parent: Some(super::root::NAME.into()),
             mailbox: Some(gauge.clone()),
             family: None,

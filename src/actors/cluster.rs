@@ -7,10 +7,12 @@
 //! sweeps its shards for orders nobody drove for a while, hands everything over when
 //! the node drains, and answers for the cluster view.
 
+use super::Context;
+use super::control::ActorKind;
 use super::orders::{OrdersMsg, inspect};
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, Posted};
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::{ClusterMessage, OrderActorLocation, OrderCommand};
 use crate::domain::cluster::{CircuitReport, Membership, NodeReport};
 use crate::domain::{OrderId, System};
@@ -135,7 +137,7 @@ impl Actor for ClusterKeeper {
             &context.telemetry,
             ActorInfo {
                 name: NAME.into(),
-                kind: "cluster",
+                kind: ActorKind::Cluster,
                 parent: Some(super::root::NAME.into()),
                 mailbox: None,
                 family: None,

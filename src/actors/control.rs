@@ -29,13 +29,24 @@ pub struct ServiceHealth {
     pub contract: Option<crate::protocols::ContractStatus>,
 }
 
+/// What an actor of the tree is, as the supervision view names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorKind {
+    Supervisor,
+    Telemetry,
+    Adapter,
+    Cluster,
+    Notifier,
+    Bridge,
+}
+
 /// One actor of the live tree, for `GET /api/telemetry/supervision`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActorNode {
     pub name: String,
-    /// What the actor is: supervisor, adapter, order, notifier, bridge, telemetry.
-    pub kind: String,
+    pub kind: ActorKind,
     /// "running", "restarting", "stopped" or "failed".
     pub status: String,
     pub restarts: u64,

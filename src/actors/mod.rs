@@ -27,10 +27,10 @@ pub mod shards;
 pub mod supervision;
 pub mod telemetry;
 
-pub use control::{ActorNode, CircuitState, RuntimeControl, ServiceHealth};
+pub use control::{ActorKind, ActorNode, CircuitState, RuntimeControl, ServiceHealth};
 pub use root::Root;
 
-use crate::bus::{Acknowledge, SharedBus};
+use crate::bus::SharedBus;
 use crate::config::Settings;
 use crate::domain::System;
 use crate::service::Admission;
@@ -89,38 +89,5 @@ impl AdapterDirectory {
         if let Ok(mut live) = self.live.write() {
             live.remove(&system);
         }
-    }
-}
-
-/// The acknowledgement of the delivery a message came from, if it came from one.
-/// Acknowledging is best effort: if it fails the broker redelivers, and every
-/// handler is idempotent.
-pub struct Acker(Option<Box<dyn Acknowledge>>);
-
-impl Acker {
-    pub fn none() -> Self {
-        Self(None)
-    }
-
-    pub async fn ack(self) {
-        if let Some(ack) = self.0
-            && let Err(e) = ack.ack().await
-        {
-            tracing::warn!(error = %e, "acknowledgement failed; the message will be redelivered");
-        }
-    }
-
-    pub async fn reject(self, reason: &str) {
-        if let Some(ack) = self.0
-            && let Err(e) = ack.reject(reason).await
-        {
-            tracing::warn!(error = %e, "rejection failed; the message will be redelivered");
-        }
-    }
-}
-
-impl From<Option<Box<dyn Acknowledge>>> for Acker {
-    fn from(ack: Option<Box<dyn Acknowledge>>) -> Self {
-        Self(ack)
     }
 }

@@ -15,21 +15,19 @@
 //! while the bus lagged, while the client was reconnecting) it reads from the
 //! order's event log.
 
-use super::Acker;
+use super::control::ActorKind;
 use super::mailbox::Stamped;
 use super::telemetry::{self, ActorInfo, FamilySize, MailboxGauge, TelemetryMsg};
+use crate::bus::Acker;
 use crate::bus::{Delivery, Inbox};
-use crate::domain::{OrderEvent, OrderId, OrderStatus, Role, UserId};
+use crate::domain::{OrderEvent, OrderId, UserId};
 use crate::service::Viewer;
-use axum::extract::ws::Utf8Bytes;
-use chrono::{DateTime, Utc};
+use bytes::Bytes;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::Serialize;
-use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
@@ -53,61 +51,24 @@ pub enum Topic {
     Everything,
 }
 
-/// One order update, rendered once as the frame that every receiving session sends.
+/// One order update on its way to the sessions that receive it, shared by all of
+/// them: whatever a session renders of it for the wire (the WebSocket layer's
+/// frame, see `http::ws`) is rendered by the first one and kept here for the
+/// others, so an update costs one rendering however many sessions follow it.
 #[derive(Debug)]
 pub struct Update {
-    pub order_id: OrderId,
-    pub seq: u64,
-    pub frame: Utf8Bytes,
-}
-
-/// The `order-update` frame: the seed's `orderId`, `status` and `message` (seed 000
-/// section 8.4), the event's own fields (`customerData`, `route`, ...) under `data`,
-/// and the `seq` that replay and de-duplication rest on.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct UpdateFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    order_id: &'a OrderId,
-    status: OrderStatus,
-    message: &'a str,
-    seq: u64,
-    timestamp: DateTime<Utc>,
-    /// Where a session following `"*"` resumes after a reconnect (`since`).
-    cursor: String,
-    data: &'a Value,
-}
-
-/// The position of an update in a customer's stream of updates across orders: the
-/// milliseconds of its timestamp, as an opaque string.
-pub fn cursor_of(timestamp: DateTime<Utc>) -> String {
-    timestamp.timestamp_millis().to_string()
+    pub event: OrderEvent,
+    /// The rendering, once made (`None` if it failed).
+    pub rendered: OnceLock<Option<Bytes>>,
 }
 
 impl Update {
-    pub fn of(event: &OrderEvent) -> Result<Self, serde_json::Error> {
-        let frame = serde_json::to_string(&UpdateFrame {
-            kind: "order-update",
-            order_id: &event.order_id,
-            status: event.status,
-            message: &event.message,
-            seq: event.seq,
-            timestamp: event.timestamp,
-            cursor: cursor_of(event.timestamp),
-            data: &event.data,
-        })?;
-        Ok(Self {
-            order_id: event.order_id.clone(),
-            seq: event.seq,
-            frame: frame.into(),
-        })
+    pub fn new(event: OrderEvent) -> Self {
+        Self {
+            event,
+            rendered: OnceLock::new(),
+        }
     }
-}
-
-/// Whether `viewer` may see the orders of `customer`.
-pub fn may_see(viewer: &Viewer, customer: &UserId) -> bool {
-    viewer.role == Role::Admin || viewer.user_id == *customer
 }
 
 pub enum NotifierMsg {
@@ -271,7 +232,7 @@ impl Actor for NotifierActor {
             &args.telemetry,
             ActorInfo {
                 name: NAME.into(),
-                kind: "notifier",
+                kind: ActorKind::Notifier,
                 parent: Some(args.parent),
                 mailbox: Some(args.mailbox.clone()),
                 family: Some(family.clone()),
@@ -342,13 +303,15 @@ impl NotifierState {
                     return;
                 }
                 entry.everything = true;
-                if entry.viewer.role == Role::Admin {
-                    self.everything.insert(session);
-                } else {
-                    self.everything_of
-                        .entry(entry.viewer.user_id.clone())
+                match entry.viewer.customer_scope() {
+                    None => {
+                        self.everything.insert(session);
+                    }
+                    Some(own) => self
+                        .everything_of
+                        .entry(own.clone())
                         .or_default()
-                        .push(session);
+                        .push(session),
                 }
             }
         }
@@ -370,11 +333,11 @@ impl NotifierState {
                 if !std::mem::take(&mut entry.everything) {
                     return;
                 }
-                if entry.viewer.role == Role::Admin {
-                    self.everything.remove(&session);
-                } else {
-                    let user = entry.viewer.user_id.clone();
-                    unindex(&mut self.everything_of, &user, session);
+                match entry.viewer.customer_scope().cloned() {
+                    None => {
+                        self.everything.remove(&session);
+                    }
+                    Some(own) => unindex(&mut self.everything_of, &own, session),
                 }
             }
         }
@@ -386,10 +349,11 @@ impl NotifierState {
             unindex(&mut self.by_order, order_id, session);
         }
         if entry.everything {
-            if entry.viewer.role == Role::Admin {
-                self.everything.remove(&session);
-            } else {
-                unindex(&mut self.everything_of, &entry.viewer.user_id, session);
+            match entry.viewer.customer_scope() {
+                None => {
+                    self.everything.remove(&session);
+                }
+                Some(own) => unindex(&mut self.everything_of, own, session),
             }
         }
         self.family.left();
@@ -428,13 +392,7 @@ impl NotifierState {
         if audience.is_empty() {
             return;
         }
-        let update = match Update::of(event) {
-            Ok(update) => Arc::new(update),
-            Err(e) => {
-                tracing::error!(order_id = %event.order_id, error = %e, "cannot render an order update");
-                return;
-            }
-        };
+        let update = Arc::new(Update::new(event.clone()));
         let mut delivered = 0u64;
         let mut cut_off = Vec::new();
         for session in audience {
@@ -442,7 +400,7 @@ impl NotifierState {
                 continue;
             };
             // The second fence: subscriptions were checked when they were made.
-            if !may_see(&entry.viewer, &event.customer_id) {
+            if !entry.viewer.may_see(&event.customer_id) {
                 continue;
             }
             match entry.outbox.try_send(update.clone()) {
@@ -522,25 +480,13 @@ pub fn spawn_update_bridge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::OrderStatus;
-    use serde_json::json;
+    use crate::domain::Role;
+    use crate::domain::fixtures::validated_event as event;
 
     fn viewer(user: &str, role: Role) -> Viewer {
         Viewer {
             user_id: UserId::from_trusted(user),
             role,
-        }
-    }
-
-    fn event(order: &str, customer: &str, seq: u64) -> OrderEvent {
-        OrderEvent {
-            order_id: OrderId::parse(order).unwrap(),
-            customer_id: UserId::from_trusted(customer),
-            seq,
-            status: OrderStatus::CmsValidated,
-            message: "Customer validated successfully".into(),
-            timestamp: Utc::now(),
-            data: json!({"customerData": {"id": customer, "name": "Ada", "tier": "gold"}}),
         }
     }
 
@@ -581,24 +527,11 @@ mod tests {
         let mut seen = Vec::new();
         loop {
             let update = next(updates).await;
-            if update.order_id.as_str() == "ORD-MARK" {
+            if update.event.order_id.as_str() == "ORD-MARK" {
                 return seen;
             }
-            seen.push((update.order_id.as_str().to_owned(), update.seq));
+            seen.push((update.event.order_id.as_str().to_owned(), update.event.seq));
         }
-    }
-
-    #[tokio::test]
-    async fn update_frames_carry_the_seed_fields_and_the_sequence_number() {
-        let update = Update::of(&event("ORD-1", "usr_a", 2)).unwrap();
-        let frame: Value = serde_json::from_str(update.frame.as_str()).unwrap();
-        assert_eq!(frame["type"], "order-update");
-        assert_eq!(frame["orderId"], "ORD-1");
-        assert_eq!(frame["status"], "CMS_VALIDATED");
-        assert_eq!(frame["message"], "Customer validated successfully");
-        assert_eq!(frame["seq"], 2);
-        assert_eq!(frame["data"]["customerData"]["tier"], "gold");
-        assert!(frame["timestamp"].as_str().is_some());
     }
 
     #[tokio::test]
@@ -657,7 +590,7 @@ mod tests {
             n.publish(event("ORD-A", "usr_alice", seq));
         }
         for seq in 1..=10 {
-            assert_eq!(next(&mut fast_updates).await.seq, seq);
+            assert_eq!(next(&mut fast_updates).await.event.seq, seq);
         }
         assert!(slow_cut.is_cancelled());
     }
@@ -683,7 +616,7 @@ mod tests {
         let order = Topic::Order(OrderId::parse("ORD-A").unwrap());
         n.follow(alice.id, order.clone());
         n.publish(event("ORD-A", "usr_alice", 1));
-        assert_eq!(next(&mut alice_updates).await.seq, 1);
+        assert_eq!(next(&mut alice_updates).await.event.seq, 1);
         n.unfollow(alice.id, order);
         n.publish(event("ORD-A", "usr_alice", 2));
         drop(alice);

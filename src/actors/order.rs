@@ -15,11 +15,12 @@
 //! requests. An actor that finds itself fenced stops at once; the shard's new owner
 //! resumes the order.
 
+use super::Context;
 use super::orders::OrdersMsg;
 use super::shards::Lease;
-use super::supervision::jittered;
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::{BusError, StepReply};
+use crate::domain::backoff::jittered;
 use crate::domain::runner::{
     Effect, Event, NO_REPLY, NextTimer, OrderActorView, Runner, RunnerPolicy, StepInFlight, Timer,
 };

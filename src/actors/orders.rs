@@ -10,10 +10,12 @@
 //! lease that ended are dropped (the shard's new owner resumes the order from the
 //! store), and releasing a shard stops all of its actors.
 
+use super::Context;
+use super::control::ActorKind;
 use super::order::{OrderActor, OrderActorArgs, OrderMsg};
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge, Posted};
-use super::{Acker, Context};
+use crate::bus::Acker;
 use crate::bus::OrderCommand;
 use crate::domain::OrderId;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -95,7 +97,7 @@ impl Actor for OrdersSupervisor {
             &args.context.telemetry,
             ActorInfo {
                 name: NAME.into(),
-                kind: "supervisor",
+                kind: ActorKind::Supervisor,
                 parent: Some(args.parent),
                 mailbox: Some(args.mailbox.clone()),
                 family: Some(family.clone()),

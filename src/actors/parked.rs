@@ -9,8 +9,8 @@
 //! dropped (acknowledged, not sent). Among requests parked here, only the newest
 //! attempt of an order's operation is sent: the order waits on that one only.
 
-use super::Acker;
-use crate::bus::StepRequest;
+use crate::bus::Acker;
+use crate::domain::StepRequest;
 use crate::domain::saga::next_operation;
 use crate::domain::{Operation, Order, OrderId, OrderStatus};
 use std::collections::{HashMap, VecDeque};
@@ -112,28 +112,13 @@ impl ParkedQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::fixtures;
     use crate::domain::saga::{SagaInput, decide};
-    use crate::domain::{
-        CustomerProfile, Location, NewOrder, OperationOutcome, PackageDetails, UserId,
-    };
+    use crate::domain::{CustomerProfile, OperationOutcome};
     use chrono::Utc;
 
     fn received() -> Order {
-        let here = Location::at(1.0, 2.0, None);
-        let request = NewOrder {
-            pickup_location: here.clone(),
-            delivery_address: here,
-            package_details: PackageDetails {
-                weight: 1.0,
-                dimensions: None,
-                description: None,
-                fragile: false,
-            },
-            scheduled_pickup_time: None,
-            special_instructions: None,
-        };
-        let id = OrderId::parse("ORD-1").unwrap();
-        Order::receive(id, UserId::from_trusted("usr_1"), request, Utc::now()).0
+        fixtures::received_by("ORD-1", "usr_1", Utc::now()).0
     }
 
     fn request(order: &Order, operation: Operation, attempt: u32) -> StepRequest {

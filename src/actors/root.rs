@@ -5,13 +5,13 @@
 
 use super::Context;
 use super::adapters::{self, AdaptersArgs, AdaptersSupervisor};
+use super::control::ActorKind;
 use super::notifier::{self, Notifier, NotifierArgs};
 use super::orders::{OrdersArgs, OrdersMsg, OrdersSupervisor};
-use super::supervision::{RestartDecision, RestartIntensity};
+use super::supervision::{RestartIntensity, on_child_failure};
 use super::telemetry::{self, ActorInfo, Lifecycle, MailboxGauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::Arc;
-use std::time::Instant;
 
 pub const NAME: &str = "root";
 
@@ -51,7 +51,7 @@ impl Actor for Root {
             &context.telemetry,
             ActorInfo {
                 name: NAME.into(),
-                kind: "supervisor",
+                kind: ActorKind::Supervisor,
                 parent: None,
                 mailbox: None,
                 family: None,
@@ -61,7 +61,7 @@ impl Actor for Root {
             &context.telemetry,
             ActorInfo {
                 name: "telemetry".into(),
-                kind: "telemetry",
+                kind: ActorKind::Telemetry,
                 parent: Some(NAME.into()),
                 mailbox: None,
                 family: None,
@@ -143,30 +143,16 @@ impl Actor for Root {
             return Err(format!("essential actor {} ended: {failure:?}", cell.get_id()).into());
         }
         state.adapters = None;
-        let telemetry = &state.context.telemetry;
-        telemetry::lifecycle(telemetry, adapters::NAME, Lifecycle::Failed, failure);
-        match state.intensity.on_failure(Instant::now()) {
-            RestartDecision::Restart { after } => {
-                telemetry::lifecycle(
-                    telemetry,
-                    adapters::NAME,
-                    Lifecycle::Restarting,
-                    Some(format!("in {after:?}")),
-                );
+        on_child_failure(
+            &mut state.intensity,
+            &state.context.telemetry,
+            adapters::NAME,
+            failure,
+            "the adapters keep failing; stopping the node".into(),
+            |after| {
                 myself.send_after(after, || RootMsg::RestartAdapters);
-                Ok(())
-            }
-            RestartDecision::Escalate => {
-                let reason = "the adapters keep failing; stopping the node";
-                telemetry::lifecycle(
-                    telemetry,
-                    adapters::NAME,
-                    Lifecycle::Escalated,
-                    Some(reason.into()),
-                );
-                Err(reason.into())
-            }
-        }
+            },
+        )
     }
 }
 

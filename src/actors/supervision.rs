@@ -3,7 +3,10 @@
 //! `max_restarts` within `window`, else escalate, as in Erlang/OTP) and exponential
 //! backoff so that a child failing on start does not spin.
 
+use super::telemetry::{self, Lifecycle, TelemetryMsg};
 use crate::config::SupervisionSettings;
+use crate::domain::backoff;
+use ractor::{ActorProcessingErr, ActorRef};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -47,26 +50,46 @@ impl RestartIntensity {
         if self.recent.len() >= self.max_restarts {
             return RestartDecision::Escalate;
         }
-        let exponent = u32::try_from(self.recent.len()).unwrap_or(u32::MAX).min(16);
-        let after = self
-            .backoff_base
-            .saturating_mul(2u32.saturating_pow(exponent))
-            .min(self.backoff_max);
+        let failures = u32::try_from(self.recent.len() + 1).unwrap_or(u32::MAX);
+        let after = backoff::exponential(failures, self.backoff_base, self.backoff_max);
         self.recent.push_back(now);
         RestartDecision::Restart { after }
     }
 }
 
-/// Exponential backoff for retrying a saga step: `base * 2^(attempt-1)`, capped.
-pub fn step_backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(16);
-    base.saturating_mul(2u32.saturating_pow(exponent)).min(max)
-}
-
-/// Spreads a delay over [delay/2, delay], so that orders failing together (a
-/// system going down under load) do not all come back in the same instant.
-pub fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(rand::random_range(0.5..=1.0))
+/// What a one_for_one supervisor does when its child `child` failed: records the
+/// failure, then, as `intensity` decides, either has `restart` schedule the restart
+/// after the backoff, or records the escalation and fails itself with `escalation`.
+pub fn on_child_failure(
+    intensity: &mut RestartIntensity,
+    telemetry: &ActorRef<TelemetryMsg>,
+    child: &str,
+    failure: Option<String>,
+    escalation: String,
+    restart: impl FnOnce(Duration),
+) -> Result<(), ActorProcessingErr> {
+    telemetry::lifecycle(telemetry, child, Lifecycle::Failed, failure);
+    match intensity.on_failure(Instant::now()) {
+        RestartDecision::Restart { after } => {
+            telemetry::lifecycle(
+                telemetry,
+                child,
+                Lifecycle::Restarting,
+                Some(format!("in {after:?}")),
+            );
+            restart(after);
+            Ok(())
+        }
+        RestartDecision::Escalate => {
+            telemetry::lifecycle(
+                telemetry,
+                child,
+                Lifecycle::Escalated,
+                Some(escalation.clone()),
+            );
+            Err(escalation.into())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -115,25 +138,5 @@ mod tests {
                 after: Duration::from_millis(50)
             }
         );
-    }
-
-    #[test]
-    fn jitter_stays_within_half_and_whole() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_millis(100));
-            assert!(
-                d >= Duration::from_millis(50) && d <= Duration::from_millis(100),
-                "{d:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn step_backoff_doubles_and_caps() {
-        let (base, max) = (Duration::from_millis(100), Duration::from_millis(1000));
-        let delays: Vec<_> = (1..=6)
-            .map(|a| step_backoff(a, base, max).as_millis())
-            .collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
     }
 }

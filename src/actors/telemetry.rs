@@ -4,7 +4,7 @@
 //! `GET /api/telemetry/events` the restart history (the last `[telemetry] history`
 //! events of this node, newest first).
 
-use super::control::ActorNode;
+use super::control::{ActorKind, ActorNode};
 use super::mailbox::{MailboxReading, wait_quantile_ms};
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -193,7 +193,7 @@ fn metric_actor(actor: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct ActorInfo {
     pub name: String,
-    pub kind: &'static str,
+    pub kind: ActorKind,
     pub parent: Option<String>,
     pub mailbox: Option<MailboxGauge>,
     pub family: Option<FamilySize>,
@@ -382,7 +382,7 @@ impl TelemetryState {
             .collect();
         Some(ActorNode {
             name: name.to_owned(),
-            kind: entry.info.kind.to_owned(),
+            kind: entry.info.kind,
             status: entry.status.to_owned(),
             restarts: entry.restarts,
             mailbox_depth: entry.info.mailbox.as_ref().map_or(0, MailboxGauge::depth),
@@ -519,7 +519,7 @@ impl Actor for Telemetry {
             TelemetryMsg::Tree(reply) => {
                 let root = state.node(super::root::NAME).unwrap_or(ActorNode {
                     name: super::root::NAME.into(),
-                    kind: "supervisor".into(),
+                    kind: ActorKind::Supervisor,
                     status: "starting".into(),
                     restarts: 0,
                     mailbox_depth: 0,

@@ -12,9 +12,9 @@ pub(crate) mod catalogue;
 pub mod local;
 
 use crate::domain::cluster::NodeReport;
-use crate::domain::{
-    Location, Operation, OperationOutcome, OrderEvent, OrderId, PackageDetails, System, UserId,
-};
+use crate::domain::{Operation, OrderEvent, OrderId, System};
+/// The saga's step messages are domain types; the bus carries them.
+pub use crate::domain::{StepReply, StepRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -32,43 +32,6 @@ pub enum BusError {
     /// An operator named a queue the bus does not have.
     #[error("no queue named {0:?} has dead letters")]
     NoSuchQueue(String),
-}
-
-/// A call the order saga asks an adapter to make. Carries what every protocol needs,
-/// so an adapter on any node can serve it without reading the store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepRequest {
-    pub order_id: OrderId,
-    pub customer_id: UserId,
-    pub operation: Operation,
-    /// Distinguishes a retry from the call it replaces, so late replies are dropped.
-    pub attempt: u32,
-    /// The shard ownership the request was made under (see [`ShardEvent`]): a reply
-    /// reaching a later owner of the shard is recognised as an old attempt's.
-    #[serde(default)]
-    pub epoch: u64,
-    pub pickup: Location,
-    pub delivery: Location,
-    pub package: PackageDetails,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route_id: Option<String>,
-}
-
-impl StepRequest {
-    pub fn idempotency_key(&self) -> String {
-        self.operation.idempotency_key(&self.order_id)
-    }
-}
-
-/// How an adapter answered a step request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
-pub enum StepReply {
-    /// Success or business refusal: final for this operation.
-    Settled { outcome: OperationOutcome },
-    /// Worth retrying later (timeout, outage, open circuit).
-    Transient { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +66,46 @@ pub trait Acknowledge: Send + Sync {
     async fn ack(self: Box<Self>) -> Result<(), BusError>;
     /// The handler failed: retry (up to the bus's limit) or dead-letter.
     async fn reject(self: Box<Self>, reason: &str) -> Result<(), BusError>;
+}
+
+/// The acknowledgement of the delivery a message came from, if it came from one
+/// (the in-process bus and messages made up on this node have none). Handlers ack
+/// best effort: if it fails the broker redelivers, and every handler is idempotent.
+pub struct Acker(Option<Box<dyn Acknowledge>>);
+
+impl Acker {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Acknowledges, and says whether the broker took it.
+    pub async fn try_ack(self) -> Result<(), BusError> {
+        match self.0 {
+            Some(ack) => ack.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Acknowledges best effort: a failure is logged and left to redelivery.
+    pub async fn ack(self) {
+        if let Err(e) = self.try_ack().await {
+            tracing::warn!(error = %e, "acknowledgement failed; the message will be redelivered");
+        }
+    }
+
+    pub async fn reject(self, reason: &str) {
+        if let Some(ack) = self.0
+            && let Err(e) = ack.reject(reason).await
+        {
+            tracing::warn!(error = %e, "rejection failed; the message will be redelivered");
+        }
+    }
+}
+
+impl From<Option<Box<dyn Acknowledge>>> for Acker {
+    fn from(ack: Option<Box<dyn Acknowledge>>) -> Self {
+        Self(ack)
+    }
 }
 
 /// What travels beside a message's body (AMQP headers): when it was posted, and the
@@ -146,10 +149,7 @@ impl<T> Delivery<T> {
     }
 
     pub async fn ack(self) -> Result<(), BusError> {
-        match self.ack {
-            Some(ack) => ack.ack().await,
-            None => Ok(()),
-        }
+        Acker::from(self.ack).try_ack().await
     }
 }
 

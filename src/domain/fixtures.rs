@@ -1,11 +1,13 @@
-//! Orders and step outcomes for the domain's unit tests and the journey simulation.
+//! Orders, events and step outcomes for the unit tests of every layer and the
+//! journey simulation, made the way intake and the saga make them.
 
 use super::order::{
-    CustomerProfile, Location, NewOrder, Order, PackageDetails, Reservation, Route,
+    CustomerProfile, Location, NewOrder, Order, OrderEvent, PackageDetails, Reservation, Route,
 };
 use super::saga::{Operation, OperationOutcome};
-use super::{OrderId, UserId};
+use super::{OrderId, OrderStatus, UserId};
 use chrono::{DateTime, Utc};
+use serde_json::json;
 
 pub fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-02-04T16:20:30Z")
@@ -13,12 +15,12 @@ pub fn now() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// A fresh order, as intake stores it.
-pub fn received(id: &str) -> Order {
-    let loc = Location::at(1.0, 2.0, None);
-    let request = NewOrder {
-        pickup_location: loc.clone(),
-        delivery_address: loc,
+/// A 1 kg parcel, picked up and delivered at (1, 2).
+pub fn parcel() -> NewOrder {
+    let here = Location::at(1.0, 2.0, None);
+    NewOrder {
+        pickup_location: here.clone(),
+        delivery_address: here,
         package_details: PackageDetails {
             weight: 1.0,
             dimensions: None,
@@ -27,9 +29,35 @@ pub fn received(id: &str) -> Order {
         },
         scheduled_pickup_time: None,
         special_instructions: None,
-    };
-    let id = OrderId::parse(id).unwrap();
-    Order::receive(id, UserId::from_trusted("usr_1"), request, now()).0
+    }
+}
+
+/// A fresh order of `usr_1`, as intake stores it.
+pub fn received(id: &str) -> Order {
+    received_by(id, "usr_1", now()).0
+}
+
+/// Order `id` of `customer` as intake writes it at `at`, with its RECEIVED event.
+pub fn received_by(id: &str, customer: &str, at: DateTime<Utc>) -> (Order, OrderEvent) {
+    Order::receive(
+        OrderId::parse(id).unwrap(),
+        UserId::from_trusted(customer),
+        parcel(),
+        at,
+    )
+}
+
+/// The CMS_VALIDATED update of `order`, numbered `seq`, as the bus carries it.
+pub fn validated_event(order: &str, customer: &str, seq: u64) -> OrderEvent {
+    OrderEvent {
+        order_id: OrderId::parse(order).unwrap(),
+        customer_id: UserId::from_trusted(customer),
+        seq,
+        status: OrderStatus::CmsValidated,
+        message: "Customer validated successfully".into(),
+        timestamp: Utc::now(),
+        data: json!({"customerData": {"id": customer, "name": "Ada", "tier": "gold"}}),
+    }
 }
 
 pub fn profile() -> OperationOutcome {

@@ -2,14 +2,18 @@
 //! Everything here is unit-tested on its own; the rest of the crate depends on it,
 //! never the other way round.
 
+pub mod backoff;
 pub mod cluster;
 #[cfg(test)]
-pub mod fixtures;
+pub(crate) mod fixtures;
 pub mod ids;
 pub mod order;
+pub mod progress;
 pub mod runner;
 pub mod saga;
 pub mod status;
+pub mod step;
+pub mod update;
 pub mod user;
 pub mod validation;
 
@@ -20,5 +24,6 @@ pub use order::{
 };
 pub use saga::{Operation, OperationOutcome, SagaDecision, SagaInput, StepState, System};
 pub use status::OrderStatus;
+pub use step::{StepReply, StepRequest};
 pub use user::{Email, LoginSession, Registration, Role, User};
 pub use validation::{FieldError, ValidationErrors};

@@ -15,10 +15,10 @@
 //! acknowledged only once their effect is persisted; a chain cut short by an outage
 //! keeps them held until the retry goes through.
 
+use super::backoff;
 use super::saga::{self, Operation, OperationOutcome};
 use super::{Order, OrderEvent, OrderId};
-use crate::actors::supervision::step_backoff;
-use crate::bus::{StepReply, StepRequest};
+use crate::domain::{StepReply, StepRequest};
 use std::time::Duration;
 
 /// Why no reply counts as a transient failure of the step.
@@ -388,7 +388,7 @@ impl Runner {
                 self.outage_failures = self.outage_failures.saturating_add(1);
                 if !self.outage_retry {
                     self.outage_retry = true;
-                    let after = step_backoff(
+                    let after = backoff::exponential(
                         self.outage_failures,
                         self.policy.outage_backoff_base,
                         self.policy.outage_backoff_max,
@@ -478,7 +478,7 @@ impl Runner {
                     let outcome = OperationOutcome::Exhausted { reason };
                     self.phase = Phase::Persisting { operation, outcome };
                 } else {
-                    let after = step_backoff(
+                    let after = backoff::exponential(
                         self.attempts,
                         self.policy.backoff_base,
                         self.policy.backoff_max,

@@ -11,9 +11,13 @@
 use super::ids::UserId;
 use super::order::{Compensation, CustomerProfile, Order, OrderEvent, Reservation, Route};
 use super::status::OrderStatus;
+use super::update::{
+    self, CompensationStarted, CustomerData, CustomerValidated, DeliveryReported,
+    InventoryReserved, OrderEnded, RouteOptimized,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -282,7 +286,10 @@ impl Draft {
             self.announce(
                 OrderStatus::Compensating,
                 &message,
-                json!({"reason": reason, "compensations": remaining}),
+                update::payload(&CompensationStarted {
+                    reason: &reason,
+                    compensations: &remaining,
+                }),
             );
             self.order.compensation = Some(Compensation {
                 outcome,
@@ -299,7 +306,11 @@ impl Draft {
             _ => format!("Order failed: {reason}"),
         };
         self.order.failure_reason = Some(reason.clone());
-        self.announce(outcome, &message, json!({"reason": reason}));
+        self.announce(
+            outcome,
+            &message,
+            update::payload(&OrderEnded { reason: &reason }),
+        );
     }
 
     fn done(self) -> SagaDecision {
@@ -357,12 +368,7 @@ pub fn decide(
             draft.order.driver_id = Some(driver);
         }
         SagaInput::Delivery { status, by } => {
-            let allowed = matches!(
-                (order.status, status),
-                (OrderStatus::ReadyForDelivery, OrderStatus::OutForDelivery)
-                    | (OrderStatus::OutForDelivery, OrderStatus::Delivered)
-            );
-            if !allowed {
+            if order.status.next_delivery_report() != Some(status) {
                 return Err(SagaRejection::Conflict(format!(
                     "cannot move an order from {} to {status}",
                     order.status
@@ -372,7 +378,10 @@ pub fn decide(
                 OrderStatus::OutForDelivery => "Out for delivery",
                 _ => "Delivered",
             };
-            let data = json!({"driverId": order.driver_id, "by": by});
+            let data = update::payload(&DeliveryReported {
+                driver_id: order.driver_id.as_ref(),
+                by: &by,
+            });
             draft.announce(status, message, data);
         }
     }
@@ -391,8 +400,13 @@ fn settle_forward(
                 .order
                 .integration_status
                 .set(system, StepState::Completed);
-            let data = json!({"customerData": {
-                "id": draft.order.customer_id, "name": profile.name, "tier": profile.tier}});
+            let data = update::payload(&CustomerValidated {
+                customer_data: CustomerData {
+                    id: &draft.order.customer_id,
+                    name: &profile.name,
+                    tier: &profile.tier,
+                },
+            });
             draft.order.customer = Some(profile);
             draft.announce(
                 OrderStatus::CmsValidated,
@@ -405,10 +419,11 @@ fn settle_forward(
                 .order
                 .integration_status
                 .set(system, StepState::Completed);
-            let mut data = json!({"inventory": "RESERVED", "warehouse": reservation.warehouse});
-            if let Some(location) = &reservation.picking_location {
-                data["pickingLocation"] = json!(location);
-            }
+            let data = update::payload(&InventoryReserved {
+                inventory: "RESERVED",
+                warehouse: &reservation.warehouse,
+                picking_location: reservation.picking_location.as_deref(),
+            });
             draft.order.warehouse = Some(reservation);
             draft.announce(
                 OrderStatus::InventoryReserved,
@@ -421,7 +436,7 @@ fn settle_forward(
                 .order
                 .integration_status
                 .set(system, StepState::Completed);
-            let data = json!({"route": route});
+            let data = update::payload(&RouteOptimized { route: &route });
             draft.order.route = Some(route);
             draft.announce(
                 OrderStatus::RouteOptimized,
@@ -500,119 +515,13 @@ fn settle_compensation(
     Ok(())
 }
 
-/// Seed 001's view of progress: the three steps with their state and the time each
-/// settled, taken from the event log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepView {
-    pub step: &'static str,
-    pub name: &'static str,
-    pub status: &'static str,
-    pub timestamp: Option<DateTime<Utc>>,
-}
-
-pub fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> {
-    let current = next_operation(order).filter(|op| !op.is_compensation());
-    System::ALL
-        .into_iter()
-        .map(|system| {
-            let (step, name, done_status) = match system {
-                System::Cms => (
-                    "CMS_VERIFICATION",
-                    "Customer Verification",
-                    OrderStatus::CmsValidated,
-                ),
-                System::Wms => (
-                    "WMS_REGISTRATION",
-                    "Inventory Reservation",
-                    OrderStatus::InventoryReserved,
-                ),
-                System::Ros => (
-                    "ROS_OPTIMIZATION",
-                    "Route Optimization",
-                    OrderStatus::RouteOptimized,
-                ),
-            };
-            let state = order.integration_status.get(system);
-            let status = match state {
-                StepState::Pending if current.map(Operation::system) == Some(system) => {
-                    "IN_PROGRESS"
-                }
-                StepState::Pending => "PENDING",
-                StepState::Completed => "COMPLETED",
-                StepState::Refused | StepState::Failed => "FAILED",
-                StepState::Compensated => "COMPENSATED",
-            };
-            let timestamp = events
-                .iter()
-                .find(|e| e.status == done_status)
-                .map(|e| e.timestamp);
-            StepView {
-                step,
-                name,
-                status,
-                timestamp,
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::order::{Location, NewOrder, PackageDetails};
-    use crate::domain::{OrderId, UserId};
-
-    fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-02-04T16:20:30Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::domain::fixtures::{self, now, profile, reserved, routed};
 
     fn received() -> Order {
-        let loc = Location::at(1.0, 2.0, None);
-        let request = NewOrder {
-            pickup_location: loc.clone(),
-            delivery_address: loc,
-            package_details: PackageDetails {
-                weight: 1.0,
-                dimensions: None,
-                description: None,
-                fragile: false,
-            },
-            scheduled_pickup_time: None,
-            special_instructions: None,
-        };
-        Order::receive(
-            OrderId::parse("ORD-1").unwrap(),
-            UserId::from_trusted("usr_1"),
-            request,
-            now(),
-        )
-        .0
-    }
-
-    fn profile() -> OperationOutcome {
-        OperationOutcome::CustomerValidated(CustomerProfile {
-            name: "John".into(),
-            tier: "premium".into(),
-        })
-    }
-
-    fn reserved() -> OperationOutcome {
-        OperationOutcome::InventoryReserved(Reservation {
-            warehouse: "WH-001".into(),
-            picking_location: Some("A-1".into()),
-        })
-    }
-
-    fn routed() -> OperationOutcome {
-        OperationOutcome::RouteOptimized(Route {
-            route_id: Some("RT-1".into()),
-            waypoints: vec![],
-            distance: 1.0,
-            eta: "2026-02-05T10:45:00Z".into(),
-        })
+        fixtures::received("ORD-1")
     }
 
     fn step(order: &Order, op: Operation, outcome: OperationOutcome) -> SagaDecision {
@@ -935,14 +844,5 @@ mod tests {
                 Err(SagaRejection::Conflict(_))
             ));
         }
-    }
-
-    #[test]
-    fn step_views_follow_progress() {
-        let d = step(&received(), Operation::ValidateCustomer, profile());
-        let views = step_views(&d.order, &d.events);
-        let states: Vec<_> = views.iter().map(|v| v.status).collect();
-        assert_eq!(states, ["COMPLETED", "IN_PROGRESS", "PENDING"]);
-        assert!(views[0].timestamp.is_some());
     }
 }

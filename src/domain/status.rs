@@ -69,6 +69,22 @@ impl OrderStatus {
         )
     }
 
+    /// The statuses a driver reports (`POST /api/orders/{id}/delivery`): the parcel
+    /// left with them, or it arrived.
+    pub fn is_delivery_report(self) -> bool {
+        matches!(self, Self::OutForDelivery | Self::Delivered)
+    }
+
+    /// The delivery report that may follow this status, if any: the parcel leaves
+    /// once ready, and arrives once out.
+    pub fn next_delivery_report(self) -> Option<Self> {
+        match self {
+            Self::ReadyForDelivery => Some(Self::OutForDelivery),
+            Self::OutForDelivery => Some(Self::Delivered),
+            _ => None,
+        }
+    }
+
     /// A client may cancel until the parcel has left with a driver.
     pub fn is_cancellable(self) -> bool {
         !self.is_terminal() && !matches!(self, Self::OutForDelivery | Self::Compensating)
@@ -100,5 +116,32 @@ mod tests {
         assert!(OrderStatus::ReadyForDelivery.is_cancellable());
         assert!(!OrderStatus::OutForDelivery.is_cancellable());
         assert!(!OrderStatus::Delivered.is_cancellable());
+    }
+
+    #[test]
+    fn drivers_report_the_parcel_leaving_then_arriving() {
+        let reports: Vec<_> = OrderStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_delivery_report())
+            .collect();
+        assert_eq!(
+            reports,
+            [OrderStatus::OutForDelivery, OrderStatus::Delivered]
+        );
+        assert_eq!(
+            OrderStatus::ReadyForDelivery.next_delivery_report(),
+            Some(OrderStatus::OutForDelivery)
+        );
+        assert_eq!(
+            OrderStatus::OutForDelivery.next_delivery_report(),
+            Some(OrderStatus::Delivered)
+        );
+        for status in OrderStatus::ALL {
+            if let Some(next) = status.next_delivery_report() {
+                assert!(next.is_delivery_report());
+            }
+        }
+        assert_eq!(OrderStatus::RouteOptimized.next_delivery_report(), None);
+        assert_eq!(OrderStatus::Delivered.next_delivery_report(), None);
     }
 }

@@ -10,9 +10,8 @@ use super::ApiState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, Caller, ClientIp};
 use super::limits::rate_limited;
-use crate::auth::{AuthError, IssuedTokens, hash_password, verify_password};
+use crate::auth::{AuthError, IssuedTokens, LoginCheck, hash_password};
 use crate::domain::{Email, Registration, Role, User, UserId, ValidationErrors};
-use crate::store::StoreError;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -88,13 +87,13 @@ pub async fn register(
         company: registration.company,
         created_at: Utc::now(),
     };
-    match state.app.store.insert_user(&user).await {
-        Ok(()) => tracing::info!(user_id = %user.id, client = %ip, "account registered"),
-        Err(StoreError::DuplicateEmail) => tracing::info!(
+    if state.sessions.register(&user).await? {
+        tracing::info!(user_id = %user.id, client = %ip, "account registered");
+    } else {
+        tracing::info!(
             client = %ip,
             "registration for an e-mail address that has an account; nothing changed"
-        ),
-        Err(e) => return Err(e.into()),
+        );
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -142,17 +141,15 @@ pub async fn login(
         tracing::warn!(client = %ip, email = %account, "login refused: the address is locked after failed logins");
         return Err(rate_limited(wait));
     }
-    let user = match &email {
-        Some(email) => state.app.store.user_by_email(email).await?,
-        None => None,
-    };
-    let stored = user.as_ref().map(|u| u.password_hash.clone());
-    let verified = verify_password(request.password, stored).await?;
-    let user = match user {
-        Some(user) if verified => user,
-        known => {
+    let user = match state
+        .sessions
+        .check_login(email.as_ref(), request.password)
+        .await?
+    {
+        LoginCheck::Verified(user) => user,
+        LoginCheck::Refused { known_account } => {
             let locked = state.limits.lockout.failed(&account);
-            tracing::warn!(client = %ip, email = %account, known_account = known.is_some(), locked, "failed login");
+            tracing::warn!(client = %ip, email = %account, known_account, locked, "failed login");
             return Err(ApiError::Unauthorized("invalid e-mail or password".into()));
         }
     };
@@ -228,7 +225,7 @@ pub async fn revoke_user_sessions(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let user = UserId::from_trusted(user_id);
-    if state.app.store.user_by_id(&user).await?.is_none() {
+    if state.sessions.account(&user).await?.is_none() {
         return Err(ApiError::NotFound("no such user".into()));
     }
     let revoked = state.sessions.revoke_user(&user).await?;

@@ -5,14 +5,13 @@ use super::ApiState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Caller};
 use crate::domain::{Role, ValidationErrors};
+use crate::service::drivers::DriverStatus;
 use crate::store::DriverLocation;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-/// A driver whose last report is older than this is shown offline.
-const ONLINE_WITHIN: chrono::Duration = chrono::Duration::minutes(5);
 /// Fastest plausible vehicle speed, km/h; anything above is a broken sensor.
 const MAX_SPEED: f64 = 400.0;
 
@@ -94,7 +93,7 @@ pub async fn report_location(
     caller.require(&[Role::Driver])?;
     let ApiJson(body) = body?;
     let location = parse_location_report(&body, &caller.user_id, Utc::now())?;
-    state.app.store.put_driver_location(&location).await?;
+    state.app.drivers.report_location(&location).await?;
     Ok(axum::Json(location).into_response())
 }
 
@@ -102,8 +101,8 @@ pub async fn location(State(state): State<ApiState>, caller: Caller) -> Result<R
     caller.require(&[Role::Driver])?;
     let location = state
         .app
-        .store
-        .driver_location(&caller.user_id)
+        .drivers
+        .location(&caller.user_id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no location reported yet".into()))?;
     Ok(axum::Json(location).into_response())
@@ -122,20 +121,18 @@ pub async fn orders(State(state): State<ApiState>, caller: Caller) -> Result<Res
     .into_response())
 }
 
-pub fn is_online(location: Option<&DriverLocation>, now: DateTime<Utc>) -> bool {
-    location.is_some_and(|l| now.signed_duration_since(l.updated_at) <= ONLINE_WITHIN)
-}
-
 pub async fn status(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(&[Role::Driver])?;
-    let store = &state.app.store;
-    let (user, location) = tokio::try_join!(
-        store.user_by_id(&caller.user_id),
-        store.driver_location(&caller.user_id)
-    )?;
-    let user =
-        user.ok_or_else(|| ApiError::Unauthorized("this account no longer exists".into()))?;
-    let online = is_online(location.as_ref(), Utc::now());
+    let DriverStatus {
+        user,
+        location,
+        online,
+    } = state
+        .app
+        .drivers
+        .status(&caller.user_id)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("this account no longer exists".into()))?;
     Ok(axum::Json(json!({
         "driverId": user.id,
         "name": user.name,
@@ -172,21 +169,5 @@ mod tests {
         let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["lat", "lng", "heading", "speed"]);
         assert!(parse_location_report(&json!([1, 2]), &driver, now).is_err());
-    }
-
-    #[test]
-    fn drivers_go_offline_five_minutes_after_their_last_report() {
-        let now = Utc::now();
-        let at = |ago: i64| DriverLocation {
-            driver_id: UserId::from_trusted("usr_d"),
-            lat: 0.0,
-            lng: 0.0,
-            heading: None,
-            speed: None,
-            updated_at: now - chrono::Duration::seconds(ago),
-        };
-        assert!(is_online(Some(&at(60)), now));
-        assert!(!is_online(Some(&at(301)), now));
-        assert!(!is_online(None, now));
     }
 }

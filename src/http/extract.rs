@@ -6,10 +6,11 @@ use super::error::ApiError;
 use crate::auth::{Principal, Sessions};
 use crate::domain::{Role, UserId};
 use crate::service::Viewer;
+use axum::extract::Query;
 use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts};
-use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Uri};
 use chrono::{DateTime, Utc};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -84,6 +85,20 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The session token a request carries: its `Authorization: Bearer` header, else
+/// its `?token=` query parameter, the way browsers authenticate a WebSocket (they
+/// cannot set its headers).
+pub fn request_token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    bearer(headers)
+        .map(str::to_owned)
+        .or_else(|| Query::<TokenQuery>::try_from_uri(uri).ok()?.0.token)
 }
 
 impl<S> FromRequestParts<S> for Caller
@@ -194,6 +209,21 @@ mod tests {
         assert_eq!(bearer(&headers(Some("Basic dXNlcjpwdw=="))), None);
         assert_eq!(bearer(&headers(Some("Bearer"))), None);
         assert_eq!(bearer(&headers(None)), None);
+    }
+
+    #[test]
+    fn the_header_token_comes_first_then_the_query_parameter() {
+        let uri: Uri = "/ws?since=1&token=q.jwt%2B".parse().unwrap();
+        assert_eq!(
+            request_token(&headers(Some("Bearer h.jwt")), &uri).as_deref(),
+            Some("h.jwt")
+        );
+        assert_eq!(
+            request_token(&headers(None), &uri).as_deref(),
+            Some("q.jwt+")
+        );
+        let bare: Uri = "/ws".parse().unwrap();
+        assert_eq!(request_token(&headers(None), &bare), None);
     }
 
     #[test]

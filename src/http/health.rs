@@ -45,7 +45,7 @@ fn up_or_down<E: std::fmt::Display>(
 
 pub async fn ready(State(state): State<ApiState>) -> Response {
     let (store, bus) = tokio::join!(
-        tokio::time::timeout(PROBE_TIMEOUT, state.app.store.ping()),
+        tokio::time::timeout(PROBE_TIMEOUT, state.app.orders.store_reachable()),
         tokio::time::timeout(PROBE_TIMEOUT, state.app.bus.ping()),
     );
     let store = up_or_down("store", store);
@@ -112,7 +112,7 @@ async fn refresh_order_counts(state: &ApiState) {
         .as_ref()
         .is_none_or(|(read_at, _)| read_at.elapsed() >= ORDER_COUNTS_MAX_AGE);
     if stale {
-        match tokio::time::timeout(PROBE_TIMEOUT, state.app.store.count_by_status()).await {
+        match tokio::time::timeout(PROBE_TIMEOUT, state.app.orders.count_by_status()).await {
             Ok(Ok(counts)) => *last = Some((Instant::now(), counts.into_iter().collect())),
             Ok(Err(e)) => tracing::warn!(error = %e, "order counts unavailable for metrics"),
             Err(_) => tracing::warn!("order counts timed out for metrics"),

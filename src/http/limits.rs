@@ -8,7 +8,7 @@
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{Caller, ClientIp, authenticate, bearer};
+use super::extract::{Caller, ClientIp, authenticate, request_token};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -154,13 +154,6 @@ fn is_budgeted(path: &str) -> bool {
     path.starts_with("/api/") || path == "/ws"
 }
 
-fn query_token(request: &Request) -> Option<String> {
-    request.uri().query()?.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        (name == "token").then(|| value.to_owned())
-    })
-}
-
 /// Resolves the client address (trusted proxies), then charges the request to the
 /// caller's account when it carries a valid token, to its address otherwise. The
 /// resolved address and caller are left in the request for the handlers.
@@ -179,9 +172,7 @@ pub async fn charge(State(state): State<ApiState>, mut request: Request, next: N
     if !is_budgeted(request.uri().path()) {
         return next.run(request).await;
     }
-    let token = bearer(request.headers())
-        .map(str::to_owned)
-        .or_else(|| query_token(&request));
+    let token = request_token(request.headers(), request.uri());
     let caller = match token {
         Some(token) => authenticate(&state.sessions, &token).await.ok(),
         None => None,

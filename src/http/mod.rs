@@ -24,8 +24,7 @@ use crate::actors::RuntimeControl;
 use crate::auth::Sessions;
 use crate::bus::SharedBus;
 use crate::config::Settings;
-use crate::service::OrderService;
-use crate::store::SharedStore;
+use crate::service::{DriverService, OrderService};
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{delete, get, post};
@@ -37,9 +36,11 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
-    pub store: SharedStore,
     pub bus: SharedBus,
     pub orders: OrderService,
+    pub drivers: DriverService,
+    /// Accounts and their login sessions.
+    pub sessions: Arc<Sessions>,
     pub control: Arc<dyn RuntimeControl>,
     pub metrics: PrometheusHandle,
     pub tracking: ws::Tracking,
@@ -70,7 +71,7 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(app: AppState) -> Self {
-        let sessions = Arc::new(Sessions::new(app.store.clone(), &app.settings.auth));
+        let sessions = app.sessions.clone();
         let limits = Arc::new(Limits::new(&app.settings));
         Self {
             app,

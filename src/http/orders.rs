@@ -14,11 +14,8 @@
 use super::ApiState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::domain::saga::{StepView, next_operation, step_views};
-use crate::domain::{
-    NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, StepState, System, UserId,
-    ValidationErrors,
-};
+use crate::domain::progress::status_view;
+use crate::domain::{NewOrder, Order, OrderId, OrderStatus, Role, UserId, ValidationErrors};
 use crate::store::{IdempotencyKey, OrderCursor, OrderQuery};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -234,72 +231,6 @@ pub async fn detail(
     Ok(axum::Json(document).into_response())
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Progress {
-    pub completed: usize,
-    pub total: usize,
-    pub percentage: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Processing {
-    pub current_stage: String,
-    pub progress: Progress,
-}
-
-/// Seed 001's status view.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusView {
-    pub order_id: OrderId,
-    pub status: OrderStatus,
-    pub processing: Processing,
-    pub steps: Vec<StepView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_reason: Option<String>,
-}
-
-/// What the order is busy with: the system working on it (`CMS_PROCESSING`…),
-/// `COMPENSATING`, `COMPLETED` once processing is done and the order awaits a
-/// driver, or the status itself afterwards.
-fn current_stage(order: &Order) -> String {
-    if order.status == OrderStatus::Compensating {
-        return "COMPENSATING".into();
-    }
-    match next_operation(order) {
-        Some(op) if !op.is_compensation() => {
-            format!("{}_PROCESSING", op.system().as_str().to_uppercase())
-        }
-        _ if order.status == OrderStatus::ReadyForDelivery => "COMPLETED".into(),
-        _ => order.status.as_str().into(),
-    }
-}
-
-pub fn status_view(order: &Order, events: &[OrderEvent]) -> StatusView {
-    let total = System::ALL.len();
-    let completed = System::ALL
-        .into_iter()
-        .filter(|s| order.integration_status.get(*s) == StepState::Completed)
-        .count();
-    let percentage = u32::try_from(completed * 100 / total).unwrap_or(100);
-    StatusView {
-        order_id: order.order_id.clone(),
-        status: order.status,
-        processing: Processing {
-            current_stage: current_stage(order),
-            progress: Progress {
-                completed,
-                total,
-                percentage,
-            },
-        },
-        steps: step_views(order, events),
-        failure_reason: order.failure_reason.clone(),
-    }
-}
-
 pub async fn status(
     State(state): State<ApiState>,
     caller: Caller,
@@ -310,14 +241,33 @@ pub async fn status(
     Ok(axum::Json(status_view(&order, &events)).into_response())
 }
 
+/// The answer to a command that changed an order: where it stands now, in words.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Changed<'a> {
+    order_id: &'a OrderId,
+    status: OrderStatus,
+    /// Shown by the commands that concern the driver (assignment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    driver_id: Option<&'a UserId>,
+    message: &'a str,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl<'a> Changed<'a> {
+    fn of(order: &'a Order, message: &'a str) -> Self {
+        Self {
+            order_id: &order.order_id,
+            status: order.status,
+            driver_id: None,
+            message,
+            updated_at: order.updated_at,
+        }
+    }
+}
+
 fn changed(order: &Order, message: &str) -> Response {
-    axum::Json(json!({
-        "orderId": order.order_id,
-        "status": order.status,
-        "message": message,
-        "updatedAt": order.updated_at,
-    }))
-    .into_response()
+    axum::Json(Changed::of(order, message)).into_response()
 }
 
 /// Drivers cannot cancel: they are not customers. 409 once out for delivery.
@@ -342,7 +292,7 @@ fn parse_delivery_status(body: &Value) -> Result<OrderStatus, ValidationErrors> 
         .get("status")
         .and_then(Value::as_str)
         .and_then(OrderStatus::parse)
-        .filter(|s| matches!(s, OrderStatus::OutForDelivery | OrderStatus::Delivered));
+        .filter(|s| s.is_delivery_report());
     match status {
         Some(status) => Ok(status),
         None => {
@@ -418,99 +368,17 @@ pub async fn assign(
         .await?;
     tracing::info!(order_id = %order.order_id, driver_id = %driver, admin = %caller.user_id,
         "order assigned to a driver");
-    Ok(axum::Json(json!({
-        "orderId": order.order_id,
-        "status": order.status,
-        "driverId": order.driver_id,
-        "message": "Assigned to a driver",
-        "updatedAt": order.updated_at,
-    }))
+    Ok(axum::Json(Changed {
+        driver_id: order.driver_id.as_ref(),
+        ..Changed::of(&order, "Assigned to a driver")
+    })
     .into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::saga::{SagaInput, decide};
-    use crate::domain::{
-        CustomerProfile, Location, Operation, OperationOutcome, PackageDetails, Reservation, UserId,
-    };
     use chrono::Utc;
-
-    fn received() -> (Order, OrderEvent) {
-        let loc = Location::at(1.0, 2.0, None);
-        let request = NewOrder {
-            pickup_location: loc.clone(),
-            delivery_address: loc,
-            package_details: PackageDetails {
-                weight: 1.0,
-                dimensions: None,
-                description: None,
-                fragile: false,
-            },
-            scheduled_pickup_time: None,
-            special_instructions: None,
-        };
-        Order::receive(
-            OrderId::parse("ORD-20260204-ABC").unwrap(),
-            UserId::from_trusted("usr_1"),
-            request,
-            Utc::now(),
-        )
-    }
-
-    #[test]
-    fn status_view_has_the_seed_001_shape_and_follows_progress() {
-        let (order, first) = received();
-        let view = serde_json::to_value(status_view(&order, std::slice::from_ref(&first))).unwrap();
-        assert_eq!(view["orderId"], "ORD-20260204-ABC");
-        assert_eq!(view["status"], "RECEIVED");
-        assert_eq!(view["processing"]["currentStage"], "CMS_PROCESSING");
-        assert_eq!(
-            view["processing"]["progress"],
-            json!({"completed": 0, "total": 3, "percentage": 0})
-        );
-        assert_eq!(view["steps"][0]["step"], "CMS_VERIFICATION");
-        assert_eq!(view["steps"][0]["status"], "IN_PROGRESS");
-        assert!(view["steps"][0]["timestamp"].is_null());
-        assert!(view.get("failureReason").is_none());
-
-        let validated = decide(
-            &order,
-            SagaInput::Outcome(
-                Operation::ValidateCustomer,
-                OperationOutcome::CustomerValidated(CustomerProfile {
-                    name: "John".into(),
-                    tier: "gold".into(),
-                }),
-            ),
-            Utc::now(),
-        )
-        .unwrap();
-        let reserved = decide(
-            &validated.order,
-            SagaInput::Outcome(
-                Operation::ReserveInventory,
-                OperationOutcome::InventoryReserved(Reservation {
-                    warehouse: "WH-1".into(),
-                    picking_location: Some("A-1".into()),
-                }),
-            ),
-            Utc::now(),
-        )
-        .unwrap();
-        let events = [vec![first], validated.events, reserved.events.clone()].concat();
-        let view = serde_json::to_value(status_view(&reserved.order, &events)).unwrap();
-        assert_eq!(view["processing"]["currentStage"], "ROS_PROCESSING");
-        assert_eq!(view["processing"]["progress"]["completed"], 2);
-        assert_eq!(view["processing"]["progress"]["percentage"], 66);
-        assert_eq!(view["steps"][1]["status"], "COMPLETED");
-        assert!(view["steps"][1]["timestamp"].is_string());
-
-        let cancelling = decide(&reserved.order, SagaInput::Cancel, Utc::now()).unwrap();
-        let view = status_view(&cancelling.order, &events);
-        assert_eq!(view.processing.current_stage, "COMPENSATING");
-    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_a_400() {

@@ -99,12 +99,7 @@ pub async fn order_actor(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let id = OrderId::parse(&id).ok_or_else(ApiError::order_not_found)?;
-    let order = state
-        .app
-        .store
-        .order(&id)
-        .await?
-        .ok_or_else(ApiError::order_not_found)?;
+    let order = state.app.orders.find(&caller.viewer(), &id).await?;
     let found = ask(state.app.control.order_actor(&id))
         .await?
         .map_err(|e| ApiError::unavailable(e, Some(1)))?;

@@ -51,24 +51,24 @@
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{Caller, authenticate, bearer};
-use crate::actors::notifier::{self, Notifier, Registration, Topic, Update};
+use super::extract::{Caller, authenticate, request_token};
+use crate::actors::notifier::{Notifier, Registration, Topic, Update};
 use crate::config::WebSocketSettings;
-use crate::domain::{Order, OrderId, UserId};
+use crate::domain::{Order, OrderEvent, OrderId, OrderStatus, UserId};
+use crate::service::OrderService;
 use crate::service::Viewer;
-use crate::store::SharedStore;
+use axum::extract::State;
 use axum::extract::ws::{
     CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
     rejection::WebSocketUpgradeRejection,
 };
-use axum::extract::{Query, State, rejection::QueryRejection};
-use axum::http::HeaderMap;
 use axum::http::header::{HOST, ORIGIN};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,11 +133,6 @@ pub struct Tracking {
     pub shutdown: CancellationToken,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct TokenQuery {
-    token: Option<String>,
-}
-
 /// Whether a browser page from `Origin` may open a session: no Origin (not a
 /// browser), the node's own origin (same host and port as the request's `Host`), or
 /// one of the configured ones.
@@ -192,11 +187,63 @@ impl Drop for SessionSlot {
     }
 }
 
+/// The `order-update` frame: the seed's `orderId`, `status` and `message` (seed 000
+/// section 8.4), the event's own fields (`customerData`, `route`, ...) under `data`,
+/// and the `seq` that replay and de-duplication rest on.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    order_id: &'a OrderId,
+    status: OrderStatus,
+    message: &'a str,
+    seq: u64,
+    timestamp: DateTime<Utc>,
+    /// Where a session following `"*"` resumes after a reconnect (`since`).
+    cursor: String,
+    data: &'a Value,
+}
+
+/// The position of an update in a customer's stream of updates across orders: the
+/// milliseconds of its timestamp, as an opaque string.
+fn cursor_of(timestamp: DateTime<Utc>) -> String {
+    timestamp.timestamp_millis().to_string()
+}
+
+/// Renders one logged update as its `order-update` frame.
+fn update_frame(event: &OrderEvent) -> Result<Utf8Bytes, serde_json::Error> {
+    serde_json::to_string(&UpdateFrame {
+        kind: "order-update",
+        order_id: &event.order_id,
+        status: event.status,
+        message: &event.message,
+        seq: event.seq,
+        timestamp: event.timestamp,
+        cursor: cursor_of(event.timestamp),
+        data: &event.data,
+    })
+    .map(Utf8Bytes::from)
+}
+
+/// The frame of a live update, rendered by the first session that sends it and
+/// shared with every other session that receives it.
+fn shared_frame(update: &Update) -> Option<Utf8Bytes> {
+    let rendered = update.rendered.get_or_init(|| match update_frame(&update.event) {
+        Ok(frame) => Some(Bytes::copy_from_slice(frame.as_bytes())),
+        Err(e) => {
+            tracing::error!(order_id = %update.event.order_id, error = %e, "cannot render an order update");
+            None
+        }
+    });
+    Utf8Bytes::try_from(rendered.clone()?).ok()
+}
+
 /// Checks the origin and authenticates, then upgrades. Failures are ordinary JSON
 /// errors, since no WebSocket exists yet to carry an error frame.
 pub async fn handler(
     State(state): State<ApiState>,
-    query: Result<Query<TokenQuery>, QueryRejection>,
+    uri: Uri,
     headers: HeaderMap,
     known: Option<axum::Extension<Caller>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -207,8 +254,7 @@ pub async fn handler(
         return ApiError::Forbidden("this Origin may not open WebSocket sessions".into())
             .into_response();
     }
-    let from_query = query.ok().and_then(|Query(q)| q.token);
-    let Some(token) = from_query.as_deref().or_else(|| bearer(&headers)) else {
+    let Some(token) = request_token(&headers, &uri) else {
         return ApiError::Unauthorized(
             "a token is required: ?token=<jwt> or an Authorization: Bearer header".into(),
         )
@@ -216,7 +262,7 @@ pub async fn handler(
     };
     let caller = match known {
         Some(axum::Extension(caller)) => caller,
-        None => match authenticate(&state.sessions, token).await {
+        None => match authenticate(&state.sessions, &token).await {
             Ok(caller) => caller,
             Err(e) => return e.into_response(),
         },
@@ -243,7 +289,7 @@ pub async fn handler(
         expires_at: caller.expires_at,
         sessions: state.sessions.clone(),
         slot,
-        store: state.app.store.clone(),
+        orders: state.app.orders.clone(),
         tracking: state.app.tracking.clone(),
         limits: Arc::new(state.app.settings.websocket.clone()),
     };
@@ -260,7 +306,7 @@ struct SessionContext {
     expires_at: DateTime<Utc>,
     sessions: Arc<crate::auth::Sessions>,
     slot: SessionSlot,
-    store: SharedStore,
+    orders: OrderService,
     tracking: Tracking,
     limits: Arc<WebSocketSettings>,
 }
@@ -322,7 +368,7 @@ struct Session {
     socket: WebSocket,
     registration: Registration,
     viewer: Viewer,
-    store: SharedStore,
+    orders: OrderService,
     notifier: Notifier,
     limits: Arc<WebSocketSettings>,
     /// Cancelled by the notifier when the session falls behind, or with the node.
@@ -343,7 +389,7 @@ async fn run(socket: WebSocket, context: SessionContext) {
         expires_at,
         sessions,
         slot,
-        store,
+        orders,
         tracking,
         limits,
     } = context;
@@ -360,7 +406,7 @@ async fn run(socket: WebSocket, context: SessionContext) {
         socket,
         registration,
         viewer,
-        store,
+        orders,
         notifier: tracking.notifier,
         limits,
         cut,
@@ -501,6 +547,12 @@ impl Session {
         } else {
             Ending::FellBehind
         }
+    }
+
+    /// Sends a live update (see `shared_frame`).
+    async fn send_update(&mut self, update: &Update) -> Result<(), Ending> {
+        let frame = shared_frame(update).ok_or(Ending::ReplayFailed)?;
+        self.send(Message::Text(frame)).await
     }
 
     async fn send(&mut self, message: Message) -> Result<(), Ending> {
@@ -661,8 +713,8 @@ impl Session {
             {
                 continue;
             }
-            let update = Update::of(&event).map_err(|_| Ending::ReplayFailed)?;
-            self.send(Message::Text(update.frame)).await?;
+            let frame = update_frame(&event).map_err(|_| Ending::ReplayFailed)?;
+            self.send(Message::Text(frame)).await?;
             self.everything_sent.insert(event.order_id, event.seq);
         }
         Ok(())
@@ -676,12 +728,9 @@ impl Session {
         from: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<crate::domain::OrderEvent>, String> {
         let unavailable = || "the missed updates cannot be read now; subscribe again".to_owned();
-        // What the notifier lets through "*": the viewer's own orders, every order
-        // for an admin.
-        let customer =
-            (self.viewer.role != crate::domain::Role::Admin).then(|| self.viewer.user_id.clone());
+        // What the notifier lets through "*": the orders the viewer may see.
         let mut query = crate::store::OrderQuery {
-            customer,
+            customer: None,
             driver: None,
             status: None,
             limit: REPLAY_ORDERS_PAGE,
@@ -689,19 +738,21 @@ impl Session {
         };
         let mut events = Vec::new();
         loop {
-            let page = tokio::time::timeout(STORE_TIMEOUT, self.store.orders(&query))
-                .await
-                .map_err(|_| unavailable())?
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "cannot list orders for a replay");
-                    unavailable()
-                })?;
+            let page =
+                tokio::time::timeout(STORE_TIMEOUT, self.orders.list(&self.viewer, query.clone()))
+                    .await
+                    .map_err(|_| unavailable())?
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "cannot list orders for a replay");
+                        unavailable()
+                    })?;
             for order in page.orders.iter().filter(|o| o.updated_at >= from) {
                 let mut after = 0;
                 loop {
                     let logged = tokio::time::timeout(
                         STORE_TIMEOUT,
-                        self.store.events(&order.order_id, after, REPLAY_PAGE),
+                        self.orders
+                            .updates_after(&order.order_id, after, REPLAY_PAGE),
                     )
                     .await
                     .map_err(|_| unavailable())?
@@ -821,8 +872,13 @@ impl Session {
     /// The order if it exists and the viewer may see it. (`&mut self`: a shared
     /// reference to the socket would make the future not `Send`.)
     async fn load(&mut self, order_id: &OrderId) -> Result<Option<Order>, ()> {
-        match tokio::time::timeout(STORE_TIMEOUT, self.store.order(order_id)).await {
-            Ok(Ok(order)) => Ok(order.filter(|o| notifier::may_see(&self.viewer, &o.customer_id))),
+        match tokio::time::timeout(
+            STORE_TIMEOUT,
+            self.orders.find_visible(&self.viewer, order_id),
+        )
+        .await
+        {
+            Ok(Ok(order)) => Ok(order),
             Ok(Err(e)) => {
                 tracing::warn!(%order_id, error = %e, "cannot read an order for a subscription");
                 Err(())
@@ -848,7 +904,7 @@ impl Session {
     }
 
     async fn forward(&mut self, update: &Update) -> Result<(), Ending> {
-        let Some(last) = self.last_sent(&update.order_id) else {
+        let Some(last) = self.last_sent(&update.event.order_id) else {
             // Not followed on its own: it came through "*" (or the order was just
             // unsubscribed, and the notifier did not know yet).
             if self.everything {
@@ -856,38 +912,41 @@ impl Session {
             }
             return Ok(());
         };
-        if update.seq <= last {
+        if update.event.seq <= last {
             return Ok(());
         }
-        if update.seq > last + 1 {
-            return match self.catch_up(&update.order_id, Some(update.seq)).await {
+        if update.event.seq > last + 1 {
+            return match self
+                .catch_up(&update.event.order_id, Some(update.event.seq))
+                .await
+            {
                 Ok(()) => Ok(()),
                 Err(Replay::Ended(ending)) => Err(ending),
                 Err(Replay::StoreFailed) => Err(Ending::ReplayFailed),
             };
         }
-        self.send(Message::Text(update.frame.clone())).await?;
-        self.mark_sent(&update.order_id, update.seq);
+        self.send_update(update).await?;
+        self.mark_sent(&update.event.order_id, update.event.seq);
         Ok(())
     }
 
     /// An update that came through `"*"`: for an order a replay touched, duplicates
     /// are dropped and a gap is read from the log first.
     async fn forward_everything(&mut self, update: &Update) -> Result<(), Ending> {
-        let Some(&sent) = self.everything_sent.get(&update.order_id) else {
-            return self.send(Message::Text(update.frame.clone())).await;
+        let Some(&sent) = self.everything_sent.get(&update.event.order_id) else {
+            return self.send_update(update).await;
         };
-        if update.seq <= sent {
+        if update.event.seq <= sent {
             return Ok(());
         }
         let mut sent = sent;
-        while sent + 1 < update.seq {
+        while sent + 1 < update.event.seq {
             let missed = tokio::time::timeout(
                 STORE_TIMEOUT,
-                self.store.events(
-                    &update.order_id,
+                self.orders.updates_after(
+                    &update.event.order_id,
                     sent,
-                    (update.seq - sent - 1).min(REPLAY_PAGE as u64) as usize,
+                    (update.event.seq - sent - 1).min(REPLAY_PAGE as u64) as usize,
                 ),
             )
             .await
@@ -896,15 +955,15 @@ impl Session {
             let Some(last) = missed.last().map(|e| e.seq) else {
                 return Err(Ending::ReplayFailed);
             };
-            for event in missed.iter().filter(|e| e.seq < update.seq) {
-                let frame = Update::of(event).map_err(|_| Ending::ReplayFailed)?.frame;
+            for event in missed.iter().filter(|e| e.seq < update.event.seq) {
+                let frame = update_frame(event).map_err(|_| Ending::ReplayFailed)?;
                 self.send(Message::Text(frame)).await?;
             }
-            sent = last.min(update.seq - 1);
+            sent = last.min(update.event.seq - 1);
         }
-        self.send(Message::Text(update.frame.clone())).await?;
+        self.send_update(update).await?;
         self.everything_sent
-            .insert(update.order_id.clone(), update.seq);
+            .insert(update.event.order_id.clone(), update.event.seq);
         Ok(())
     }
 
@@ -920,7 +979,7 @@ impl Session {
             }
             let events = match tokio::time::timeout(
                 STORE_TIMEOUT,
-                self.store.events(order_id, last, REPLAY_PAGE),
+                self.orders.updates_after(order_id, last, REPLAY_PAGE),
             )
             .await
             {
@@ -942,8 +1001,8 @@ impl Session {
                     tracing::error!(%order_id, expected = sent + 1, found = event.seq, "event log out of sequence");
                     return Err(Replay::StoreFailed);
                 }
-                let update = Update::of(&event).map_err(|_| Replay::StoreFailed)?;
-                self.send(Message::Text(update.frame))
+                let frame = update_frame(&event).map_err(|_| Replay::StoreFailed)?;
+                self.send(Message::Text(frame))
                     .await
                     .map_err(Replay::Ended)?;
                 sent = event.seq;
@@ -982,4 +1041,32 @@ fn is_capacity_error(error: &axum::Error) -> bool {
 enum Replay {
     Ended(Ending),
     StoreFailed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fixtures::validated_event as event;
+
+    #[test]
+    fn update_frames_carry_the_seed_fields_and_the_sequence_number() {
+        let rendered = update_frame(&event("ORD-1", "usr_a", 2)).unwrap();
+        let frame: Value = serde_json::from_str(rendered.as_str()).unwrap();
+        assert_eq!(frame["type"], "order-update");
+        assert_eq!(frame["orderId"], "ORD-1");
+        assert_eq!(frame["status"], "CMS_VALIDATED");
+        assert_eq!(frame["message"], "Customer validated successfully");
+        assert_eq!(frame["seq"], 2);
+        assert_eq!(frame["data"]["customerData"]["tier"], "gold");
+        assert!(frame["timestamp"].as_str().is_some());
+    }
+
+    #[test]
+    fn a_live_update_is_rendered_once_for_every_session() {
+        let update = Update::new(event("ORD-1", "usr_a", 3));
+        let first = shared_frame(&update).unwrap();
+        assert!(update.rendered.get().is_some());
+        assert_eq!(shared_frame(&update).unwrap(), first);
+        assert_eq!(first, update_frame(&update.event).unwrap());
+    }
 }

@@ -15,8 +15,8 @@ pub mod ros;
 pub mod simulator;
 pub mod wms;
 
-use crate::bus::{StepReply, StepRequest};
 use crate::domain::OperationOutcome;
+use crate::domain::{StepReply, StepRequest};
 use async_trait::async_trait;
 
 /// A call that did not settle. Business refusals are not errors: they come back as

@@ -15,11 +15,11 @@
 
 use super::BusError;
 use super::topology::{self, Names, Replication};
+use crate::domain::backoff::{self, jittered};
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
-use rand::Rng;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -58,13 +58,15 @@ pub(super) async fn within<T>(
     }
 }
 
-/// Capped exponential backoff with jitter, so that nodes do not reconnect in step.
+/// The wait before reconnecting after `failures` failed tries (`failures + 1`
+/// failures in a row, counting the loss itself), with jitter so that nodes do not
+/// reconnect in step.
 pub(super) fn backoff(failures: u32) -> Duration {
-    let ceiling = RECONNECT_BASE
-        .saturating_mul(1u32 << failures.min(16))
-        .min(RECONNECT_MAX);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+    jittered(ceiling(failures))
+}
+
+fn ceiling(failures: u32) -> Duration {
+    backoff::exponential(failures.saturating_add(1), RECONNECT_BASE, RECONNECT_MAX)
 }
 
 /// One live connection with its publishing channels.
@@ -417,14 +419,15 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         for failures in 0..40 {
             let delay = backoff(failures);
-            let ceiling = RECONNECT_BASE
-                .saturating_mul(1u32 << failures.min(16))
-                .min(RECONNECT_MAX);
+            let ceiling = ceiling(failures);
             assert!(
                 delay <= ceiling && delay >= ceiling / 2,
                 "{failures}: {delay:?}"
             );
         }
+        assert_eq!(ceiling(0), RECONNECT_BASE);
+        assert_eq!(ceiling(1), RECONNECT_BASE * 2);
+        assert_eq!(ceiling(30), RECONNECT_MAX);
         assert!(backoff(30) >= RECONNECT_MAX / 2);
     }
 }

@@ -12,7 +12,7 @@ use super::codec::{
     encode_request,
 };
 use super::wsdl::{self, MAX_WSDL_BYTES, ServiceDescription};
-use crate::bus::StepRequest;
+use crate::domain::StepRequest;
 use crate::domain::{CustomerProfile, Operation, OperationOutcome};
 use crate::protocols::{CallError, ContractStatus, SystemClient};
 use async_trait::async_trait;

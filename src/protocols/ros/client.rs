@@ -7,7 +7,7 @@
 //! optimiser for a lookup it does not offer.
 
 use super::{ErrorBody, OptimizeRequest, read_route};
-use crate::bus::StepRequest;
+use crate::domain::StepRequest;
 use crate::domain::{Operation, OperationOutcome};
 use crate::protocols::{CallError, SystemClient};
 use async_trait::async_trait;

@@ -8,7 +8,7 @@
 //! requests that were on the wire and nothing after.
 
 use super::codec::{ClientCodec, Line, Reply, Request};
-use crate::bus::StepRequest;
+use crate::domain::StepRequest;
 use crate::domain::{Operation, OperationOutcome, Reservation};
 use crate::protocols::{CallError, SystemClient};
 use async_trait::async_trait;
