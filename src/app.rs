@@ -283,7 +283,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
         shutdown.child_token(),
     ));
 
-    let generated_accounts = crate::auth::ensure_bootstrap_accounts(&store, &settings).await?;
+    let generated_accounts = crate::auth::ensure_bootstrap_accounts(&*store, &settings).await?;
     let orders = OrderService::new(store.clone(), bus.clone(), admission, &node_id);
 
     let sessions = shutdown.child_token();

@@ -17,7 +17,7 @@
 use crate::config::{AuthSettings, Settings};
 use crate::domain::user::MIN_PASSWORD_LEN;
 use crate::domain::{Email, LoginSession, Role, User, UserId};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{StoreError, UserStore};
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -30,7 +30,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -244,7 +244,7 @@ pub enum LoginCheck {
 /// Accounts and their login sessions: registering and checking passwords, issuing,
 /// rotating, revoking, and checking tokens against the sessions.
 pub struct Sessions {
-    store: SharedStore,
+    store: Arc<dyn UserStore>,
     keys: TokenKeys,
     session_ttl: chrono::Duration,
     cache_for: Duration,
@@ -252,7 +252,7 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(store: SharedStore, auth: &AuthSettings) -> Self {
+    pub fn new(store: Arc<dyn UserStore>, auth: &AuthSettings) -> Self {
         let hours = i64::try_from(auth.refresh_token_ttl_hours).unwrap_or(i64::MAX);
         Self {
             store,
@@ -529,7 +529,7 @@ pub fn generate_password() -> String {
 /// Returns the accounts created with a generated password, so that the caller can
 /// show each password once; existing accounts are never touched.
 pub async fn ensure_bootstrap_accounts(
-    store: &SharedStore,
+    store: &dyn UserStore,
     settings: &Settings,
 ) -> Result<Vec<(Email, Role, String)>, AuthError> {
     let auth = &settings.auth;
@@ -777,7 +777,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_rotate_detect_replays_and_revoke() {
         let dir = tempfile::tempdir().unwrap();
-        let store: SharedStore =
+        let store: Arc<dyn UserStore> =
             Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
         let client = user(Role::Client);
         store.insert_user(&client).await.unwrap();
@@ -890,8 +890,7 @@ mod tests {
     #[tokio::test]
     async fn bootstrap_creates_missing_accounts_once_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
-        let store: SharedStore =
-            std::sync::Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let store = crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
         let first = ensure_bootstrap_accounts(&store, &settings("", "driver-password"))
             .await
             .unwrap();
@@ -960,8 +959,7 @@ mod tests {
     #[tokio::test]
     async fn a_too_short_configured_password_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store: SharedStore =
-            std::sync::Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let store = crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
         let err = ensure_bootstrap_accounts(&store, &settings("short", ""))
             .await
             .unwrap_err();

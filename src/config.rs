@@ -2,6 +2,7 @@
 //! directory), an optional file, `SWIFT__SECTION__KEY` environment variables, the
 //! seed's `MONGODB_URI` / `RABBITMQ_URL` / `JWT_SECRET`, then CLI flags.
 
+use crate::domain::System;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -136,6 +137,31 @@ pub struct BusSettings {
 pub const DEFAULT_CMS_URL: &str = "http://127.0.0.1:4000/cms";
 pub const DEFAULT_ROS_URL: &str = "http://127.0.0.1:4001";
 pub const DEFAULT_WMS_ADDR: &str = "127.0.0.1:4002";
+
+/// How a back-office system may be called, whichever its protocol: each call's bound
+/// and how many calls may be in flight at once (`timeout_ms`, `concurrency` of its
+/// section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    pub timeout_ms: u64,
+    pub concurrency: usize,
+}
+
+impl Settings {
+    /// The call limits of `system`'s section: the one place that maps a system to
+    /// its settings for the adapter and the checks below.
+    pub fn call_limits(&self, system: System) -> CallLimits {
+        let (timeout_ms, concurrency) = match system {
+            System::Cms => (self.cms.timeout_ms, self.cms.concurrency),
+            System::Wms => (self.wms.timeout_ms, self.wms.concurrency),
+            System::Ros => (self.ros.timeout_ms, self.ros.concurrency),
+        };
+        CallLimits {
+            timeout_ms,
+            concurrency,
+        }
+    }
+}
 
 /// A system's address is optional: unset, an enabled simulator stands in for the
 /// system, else the default address is used; set, it is used whatever else is on.
@@ -368,7 +394,10 @@ impl Settings {
         if self.cms.wsdl_reread_secs == 0 {
             return invalid("cms.wsdl_reread_secs must be positive");
         }
-        if self.cms.concurrency == 0 || self.ros.concurrency == 0 || self.wms.concurrency == 0 {
+        if System::ALL
+            .into_iter()
+            .any(|system| self.call_limits(system).concurrency == 0)
+        {
             return invalid("the concurrency of each system must be positive");
         }
         if self.orders.max_in_flight == 0 || self.circuit.failure_threshold == 0 {

@@ -4,8 +4,6 @@ pub mod actors;
 pub mod app;
 pub mod auth;
 pub mod bench;
-pub mod bench_db;
-pub mod bench_ws;
 pub mod bus;
 pub mod config;
 pub mod domain;

@@ -9,7 +9,7 @@ use swiftlogistics::config::{
     BusKind, DEFAULT_ROS_URL, DEFAULT_WMS_ADDR, LogFormat, Profile, Settings, StoreKind,
 };
 use swiftlogistics::domain::System;
-use swiftlogistics::{app, bench, bench_db, bench_ws, observability, simulators};
+use swiftlogistics::{app, bench, observability, simulators};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
@@ -50,12 +50,12 @@ enum Command {
     /// Run only the CMS, ROS and WMS simulators, for nodes pointed at them.
     Simulate,
     /// Load a running node and report throughput, latency and memory
-    Bench(bench::BenchArgs),
+    Bench(bench::journey::BenchArgs),
     /// Hold many WebSocket sessions on a running node while orders flow; report
     /// update delivery latency and memory per idle session
-    BenchWs(bench_ws::BenchWsArgs),
+    BenchWs(bench::ws::BenchWsArgs),
     /// Measure a MongoDB server's write ceiling with the documents the store writes
-    BenchDb(bench_db::BenchDbArgs),
+    BenchDb(bench::db::BenchDbArgs),
 }
 
 /// Logs to stderr, and traces over OTLP when `[telemetry] otlp_endpoint` is set
@@ -143,15 +143,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             let _traces = init_logging(&settings);
-            bench::run(args).await
+            bench::journey::run(args).await
         }
         Command::BenchWs(args) => {
             let _traces = init_logging(&settings);
-            bench_ws::run(args).await
+            bench::ws::run(args).await
         }
         Command::BenchDb(args) => {
             let _traces = init_logging(&settings);
-            bench_db::run(args).await
+            bench::db::run(args).await
         }
     }
 }

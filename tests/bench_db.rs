@@ -3,7 +3,7 @@
 //! without `MONGODB_URI`, except under `CI=true`, where that is a failure.
 
 use mongodb::Client;
-use swiftlogistics::bench_db::{BenchDbArgs, measure};
+use swiftlogistics::bench::db::{BenchDbArgs, measure};
 
 fn mongo_uri() -> Option<String> {
     match std::env::var("MONGODB_URI") {

@@ -79,11 +79,7 @@ struct CoreState {
 
 impl AdapterCore {
     pub fn new(system: System, client: Arc<dyn SystemClient>, settings: &Settings) -> Self {
-        let (timeout_ms, concurrency) = match system {
-            System::Cms => (settings.cms.timeout_ms, settings.cms.concurrency),
-            System::Ros => (settings.ros.timeout_ms, settings.ros.concurrency),
-            System::Wms => (settings.wms.timeout_ms, settings.wms.concurrency),
-        };
+        let limits = settings.call_limits(system);
         Self {
             system,
             client,
@@ -92,8 +88,8 @@ impl AdapterCore {
                 super::adapters::actor_name(system),
                 settings.telemetry.mailbox_timing,
             ),
-            timeout: Duration::from_millis(timeout_ms),
-            permits: Arc::new(Semaphore::new(concurrency)),
+            timeout: Duration::from_millis(limits.timeout_ms),
+            permits: Arc::new(Semaphore::new(limits.concurrency)),
             in_flight: Arc::new(AtomicUsize::new(0)),
             inner: Mutex::new(CoreState {
                 breaker: CircuitBreaker::new(

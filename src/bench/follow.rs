@@ -11,7 +11,7 @@
 
 use super::report::{FollowReport, Latency, latency_histogram};
 use super::scrape::SETTLED_STATUSES;
-use crate::bench_ws::{self, Observed};
+use super::ws::{self, Observed};
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
@@ -198,16 +198,16 @@ impl Sessions {
         tokens: &[Arc<str>],
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let ws_url = format!("{}/ws", bench_ws::ws_base(base)?);
+        let ws_url = format!("{}/ws", ws::ws_base(base)?);
         let observed = Arc::new(Observed::new()?);
         let stop = shutdown.child_token();
         let mut readers = JoinSet::new();
         for token in tokens {
-            let ws = bench_ws::open_session(format!("{ws_url}?token={token}"))
+            let session = ws::open_session(format!("{ws_url}?token={token}"))
                 .await
                 .map_err(anyhow::Error::msg)
                 .context("cannot open a WebSocket session to follow orders")?;
-            readers.spawn(bench_ws::follow(ws, observed.clone(), stop.clone()));
+            readers.spawn(ws::follow(session, observed.clone(), stop.clone()));
         }
         Ok(Self {
             observed,
@@ -221,7 +221,7 @@ impl Sessions {
         accepted: u64,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<FollowReport> {
-        bench_ws::drain(&self.observed, shutdown).await?;
+        ws::drain(&self.observed, shutdown).await?;
         self.stop.cancel();
         while self.readers.join_next().await.is_some() {}
         let observed = &self.observed;
@@ -241,7 +241,7 @@ impl Sessions {
         Ok(FollowReport {
             mode: FollowMode::Ws,
             received: updates,
-            expected: Some(accepted * bench_ws::UPDATES_PER_JOURNEY),
+            expected: Some(accepted * ws::UPDATES_PER_JOURNEY),
             per_order: per_order(updates, accepted),
             failed: observed.out_of_sequence.load(Ordering::Relaxed),
             latency,

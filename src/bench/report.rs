@@ -164,7 +164,8 @@ pub fn per_second(count: u64, secs: f64) -> f64 {
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
-fn tally<K: std::fmt::Display>(counts: &BTreeMap<K, u64>) -> String {
+/// `key x n, ...`: how often each kind of answer or failure came.
+pub(crate) fn tally<K: std::fmt::Display>(counts: &BTreeMap<K, u64>) -> String {
     counts
         .iter()
         .map(|(key, n)| format!("{key} x {n}"))

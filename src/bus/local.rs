@@ -9,6 +9,7 @@ use super::{
 use crate::domain::{OrderEvent, System};
 use async_trait::async_trait;
 use futures::StreamExt;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
@@ -64,9 +65,8 @@ const CLUSTER_BUFFER: usize = 64;
 
 /// A node on its own: it owns every shard, for good, and hears only itself.
 pub struct LocalBus {
-    cms: Queue<StepRequest>,
-    wms: Queue<StepRequest>,
-    ros: Queue<StepRequest>,
+    /// One step queue per system of `System::ALL`.
+    steps: HashMap<System, Queue<StepRequest>>,
     orders: Queue<OrderCommand>,
     updates: broadcast::Sender<OrderEvent>,
     cluster: broadcast::Sender<ClusterMessage>,
@@ -76,9 +76,10 @@ pub struct LocalBus {
 impl LocalBus {
     pub fn new(shards: u32) -> Self {
         Self {
-            cms: Queue::new(),
-            wms: Queue::new(),
-            ros: Queue::new(),
+            steps: System::ALL
+                .into_iter()
+                .map(|system| (system, Queue::new()))
+                .collect(),
             orders: Queue::new(),
             updates: broadcast::channel(UPDATE_BUFFER).0,
             cluster: broadcast::channel(CLUSTER_BUFFER).0,
@@ -86,12 +87,10 @@ impl LocalBus {
         }
     }
 
-    fn steps(&self, system: System) -> &Queue<StepRequest> {
-        match system {
-            System::Cms => &self.cms,
-            System::Wms => &self.wms,
-            System::Ros => &self.ros,
-        }
+    fn steps(&self, system: System) -> Result<&Queue<StepRequest>, BusError> {
+        self.steps
+            .get(&system)
+            .ok_or_else(|| BusError::Rejected(format!("no step queue for {}", system.as_str())))
     }
 }
 
@@ -102,7 +101,7 @@ impl Bus for LocalBus {
     }
 
     async fn send_step(&self, request: StepRequest) -> Result<(), BusError> {
-        self.steps(request.operation.system()).send(request).await
+        self.steps(request.operation.system())?.send(request).await
     }
 
     async fn send_to_order(&self, command: OrderCommand) -> Result<(), BusError> {
@@ -116,7 +115,7 @@ impl Bus for LocalBus {
     }
 
     async fn step_requests(&self, system: System) -> Result<Inbox<StepRequest>, BusError> {
-        self.steps(system).take(system.as_str())
+        self.steps(system)?.take(system.as_str())
     }
 
     fn shard_count(&self) -> u32 {

@@ -29,8 +29,10 @@
 //! sweeps, which load up to `limit` documents, run on tokio's blocking pool so as not
 //! to stall a runtime worker that also serves sockets.
 
+use super::contract::{self, Expected};
 use super::{
-    DriverLocation, IdempotencyKey, Intake, OrderCursor, OrderPage, OrderQuery, Store, StoreError,
+    DriverLocation, DriverStore, IdempotencyKey, Intake, OrderPage, OrderQuery, OrderStore,
+    StoreError, StoreHealth, UserStore,
 };
 use crate::domain::{Email, LoginSession, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
 use async_trait::async_trait;
@@ -164,7 +166,6 @@ struct OrderRecord {
     driver_id: Option<String>,
     created: (i64, u32),
     status: OrderStatus,
-    version: u64,
     seq: u64,
     document: Vec<u8>,
 }
@@ -178,7 +179,6 @@ impl OrderRecord {
             driver_id: order.driver_id.as_ref().map(|d| d.as_str().to_owned()),
             created: time_key(&order.created_at),
             status: order.status,
-            version: order.version,
             seq: order.seq,
             document: encode(order)?,
         })
@@ -201,6 +201,8 @@ enum Write {
     },
     Apply {
         order: OrderRecord,
+        /// What the stored order must be (already checked against the update).
+        expected: Expected,
         /// `(seq, document)`, already checked to be consecutive and to end at
         /// `order.seq`.
         events: Vec<(u64, Vec<u8>)>,
@@ -298,7 +300,7 @@ fn lock(recent: &SharedRecent) -> std::sync::MutexGuard<'_, RecentOrders> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The redb-backed [`Store`]. Dropping it lets the writer thread commit what is
+/// The redb-backed [`Store`](super::Store). Dropping it lets the writer thread commit what is
 /// already queued, stop, and close the file.
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -630,7 +632,12 @@ fn apply_batch(db: &Database, batch: &[Request]) -> Result<Vec<Result<Done, Stor
                     idempotency.as_ref().map(|(k, f)| (k.as_str(), f.as_str())),
                     &mut counts,
                 )?,
-                Write::Apply { order, events, .. } => tables.apply(order, events, &mut counts)?,
+                Write::Apply {
+                    order,
+                    expected,
+                    events,
+                    ..
+                } => tables.apply(order, *expected, events, &mut counts)?,
                 Write::PutDriver {
                     driver_id,
                     document,
@@ -793,7 +800,8 @@ impl<'txn> Tables<'txn> {
                 .map(|id| id.value().to_owned());
             if let Some(earlier) = earlier {
                 let stored = self.fingerprints.get((customer, key))?;
-                if stored.is_some_and(|stored| stored.value() != fingerprint) {
+                let stored = stored.as_ref().map(|stored| stored.value());
+                if !contract::replays(stored, fingerprint) {
                     return Ok(Ok(Done::KeyReused));
                 }
                 return Ok(match self.orders.get(earlier.as_str())? {
@@ -830,6 +838,7 @@ impl<'txn> Tables<'txn> {
     fn apply(
         &mut self,
         order: &OrderRecord,
+        expected: Expected,
         events: &[(u64, Vec<u8>)],
         counts: &mut HashMap<OrderStatus, i64>,
     ) -> OpResult {
@@ -842,25 +851,15 @@ impl<'txn> Tables<'txn> {
             Ok(head) => head,
             Err(e) => return Ok(Err(e)),
         };
-        let expected = order.version.saturating_sub(1);
-        if stored.version != expected {
-            return Ok(Err(StoreError::VersionConflict { expected }));
+        if let Some(refusal) = expected.refusal(&order.id, stored.version, stored.seq) {
+            return Ok(Err(refusal));
         }
+        // The MongoDB store never rewrites these fields; this one refuses the update.
         if stored.customer_id.as_str() != order.customer_id
             || time_key(&stored.created_at) != order.created
         {
             return Ok(Err(StoreError::Corrupt(format!(
                 "order {id}: an update may not change the customer or the creation time"
-            ))));
-        }
-        let continues = match events.first() {
-            Some((first, _)) => *first == stored.seq + 1,
-            None => order.seq == stored.seq,
-        };
-        if !continues {
-            return Ok(Err(StoreError::Corrupt(format!(
-                "order {id}: events must continue the log after seq {}",
-                stored.seq
             ))));
         }
         self.orders.insert(id, order.document.as_slice())?;
@@ -924,14 +923,17 @@ fn load_orders(txn: &ReadTransaction, ids: &[String]) -> Result<Vec<Order>, Stor
 }
 
 #[async_trait]
-impl Store for EmbeddedStore {
+impl StoreHealth for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.lookup(|txn| {
             txn.open_table(STATUS_COUNTS).map_err(unavailable)?;
             Ok(())
         })
     }
+}
 
+#[async_trait]
+impl UserStore for EmbeddedStore {
     async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
         let write = Write::InsertUser {
             user_id: user.id.as_str().to_owned(),
@@ -1025,19 +1027,17 @@ impl Store for EmbeddedStore {
             _ => Ok(0),
         }
     }
+}
 
+#[async_trait]
+impl OrderStore for EmbeddedStore {
     async fn create_order(
         &self,
         order: &Order,
         first_event: &OrderEvent,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Intake, StoreError> {
-        if first_event.order_id != order.order_id || first_event.seq != order.seq {
-            return Err(StoreError::Corrupt(format!(
-                "order {}: the first event must belong to it and carry its seq",
-                order.order_id
-            )));
-        }
+        contract::check_intake(order, first_event)?;
         let write = Write::CreateOrder {
             order: OrderRecord::new(order)?,
             first_event: encode(first_event)?,
@@ -1072,23 +1072,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn apply(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError> {
-        if order.version == 0 {
-            return Err(StoreError::Corrupt(format!(
-                "order {}: an update carries version 1 or more",
-                order.order_id
-            )));
-        }
-        let consecutive = events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
-        let ends_at_order = events.last().is_none_or(|e| e.seq == order.seq);
-        let same_order = events.iter().all(|e| e.order_id == order.order_id);
-        if !(consecutive && ends_at_order && same_order) {
-            return Err(StoreError::Corrupt(format!(
-                "order {}: events must be its own, consecutive and end at seq {}",
-                order.order_id, order.seq
-            )));
-        }
+        let expected = Expected::of_update(order, events)?;
         let write = Write::Apply {
             order: OrderRecord::new(order)?,
+            expected,
             events: events
                 .iter()
                 .map(|e| Ok((e.seq, encode(e)?)))
@@ -1182,7 +1169,10 @@ impl Store for EmbeddedStore {
             Ok(found)
         })
     }
+}
 
+#[async_trait]
+impl DriverStore for EmbeddedStore {
     async fn put_driver_location(&self, location: &DriverLocation) -> Result<(), StoreError> {
         let write = Write::PutDriver {
             driver_id: location.driver_id.as_str().to_owned(),
@@ -1247,10 +1237,7 @@ fn owned_orders<'t>(
 fn list_orders(txn: &ReadTransaction, query: &OrderQuery) -> Result<OrderPage, StoreError> {
     let limit = query.limit;
     if limit == 0 {
-        return Ok(OrderPage {
-            orders: Vec::new(),
-            next: None,
-        });
+        return Ok(contract::page(Vec::new(), false));
     }
     let cursor = query
         .after
@@ -1326,13 +1313,5 @@ fn list_orders(txn: &ReadTransaction, query: &OrderQuery) -> Result<OrderPage, S
     }
     let more = ids.len() > limit;
     ids.truncate(limit);
-    let orders = load_orders(txn, &ids)?;
-    let next = match orders.last() {
-        Some(last) if more => Some(OrderCursor {
-            created_at: last.created_at,
-            order_id: last.order_id.clone(),
-        }),
-        _ => None,
-    };
-    Ok(OrderPage { orders, next })
+    Ok(contract::page(load_orders(txn, &ids)?, more))
 }

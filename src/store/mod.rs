@@ -1,12 +1,15 @@
-//! The Store port: everything the runtime persists. Two adapters implement it: the
-//! embedded redb file (the default) and MongoDB. One conformance suite
-//! (`tests/store_conformance.rs`) runs against both.
+//! The store ports: everything the runtime persists, one trait per concern (orders
+//! with their events, users with their login sessions, driver locations, health),
+//! and `Store`, all of them together. Two adapters implement every port: the embedded
+//! redb file (the default) and MongoDB. The checks the contract makes of every write
+//! before it reaches a backend are in `contract`, shared by both; one conformance
+//! suite (`tests/store_conformance.rs`) runs against both.
 //!
 //! Order correctness rests on one primitive: `apply`, a compare-and-set on the order's
 //! `version` that writes the new order document and its new events atomically. Two
 //! writers can never both win; the loser reloads and decides again.
 
-mod batch;
+mod contract;
 pub mod embedded;
 pub mod mongo;
 
@@ -87,36 +90,10 @@ pub struct DriverLocation {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Orders and their event logs: intake, the compare-and-set every transition goes
+/// through, listings, and the sweeps that find work to resume.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Cheap round trip for readiness checks.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
-    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
-    async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError>;
-
-    /// Login sessions (refresh-token families). `rotate_session` is a compare-and-set:
-    /// it installs `token_hash` as generation `expected_generation + 1` only if the
-    /// session is at `expected_generation` and not revoked, and returns the updated
-    /// session; `None` when it was not (a concurrent rotation, a replay, a revocation).
-    async fn insert_session(&self, session: &LoginSession) -> Result<(), StoreError>;
-    async fn session(&self, id: &str) -> Result<Option<LoginSession>, StoreError>;
-    async fn rotate_session(
-        &self,
-        id: &str,
-        expected_generation: u64,
-        token_hash: &str,
-    ) -> Result<Option<LoginSession>, StoreError>;
-    /// Idempotent; an unknown id is not an error.
-    async fn revoke_session(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Revokes every live session of the user; returns how many.
-    async fn revoke_user_sessions(
-        &self,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<u64, StoreError>;
-
+pub trait OrderStore: Send + Sync + 'static {
     /// Persists a new order with its first event, atomically. With an idempotency key
     /// that the same customer used before, nothing is written: the earlier order is
     /// returned if the fingerprints match (or the earlier one was stored without
@@ -152,9 +129,57 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<OrderId>, StoreError>;
 
     async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError>;
+}
 
+/// Accounts and their login sessions (refresh-token families).
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+    async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+
+    /// `rotate_session` is a compare-and-set: it installs `token_hash` as generation
+    /// `expected_generation + 1` only if the session is at `expected_generation` and
+    /// not revoked, and returns the updated session; `None` when it was not (a
+    /// concurrent rotation, a replay, a revocation).
+    async fn insert_session(&self, session: &LoginSession) -> Result<(), StoreError>;
+    async fn session(&self, id: &str) -> Result<Option<LoginSession>, StoreError>;
+    async fn rotate_session(
+        &self,
+        id: &str,
+        expected_generation: u64,
+        token_hash: &str,
+    ) -> Result<Option<LoginSession>, StoreError>;
+    /// Idempotent; an unknown id is not an error.
+    async fn revoke_session(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Revokes every live session of the user; returns how many.
+    async fn revoke_user_sessions(
+        &self,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Where each driver was last seen: one document per driver, replaced on every
+/// report, unrelated to any order's log.
+#[async_trait]
+pub trait DriverStore: Send + Sync + 'static {
     async fn put_driver_location(&self, location: &DriverLocation) -> Result<(), StoreError>;
     async fn driver_location(&self, driver: &UserId) -> Result<Option<DriverLocation>, StoreError>;
 }
+
+/// Whether the store answers at all.
+#[async_trait]
+pub trait StoreHealth: Send + Sync + 'static {
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Every port together, for wiring: the node opens one backend and hands it out as
+/// this. A part that needs one concern takes that port instead (an `Arc<dyn Store>`
+/// coerces to `Arc<dyn UserStore>` and the like).
+pub trait Store: OrderStore + UserStore + DriverStore + StoreHealth {}
+
+impl<T: OrderStore + UserStore + DriverStore + StoreHealth> Store for T {}
 
 pub type SharedStore = Arc<dyn Store>;

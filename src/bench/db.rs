@@ -8,7 +8,7 @@
 //! the same inserts and updates sent many to a call, which is how the store batches
 //! writes of concurrent orders.
 
-use crate::bench::report::{Latency, duration, latency_histogram};
+use super::report::{Latency, duration, latency_histogram, per_second};
 use crate::domain::{NewOrder, Order, OrderId, OrderStatus, UserId};
 use crate::store::mongo::{IMMUTABLE_FIELDS, MongoStore};
 use anyhow::{Context as _, bail};
@@ -300,7 +300,7 @@ impl Bench {
             documents,
             documents_per_call: per_call,
             seconds,
-            documents_per_second: crate::bench::report::per_second(documents, seconds),
+            documents_per_second: per_second(documents, seconds),
             call_latency: Latency::of(&histogram),
         })
     }

@@ -7,8 +7,8 @@
 //! decided, just before it is persisted) to the frame arriving here. Both clocks are
 //! this host's, so run the bench on the node's machine.
 
-use crate::bench::report::{Latency, duration, latency_histogram};
-use crate::bench::scrape::{self, MemorySource};
+use super::report::{Latency, duration, latency_histogram, tally};
+use super::scrape::{self, MemorySource};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use futures::{SinkExt as _, StreamExt as _};
@@ -142,22 +142,10 @@ pub struct Summary {
 
 /// Runs the bench until it finishes or Ctrl-C, then prints the summary.
 pub async fn run(args: BenchWsArgs) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let interrupt = shutdown.clone();
-    // If the signal cannot be watched, Ctrl-C keeps its default of ending the process.
-    let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            interrupt.cancel();
-        }
-    });
-    let outcome = bench(&args, shutdown).await;
-    watcher.abort();
-    let summary = outcome?;
-    print!("{}", summary.render());
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    }
-    Ok(())
+    super::until_interrupted(args.json, Summary::render, |shutdown| async move {
+        bench(&args, shutdown).await
+    })
+    .await
 }
 
 struct Account {
@@ -236,7 +224,7 @@ pub async fn bench(args: &BenchWsArgs, shutdown: CancellationToken) -> anyhow::R
     let memory_source = scrape::memory_source(&http, &base, args.server_pid).await;
 
     let accounts: Vec<Account> =
-        crate::bench::register_accounts(&http, &base, args.users, "bench-ws", &shutdown)
+        super::accounts::register_accounts(&http, &base, args.users, "bench-ws", &shutdown)
             .await?
             .into_iter()
             .map(|token| Account { token })
@@ -551,14 +539,6 @@ pub(crate) async fn drain(observed: &Observed, shutdown: &CancellationToken) -> 
         seen = now;
     }
     Ok(())
-}
-
-fn tally<K: std::fmt::Display>(counts: &BTreeMap<K, u64>) -> String {
-    counts
-        .iter()
-        .map(|(key, n)| format!("{key} x {n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn mebibytes(bytes: u64) -> String {
