@@ -289,26 +289,6 @@ async fn drivers_take_ready_orders_out_and_deliver_them() {
     assert_eq!(cancel.status(), 409);
 }
 
-async fn cms_health(app: &common::TestApp, admin: &str) -> Value {
-    let body: Value = app
-        .http
-        .get(app.url("/api/services/health"))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == "cms")
-        .cloned()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_circuit_opens_after_three_failures_and_recover_closes_it() {
     let app = spawn_app_with(
@@ -321,20 +301,20 @@ async fn the_circuit_opens_after_three_failures_and_recover_closes_it() {
     sims.cms.knobs().update(|k| k.outage = true);
     let order_id = app.place(&token).await;
     let opened = periodic_check(
-        || async { cms_health(&app, &admin).await["circuit"] == "OPEN" },
+        || async { app.service_health(&admin, "cms").await["circuit"] == "OPEN" },
         JOURNEY,
     )
     .await;
-    assert!(opened, "{}", cms_health(&app, &admin).await);
-    let cms = cms_health(&app, &admin).await;
+    assert!(opened, "{}", app.service_health(&admin, "cms").await);
+    let cms = app.service_health(&admin, "cms").await;
     assert_eq!(cms["consecutiveFailures"], 3);
     // While open, the order waits instead of burning its retries.
     let parked = periodic_check(
-        || async { cms_health(&app, &admin).await["waiting"] == 1 },
+        || async { app.service_health(&admin, "cms").await["waiting"] == 1 },
         JOURNEY,
     )
     .await;
-    assert!(parked, "{}", cms_health(&app, &admin).await);
+    assert!(parked, "{}", app.service_health(&admin, "cms").await);
     sims.cms.knobs().update(|k| k.outage = false);
     let recovered: Value = app
         .http

@@ -146,26 +146,6 @@ fn fail_fast() -> Value {
            "circuit": {"failure_threshold": 100, "open_secs": 1}})
 }
 
-async fn service_health(app: &TestApp, admin: &str, service: &str) -> Value {
-    let body: Value = app
-        .http
-        .get(app.url("/api/services/health"))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == service)
-        .cloned()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_route_optimiser_redirecting_elsewhere_gets_nothing_sent_there() {
     let (sims, _stop) = back_office().await;
@@ -201,7 +181,7 @@ async fn a_route_optimiser_redirecting_elsewhere_gets_nothing_sent_there() {
                 .starts_with("the route service did not answer in time"),
             "{order}"
         );
-        let ros = service_health(&app, &app.admin_token().await, "ros").await;
+        let ros = app.service_health(&app.admin_token().await, "ros").await;
         assert!(
             ros["lastError"].as_str().unwrap().contains("redirect"),
             "operators see why: {ros}"
@@ -314,24 +294,24 @@ async fn recover_sends_parked_requests_of_waiting_orders_only() {
     let opened_it = app.place(&token).await;
     app.wait_for_status(&token, &opened_it, "FAILED", JOURNEY)
         .await;
-    assert_eq!(service_health(&app, &admin, "cms").await["circuit"], "OPEN");
+    assert_eq!(app.service_health(&admin, "cms").await["circuit"], "OPEN");
     assert_eq!(cms.validations_of(&opened_it), 3);
 
     // The second order's attempts all park on the open circuit until it gives up.
     let failed_while_parked = app.place(&token).await;
     app.wait_for_status(&token, &failed_while_parked, "FAILED", JOURNEY)
         .await;
-    let cms_health = service_health(&app, &admin, "cms").await;
+    let cms_health = app.service_health(&admin, "cms").await;
     assert_eq!(cms_health["waiting"], 3, "{cms_health}");
 
     // The third is parked and still waiting when the operator steps in.
     let waiting = app.place(&token).await;
     let parked = periodic_check(
-        || async { service_health(&app, &admin, "cms").await["waiting"] == 4 },
+        || async { app.service_health(&admin, "cms").await["waiting"] == 4 },
         JOURNEY,
     )
     .await;
-    assert!(parked, "{}", service_health(&app, &admin, "cms").await);
+    assert!(parked, "{}", app.service_health(&admin, "cms").await);
     cms.down.store(false, Ordering::SeqCst);
     let recovered = app
         .http
@@ -345,11 +325,11 @@ async fn recover_sends_parked_requests_of_waiting_orders_only() {
     app.wait_for_status(&token, &waiting, "READY_FOR_DELIVERY", JOURNEY)
         .await;
     let drained = periodic_check(
-        || async { service_health(&app, &admin, "cms").await["waiting"] == 0 },
+        || async { app.service_health(&admin, "cms").await["waiting"] == 0 },
         JOURNEY,
     )
     .await;
-    assert!(drained, "{}", service_health(&app, &admin, "cms").await);
+    assert!(drained, "{}", app.service_health(&admin, "cms").await);
     assert_eq!(
         cms.validations_of(&failed_while_parked),
         0,
@@ -382,11 +362,11 @@ async fn a_circuit_reopened_after_recover_during_an_outage_probes_again() {
     sims.cms.knobs().update(|k| k.outage = true);
     let order_id = app.place(&token).await;
     let parked = periodic_check(
-        || async { service_health(&app, &admin, "cms").await["waiting"] == 1 },
+        || async { app.service_health(&admin, "cms").await["waiting"] == 1 },
         JOURNEY,
     )
     .await;
-    assert!(parked, "{}", service_health(&app, &admin, "cms").await);
+    assert!(parked, "{}", app.service_health(&admin, "cms").await);
 
     let recovered: Value = app
         .http
@@ -402,13 +382,13 @@ async fn a_circuit_reopened_after_recover_during_an_outage_probes_again() {
     // Still down: three more failures open it again and the order parks again.
     let reopened = periodic_check(
         || async {
-            let cms = service_health(&app, &admin, "cms").await;
+            let cms = app.service_health(&admin, "cms").await;
             cms["circuit"] != "CLOSED" && cms["waiting"] == 1
         },
         JOURNEY,
     )
     .await;
-    assert!(reopened, "{}", service_health(&app, &admin, "cms").await);
+    assert!(reopened, "{}", app.service_health(&admin, "cms").await);
     sims.cms.knobs().update(|k| k.outage = false);
 
     app.wait_for_status(
@@ -418,10 +398,7 @@ async fn a_circuit_reopened_after_recover_during_an_outage_probes_again() {
         Duration::from_secs(10),
     )
     .await;
-    assert_eq!(
-        service_health(&app, &admin, "cms").await["circuit"],
-        "CLOSED"
-    );
+    assert_eq!(app.service_health(&admin, "cms").await["circuit"], "CLOSED");
 }
 
 /// What the customer can read of an order: the document with its history (the

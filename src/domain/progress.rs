@@ -75,6 +75,29 @@ pub fn status_view(order: &Order, events: &[OrderEvent]) -> StatusView {
     }
 }
 
+/// Where one back-office step of an order stands, in seed 001's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepProgress {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+    Compensated,
+}
+
+impl StepProgress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Compensated => "COMPENSATED",
+        }
+    }
+}
+
 /// Seed 001's view of progress: the three steps with their state and the time each
 /// settled, taken from the event log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -82,7 +105,7 @@ pub fn status_view(order: &Order, events: &[OrderEvent]) -> StatusView {
 pub struct StepView {
     pub step: &'static str,
     pub name: &'static str,
-    pub status: &'static str,
+    pub status: StepProgress,
     pub timestamp: Option<DateTime<Utc>>,
 }
 
@@ -111,12 +134,12 @@ pub fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> {
             let state = order.integration_status.get(system);
             let status = match state {
                 StepState::Pending if current.map(Operation::system) == Some(system) => {
-                    "IN_PROGRESS"
+                    StepProgress::InProgress
                 }
-                StepState::Pending => "PENDING",
-                StepState::Completed => "COMPLETED",
-                StepState::Refused | StepState::Failed => "FAILED",
-                StepState::Compensated => "COMPENSATED",
+                StepState::Pending => StepProgress::Pending,
+                StepState::Completed => StepProgress::Completed,
+                StepState::Refused | StepState::Failed => StepProgress::Failed,
+                StepState::Compensated => StepProgress::Compensated,
             };
             let timestamp = events
                 .iter()
@@ -202,12 +225,28 @@ mod tests {
     }
 
     #[test]
+    fn step_progress_has_its_wire_names() {
+        for progress in [
+            StepProgress::Pending,
+            StepProgress::InProgress,
+            StepProgress::Completed,
+            StepProgress::Failed,
+            StepProgress::Compensated,
+        ] {
+            assert_eq!(
+                serde_json::to_value(progress).unwrap(),
+                json!(progress.as_str())
+            );
+        }
+    }
+
+    #[test]
     fn step_views_follow_progress() {
         let (order, first) = received();
         let d = validated(&order);
         let events = [vec![first], d.events].concat();
         let views = step_views(&d.order, &events);
-        let states: Vec<_> = views.iter().map(|v| v.status).collect();
+        let states: Vec<_> = views.iter().map(|v| v.status.as_str()).collect();
         assert_eq!(states, ["COMPLETED", "IN_PROGRESS", "PENDING"]);
         assert!(views[0].timestamp.is_some());
     }

@@ -288,6 +288,25 @@ impl TestApp {
             .expect("order json")
     }
 
+    /// One system's entry (`cms`, `wms`, `ros`) of `GET /api/services/health`.
+    pub async fn service_health(&self, admin: &str, service: &str) -> Value {
+        let body: Value = self
+            .http
+            .get(self.url("/api/services/health"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .expect("get service health")
+            .json()
+            .await
+            .expect("service health json");
+        body["services"]
+            .as_array()
+            .and_then(|services| services.iter().find(|s| s["service"] == service))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {service} in {body}"))
+    }
+
     pub async fn status_of(&self, token: &str, order_id: &str) -> String {
         self.order(token, order_id).await["status"]
             .as_str()
