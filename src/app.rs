@@ -66,7 +66,7 @@ pub struct Runtime {
 
 /// The process-wide Prometheus recorder (a process has one metrics registry, even
 /// when tests start several nodes in it).
-pub fn metrics_handle() -> PrometheusHandle {
+pub(crate) fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -357,7 +357,7 @@ impl Runtime {
     /// once, WebSocket sessions told to reconnect elsewhere (1012), every shard handed
     /// over (actors stopped, then consumers ended), requests in flight finished; then
     /// everything stops.
-    pub async fn drain(mut self, limit: Duration) {
+    pub(crate) async fn drain(mut self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         tracing::info!(node = %self.context.node_id, ?limit, "draining");
         self.context.admission.close();

@@ -65,23 +65,23 @@ pub enum AuthError {
 /// checkable (`iss`, `aud`, `nbf`, `jti`) and its login session (`sid`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Claims {
-    pub user_id: UserId,
-    pub email: String,
-    pub role: Role,
-    pub exp: u64,
-    pub iat: u64,
-    pub nbf: u64,
-    pub jti: String,
-    pub iss: String,
-    pub aud: String,
-    pub sid: String,
+pub(crate) struct Claims {
+    pub(crate) user_id: UserId,
+    pub(crate) email: String,
+    pub(crate) role: Role,
+    pub(crate) exp: u64,
+    pub(crate) iat: u64,
+    pub(crate) nbf: u64,
+    pub(crate) jti: String,
+    pub(crate) iss: String,
+    pub(crate) aud: String,
+    pub(crate) sid: String,
 }
 
 /// Signing and verification keys for one secret. Deliberately not `Debug`: it holds
 /// the secret.
 #[derive(Clone)]
-pub struct TokenKeys {
+pub(crate) struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -116,12 +116,17 @@ impl TokenKeys {
     }
 
     /// Seconds an access token lives.
-    pub fn ttl_secs(&self) -> u64 {
+    pub(crate) fn ttl_secs(&self) -> u64 {
         u64::try_from(self.ttl.num_seconds()).unwrap_or(0)
     }
 
     /// A fresh access token for the user in login session `sid`.
-    pub fn issue(&self, user: &User, sid: &str, now: DateTime<Utc>) -> Result<String, AuthError> {
+    pub(crate) fn issue(
+        &self,
+        user: &User,
+        sid: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, AuthError> {
         let iat = u64::try_from(now.timestamp()).unwrap_or(0);
         let claims = Claims {
             user_id: user.id.clone(),
@@ -139,7 +144,7 @@ impl TokenKeys {
     }
 
     /// Signs arbitrary claims; `issue` is the normal way in.
-    pub fn sign(&self, claims: &Claims) -> Result<String, AuthError> {
+    pub(crate) fn sign(&self, claims: &Claims) -> Result<String, AuthError> {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .map_err(|e| AuthError::Hashing(format!("cannot sign a token: {e}")))
     }
@@ -147,7 +152,7 @@ impl TokenKeys {
     /// Checks signature, algorithm, issuer, audience, `exp` and `nbf` (with the
     /// leeway), that it was not issued in the future, and that it lives no longer
     /// than this node issues tokens for: an `exp` in the year 3000 is refused.
-    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, AuthError> {
+    pub(crate) fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, AuthError> {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|_| AuthError::InvalidToken)?;
@@ -196,7 +201,7 @@ impl TokenKeys {
 }
 
 /// Compares two secrets in time that depends on their length only.
-pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
@@ -210,22 +215,22 @@ fn token_hash(token: &str) -> String {
 
 /// Whoever presented a valid token, as its session and user record say now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub user_id: UserId,
-    pub email: Email,
-    pub role: Role,
-    pub session_id: String,
+pub(crate) struct Principal {
+    pub(crate) user_id: UserId,
+    pub(crate) email: Email,
+    pub(crate) role: Role,
+    pub(crate) session_id: String,
     /// When the presented access token expires.
-    pub expires_at: DateTime<Utc>,
+    pub(crate) expires_at: DateTime<Utc>,
 }
 
 /// What a login or a refresh hands out.
 #[derive(Debug, Clone)]
-pub struct IssuedTokens {
-    pub access_token: String,
-    pub refresh_token: String,
-    pub expires_in_secs: u64,
-    pub user: User,
+pub(crate) struct IssuedTokens {
+    pub(crate) access_token: String,
+    pub(crate) refresh_token: String,
+    pub(crate) expires_in_secs: u64,
+    pub(crate) user: User,
 }
 
 /// The user behind a live session, as last read.
@@ -233,7 +238,7 @@ type SessionCheck = Option<(UserId, Email, Role)>;
 
 /// How a login's password checked out.
 #[derive(Debug)]
-pub enum LoginCheck {
+pub(crate) enum LoginCheck {
     Verified(User),
     /// Wrong password, or no such account (`known_account` is for the logs only).
     Refused {
@@ -243,7 +248,7 @@ pub enum LoginCheck {
 
 /// Accounts and their login sessions: registering and checking passwords, issuing,
 /// rotating, revoking, and checking tokens against the sessions.
-pub struct Sessions {
+pub(crate) struct Sessions {
     store: Arc<dyn UserStore>,
     keys: TokenKeys,
     session_ttl: chrono::Duration,
@@ -263,13 +268,9 @@ impl Sessions {
         }
     }
 
-    pub fn keys(&self) -> &TokenKeys {
-        &self.keys
-    }
-
     /// Creates a client's account. `false` when the e-mail address has one already:
     /// nothing changes, and the caller answers as if it had not (no account probing).
-    pub async fn register(&self, user: &User) -> Result<bool, AuthError> {
+    pub(crate) async fn register(&self, user: &User) -> Result<bool, AuthError> {
         match self.store.insert_user(user).await {
             Ok(()) => Ok(true),
             Err(StoreError::DuplicateEmail) => Ok(false),
@@ -279,7 +280,7 @@ impl Sessions {
 
     /// Checks a login's password. An unknown or malformed address costs the same
     /// hashing time as a known one, so timing tells nothing.
-    pub async fn check_login(
+    pub(crate) async fn check_login(
         &self,
         email: Option<&Email>,
         password: String,
@@ -299,7 +300,7 @@ impl Sessions {
     }
 
     /// The account with this id, if there is one.
-    pub async fn account(&self, id: &UserId) -> Result<Option<User>, AuthError> {
+    pub(crate) async fn account(&self, id: &UserId) -> Result<Option<User>, AuthError> {
         Ok(self.store.user_by_id(id).await?)
     }
 
@@ -328,7 +329,7 @@ impl Sessions {
 
     /// Exchanges a refresh token for a new pair. A superseded token of a live
     /// session is a replay: the session is revoked, for its holder and the thief.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, AuthError> {
+    pub(crate) async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, AuthError> {
         let (sid, generation) = self
             .keys
             .open_refresh(refresh_token)
@@ -382,19 +383,19 @@ impl Sessions {
     }
 
     /// The session a refresh token belongs to, if this node made the token.
-    pub fn session_of_refresh<'t>(&self, refresh_token: &'t str) -> Option<&'t str> {
+    pub(crate) fn session_of_refresh<'t>(&self, refresh_token: &'t str) -> Option<&'t str> {
         self.keys.open_refresh(refresh_token).map(|(sid, _)| sid)
     }
 
     /// Ends one login session: its refresh token and its access tokens stop working.
-    pub async fn revoke(&self, sid: &str) -> Result<(), AuthError> {
+    pub(crate) async fn revoke(&self, sid: &str) -> Result<(), AuthError> {
         self.store.revoke_session(sid, Utc::now()).await?;
         self.checked.remove(sid);
         Ok(())
     }
 
     /// Ends every login session of a user; returns how many were live.
-    pub async fn revoke_user(&self, user: &UserId) -> Result<u64, AuthError> {
+    pub(crate) async fn revoke_user(&self, user: &UserId) -> Result<u64, AuthError> {
         let revoked = self.store.revoke_user_sessions(user, Utc::now()).await?;
         self.checked
             .retain(|_, (_, check)| check.as_ref().is_none_or(|(id, _, _)| id != user));
@@ -403,7 +404,7 @@ impl Sessions {
 
     /// Verifies an access token and that its session is live and its user still
     /// exists; the role is the user record's, not the token's.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let now = Utc::now();
         let claims = self.keys.verify(token, now)?;
         let (user_id, email, role) = self
@@ -451,7 +452,7 @@ impl Sessions {
 
 /// Who a password hash is computed for: each has its own slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashingClass {
+pub(crate) enum HashingClass {
     Login,
     Registration,
 }
@@ -510,14 +511,17 @@ pub async fn hash_password(password: String) -> Result<String, AuthError> {
 
 /// Whether `password` matches `stored`. With no stored hash (unknown account) a dummy
 /// hash is verified anyway and the answer is `false`, so both cost the same time.
-pub async fn verify_password(password: String, stored: Option<String>) -> Result<bool, AuthError> {
+pub(crate) async fn verify_password(
+    password: String,
+    stored: Option<String>,
+) -> Result<bool, AuthError> {
     on_blocking_pool(HashingClass::Login, move || {
         verify_blocking(&password, stored.as_deref())
     })
     .await
 }
 
-pub fn generate_password() -> String {
+pub(crate) fn generate_password() -> String {
     rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
         .take(GENERATED_PASSWORD_LEN)
@@ -528,7 +532,7 @@ pub fn generate_password() -> String {
 /// Creates the configured admin and driver accounts if they do not exist yet.
 /// Returns the accounts created with a generated password, so that the caller can
 /// show each password once; existing accounts are never touched.
-pub async fn ensure_bootstrap_accounts(
+pub(crate) async fn ensure_bootstrap_accounts(
     store: &dyn UserStore,
     settings: &Settings,
 ) -> Result<Vec<(Email, Role, String)>, AuthError> {

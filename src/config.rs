@@ -7,9 +7,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub(crate) const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const DEFAULT_JWT_SECRET: &str = "dev-only-change-me-swiftlogistics-secret";
 /// Secrets anyone can read: ours, the seed's `.env.example`, and the usual suspects.
 const KNOWN_JWT_SECRETS: [&str; 6] = [
@@ -35,14 +34,14 @@ pub struct Settings {
     pub cms: CmsSettings,
     pub ros: HttpSystemSettings,
     pub wms: WmsSettings,
-    pub circuit: CircuitSettings,
-    pub saga: SagaSettings,
-    pub orders: OrderSettings,
-    pub supervision: SupervisionSettings,
+    pub(crate) circuit: CircuitSettings,
+    pub(crate) saga: SagaSettings,
+    pub(crate) orders: OrderSettings,
+    pub(crate) supervision: SupervisionSettings,
     pub simulators: SimulatorSettings,
     pub websocket: WebSocketSettings,
     pub rate_limit: RateLimitSettings,
-    pub cluster: ClusterSettings,
+    pub(crate) cluster: ClusterSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
 }
@@ -58,36 +57,36 @@ pub enum Profile {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub bind: String,
-    pub max_body_bytes: usize,
-    pub max_concurrent_requests: usize,
-    pub request_timeout_secs: u64,
-    pub header_read_timeout_secs: u64,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_concurrent_requests: usize,
+    pub(crate) request_timeout_secs: u64,
+    pub(crate) header_read_timeout_secs: u64,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    pub cors_allowed_origins: Vec<String>,
-    pub metrics_token: String,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    pub(crate) cors_allowed_origins: Vec<String>,
+    pub(crate) metrics_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    pub jwt_secret: String,
-    pub issuer: String,
-    pub audience: String,
-    pub access_token_ttl_secs: u64,
-    pub refresh_token_ttl_hours: u64,
-    pub leeway_secs: u64,
-    pub session_cache_ms: u64,
+    pub(crate) jwt_secret: String,
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) access_token_ttl_secs: u64,
+    pub(crate) refresh_token_ttl_hours: u64,
+    pub(crate) leeway_secs: u64,
+    pub(crate) session_cache_ms: u64,
     pub login_per_minute: u32,
     pub lockout_failures: u32,
-    pub lockout_minutes: u64,
+    pub(crate) lockout_minutes: u64,
     pub register_per_hour: u32,
-    pub generated_passwords_file: PathBuf,
-    pub admin_email: String,
-    pub admin_password: String,
-    pub driver_email: String,
-    pub driver_password: String,
+    pub(crate) generated_passwords_file: PathBuf,
+    pub(crate) admin_email: String,
+    pub(crate) admin_password: String,
+    pub(crate) driver_email: String,
+    pub(crate) driver_password: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,15 +101,15 @@ pub enum StoreKind {
 pub struct StoreSettings {
     pub kind: StoreKind,
     pub path: PathBuf,
-    pub mongodb_uri: String,
+    pub(crate) mongodb_uri: String,
     pub database: String,
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
     /// Page cache of the embedded store, in MiB.
-    pub cache_mib: u64,
+    pub(crate) cache_mib: u64,
     /// Recently written orders the embedded store keeps in memory.
-    pub cached_orders: usize,
+    pub(crate) cached_orders: usize,
     /// How long a lone write of the embedded store waits to share its commit.
-    pub commit_window_us: u64,
+    pub(crate) commit_window_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,17 +123,17 @@ pub enum BusKind {
 #[serde(deny_unknown_fields)]
 pub struct BusSettings {
     pub kind: BusKind,
-    pub rabbitmq_url: String,
-    pub shards: u32,
+    pub(crate) rabbitmq_url: String,
+    pub(crate) shards: u32,
     pub prefetch: u16,
-    pub timeout_secs: u64,
-    pub namespace: String,
+    pub(crate) timeout_secs: u64,
+    pub(crate) namespace: String,
     /// Brokers holding each new quorum queue on a RabbitMQ cluster (0: all).
-    pub quorum_initial_group_size: u32,
+    pub(crate) quorum_initial_group_size: u32,
 }
 
 /// Where each system is when nothing says otherwise (seed 000 section 11's ports).
-pub const DEFAULT_CMS_URL: &str = "http://127.0.0.1:4000/cms";
+pub(crate) const DEFAULT_CMS_URL: &str = "http://127.0.0.1:4000/cms";
 pub const DEFAULT_ROS_URL: &str = "http://127.0.0.1:4001";
 pub const DEFAULT_WMS_ADDR: &str = "127.0.0.1:4002";
 
@@ -142,15 +141,15 @@ pub const DEFAULT_WMS_ADDR: &str = "127.0.0.1:4002";
 /// and how many calls may be in flight at once (`timeout_ms`, `concurrency` of its
 /// section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallLimits {
-    pub timeout_ms: u64,
-    pub concurrency: usize,
+pub(crate) struct CallLimits {
+    pub(crate) timeout_ms: u64,
+    pub(crate) concurrency: usize,
 }
 
 impl Settings {
     /// The call limits of `system`'s section: the one place that maps a system to
     /// its settings for the adapter and the checks below.
-    pub fn call_limits(&self, system: System) -> CallLimits {
+    pub(crate) fn call_limits(&self, system: System) -> CallLimits {
         let (timeout_ms, concurrency) = match system {
             System::Cms => (self.cms.timeout_ms, self.cms.concurrency),
             System::Wms => (self.wms.timeout_ms, self.wms.concurrency),
@@ -171,14 +170,14 @@ pub struct CmsSettings {
     #[serde(default)]
     pub url: Option<String>,
     #[serde(default)]
-    pub wsdl: Option<String>,
-    pub wsdl_reread_secs: u64,
-    pub timeout_ms: u64,
-    pub concurrency: usize,
+    pub(crate) wsdl: Option<String>,
+    pub(crate) wsdl_reread_secs: u64,
+    pub(crate) timeout_ms: u64,
+    pub(crate) concurrency: usize,
 }
 
 impl CmsSettings {
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         self.url.as_deref().unwrap_or(DEFAULT_CMS_URL)
     }
 
@@ -195,8 +194,8 @@ impl CmsSettings {
 pub struct HttpSystemSettings {
     #[serde(default)]
     pub url: Option<String>,
-    pub timeout_ms: u64,
-    pub concurrency: usize,
+    pub(crate) timeout_ms: u64,
+    pub(crate) concurrency: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,92 +203,92 @@ pub struct HttpSystemSettings {
 pub struct WmsSettings {
     #[serde(default)]
     pub addr: Option<String>,
-    pub timeout_ms: u64,
-    pub concurrency: usize,
-    pub connections: usize,
+    pub(crate) timeout_ms: u64,
+    pub(crate) concurrency: usize,
+    pub(crate) connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CircuitSettings {
-    pub failure_threshold: u32,
-    pub open_secs: u64,
+pub(crate) struct CircuitSettings {
+    pub(crate) failure_threshold: u32,
+    pub(crate) open_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SagaSettings {
-    pub max_attempts: u32,
-    pub backoff_base_ms: u64,
-    pub backoff_max_ms: u64,
-    pub step_watchdog_secs: u64,
+pub(crate) struct SagaSettings {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff_base_ms: u64,
+    pub(crate) backoff_max_ms: u64,
+    pub(crate) step_watchdog_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OrderSettings {
-    pub max_in_flight: usize,
-    pub passivate_after_secs: u64,
-    pub resume_sweep_secs: u64,
+pub(crate) struct OrderSettings {
+    pub(crate) max_in_flight: usize,
+    pub(crate) passivate_after_secs: u64,
+    pub(crate) resume_sweep_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SupervisionSettings {
-    pub max_restarts: u32,
-    pub window_secs: u64,
-    pub backoff_base_ms: u64,
-    pub backoff_max_ms: u64,
+pub(crate) struct SupervisionSettings {
+    pub(crate) max_restarts: u32,
+    pub(crate) window_secs: u64,
+    pub(crate) backoff_base_ms: u64,
+    pub(crate) backoff_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// Lifecycle events of supervised actors kept in memory for the SRE page.
-    pub history: usize,
+    pub(crate) history: usize,
     /// Stamp messages when sent and observe their time in the mailbox when handled.
-    pub mailbox_timing: bool,
+    pub(crate) mailbox_timing: bool,
     /// OTLP/HTTP endpoint traces are exported to (e.g. `http://127.0.0.1:4318`);
     /// empty: no traces are exported.
-    pub otlp_endpoint: String,
+    pub(crate) otlp_endpoint: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatorSettings {
     pub enabled: bool,
-    pub cms_bind: String,
-    pub ros_bind: String,
-    pub wms_bind: String,
-    pub control_bind: String,
+    pub(crate) cms_bind: String,
+    pub(crate) ros_bind: String,
+    pub(crate) wms_bind: String,
+    pub(crate) control_bind: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebSocketSettings {
-    pub ping_interval_ms: u64,
-    pub pong_timeout_ms: u64,
-    pub session_buffer: usize,
-    pub max_subscriptions: usize,
+    pub(crate) ping_interval_ms: u64,
+    pub(crate) pong_timeout_ms: u64,
+    pub(crate) session_buffer: usize,
+    pub(crate) max_subscriptions: usize,
     pub max_sessions_per_user: usize,
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
-    pub window_secs: u64,
+    pub(crate) window_secs: u64,
     pub anonymous_per_window: u32,
     pub user_per_window: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterSettings {
-    pub node_id: String,
-    pub heartbeat_ms: u64,
-    pub missed_heartbeats: u32,
-    pub drain_timeout_secs: u64,
+pub(crate) struct ClusterSettings {
+    pub(crate) node_id: String,
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) missed_heartbeats: u32,
+    pub(crate) drain_timeout_secs: u64,
 }
 
 /// Longest node id: it is part of queue names, which AMQP bounds.
@@ -454,7 +453,7 @@ impl Settings {
 
     /// Whether the HTTP API is reachable from this machine only (127.0.0.0/8, ::1,
     /// `localhost`). Anything else, including host names, counts as exposed.
-    pub fn listens_on_loopback_only(&self) -> bool {
+    pub(crate) fn listens_on_loopback_only(&self) -> bool {
         let bind = self.http.bind.trim();
         if let Ok(addr) = bind.parse::<std::net::SocketAddr>() {
             return addr.ip().is_loopback();
@@ -469,7 +468,7 @@ impl Settings {
 
     /// `cluster.node_id`, or the host name and HTTP port (`web-1-3000`), which tell
     /// apart the nodes of one cluster as long as no two share host and port.
-    pub fn node_id(&self, http_port: u16) -> String {
+    pub(crate) fn node_id(&self, http_port: u16) -> String {
         if !self.cluster.node_id.is_empty() {
             return self.cluster.node_id.clone();
         }
@@ -501,10 +500,6 @@ impl Settings {
 
 fn node_id_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
-}
-
-pub fn millis(ms: u64) -> Duration {
-    Duration::from_millis(ms)
 }
 
 #[cfg(test)]

@@ -15,10 +15,10 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 /// The W3C trace context header, on bus messages as an AMQP header of this name.
-pub const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACEPARENT: &str = "traceparent";
 
 /// Time spent waiting in a mailbox: microseconds to seconds.
-pub const MAILBOX_WAIT: &str = "swift_mailbox_wait_seconds";
+pub(crate) const MAILBOX_WAIT: &str = "swift_mailbox_wait_seconds";
 const MAILBOX_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -28,14 +28,14 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 /// A whole journey, intake to its settled status: up to retries over minutes.
-pub const JOURNEY: &str = "swift_order_journey_seconds";
+pub(crate) const JOURNEY: &str = "swift_order_journey_seconds";
 const JOURNEY_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
 /// The exporter with our histogram buckets (without them it would render summaries,
 /// which cannot be aggregated across nodes).
-pub fn prometheus_builder() -> Result<PrometheusBuilder, BuildError> {
+pub(crate) fn prometheus_builder() -> Result<PrometheusBuilder, BuildError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(MAILBOX_WAIT.into()), MAILBOX_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(JOURNEY.into()), JOURNEY_BUCKETS)?
@@ -43,7 +43,7 @@ pub fn prometheus_builder() -> Result<PrometheusBuilder, BuildError> {
 }
 
 /// Help texts of every metric the node exports.
-pub fn describe_metrics() {
+pub(crate) fn describe_metrics() {
     describe_counter!(
         "swift_http_requests_total",
         "HTTP requests answered, by method, route template and status code."
@@ -182,7 +182,7 @@ impl Traces {
 }
 
 /// The exporting layer, boxed: its full type names the filter and the tracer.
-pub type OtlpLayer<S> = Box<dyn tracing_subscriber::Layer<S> + Send + Sync>;
+pub(crate) type OtlpLayer<S> = Box<dyn tracing_subscriber::Layer<S> + Send + Sync>;
 
 /// How long one export of a batch of spans may take.
 const OTLP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -231,7 +231,7 @@ where
 
 /// Series that count rare events, declared at zero so that dashboards and alerts
 /// find them before the first event.
-pub fn declare_series() {
+pub(crate) fn declare_series() {
     for system in System::ALL {
         for to in ["open", "half_open", "closed"] {
             metrics::counter!("swift_circuit_transitions_total", "system" => system.as_str(), "to" => to)
@@ -244,7 +244,7 @@ pub fn declare_series() {
 }
 
 /// The W3C `traceparent` of the current span, if traces are exported.
-pub fn current_traceparent() -> Option<String> {
+pub(crate) fn current_traceparent() -> Option<String> {
     use opentelemetry::propagation::TextMapPropagator;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let context = tracing::Span::current().context();
@@ -254,7 +254,7 @@ pub fn current_traceparent() -> Option<String> {
 }
 
 /// The remote parent a `traceparent` names (invalid ones give an empty context).
-pub fn remote_parent(traceparent: &str) -> opentelemetry::Context {
+pub(crate) fn remote_parent(traceparent: &str) -> opentelemetry::Context {
     use opentelemetry::propagation::TextMapPropagator;
     let carrier =
         std::collections::HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
@@ -263,7 +263,7 @@ pub fn remote_parent(traceparent: &str) -> opentelemetry::Context {
 
 /// The span of one call to an external system, a child of the order step that
 /// asked for it (its `traceparent` came with the request over the bus).
-pub fn call_span(request: &StepRequest, traceparent: Option<&str>) -> tracing::Span {
+pub(crate) fn call_span(request: &StepRequest, traceparent: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!(
         "adapter.call",
         otel.name = %format!("call {}", request.operation.name()),
@@ -282,7 +282,11 @@ pub fn call_span(request: &StepRequest, traceparent: Option<&str>) -> tracing::S
 
 /// The span of one order actor incarnation: a child of `traceparent` (the command
 /// that woke it), or the root of a new trace when it came without one.
-pub fn order_span(order_id: &OrderId, node: &str, traceparent: Option<&str>) -> tracing::Span {
+pub(crate) fn order_span(
+    order_id: &OrderId,
+    node: &str,
+    traceparent: Option<&str>,
+) -> tracing::Span {
     let span = tracing::info_span!("order", order_id = %order_id, node);
     if let Some(traceparent) = traceparent {
         adopt(&span, traceparent);
@@ -292,7 +296,7 @@ pub fn order_span(order_id: &OrderId, node: &str, traceparent: Option<&str>) -> 
 
 /// The span of one attempt at a step (compensations included), under the current
 /// order span; it lasts from the request to the reply that settles the attempt.
-pub fn step_span(operation: Operation, attempt: u32) -> tracing::Span {
+pub(crate) fn step_span(operation: Operation, attempt: u32) -> tracing::Span {
     tracing::info_span!(
         "order.step",
         otel.name = %format!("step {}", operation.name()),
@@ -305,13 +309,13 @@ pub fn step_span(operation: Operation, attempt: u32) -> tracing::Span {
 }
 
 /// Marks an attempt's span as failed (it will be retried or given up on).
-pub fn step_failed(span: &tracing::Span, reason: &str) {
+pub(crate) fn step_failed(span: &tracing::Span, reason: &str) {
     span.record("error", reason);
     span.record("otel.status_code", "ERROR");
 }
 
 /// Records how the current call span's call ended.
-pub fn call_outcome(kind: &'static str, failure: Option<&str>) {
+pub(crate) fn call_outcome(kind: &'static str, failure: Option<&str>) {
     let span = tracing::Span::current();
     span.record("outcome", kind);
     if failure.is_some() {
@@ -320,14 +324,14 @@ pub fn call_outcome(kind: &'static str, failure: Option<&str>) {
 }
 
 /// Makes `span` a child of the remote span `traceparent` names.
-pub fn adopt(span: &tracing::Span, traceparent: &str) {
+pub(crate) fn adopt(span: &tracing::Span, traceparent: &str) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let _ = span.set_parent(remote_parent(traceparent));
 }
 
 /// Logs each status an order reached (one INFO line per transition, with the step
 /// it waits on next) and feeds the transition and journey metrics.
-pub fn order_transitions(node: &str, order: &Order, events: &[OrderEvent]) {
+pub(crate) fn order_transitions(node: &str, order: &Order, events: &[OrderEvent]) {
     let step = saga::next_operation(order).map_or("none", |op| op.name());
     for event in events {
         tracing::info!(

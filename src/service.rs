@@ -16,17 +16,17 @@ use chrono::Utc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-pub mod drivers;
+pub(crate) mod drivers;
 mod visibility;
 
-pub use drivers::DriverService;
+pub(crate) use drivers::DriverService;
 use visibility::Action;
-pub use visibility::Viewer;
+pub(crate) use visibility::Viewer;
 
 /// Most times a request re-reads and re-decides after losing a compare-and-set race.
 const MAX_CAS_ATTEMPTS: usize = 8;
 /// Orders of each kind in a driver's work list (ready for pickup, carrying).
-pub const DRIVER_WORK_LIMIT: usize = 100;
+pub(crate) const DRIVER_WORK_LIMIT: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -58,11 +58,11 @@ impl From<KeptChanging> for ServiceError {
 /// A driver's work: what waits for them at the warehouse and what they carry,
 /// newest first, each list at most `DRIVER_WORK_LIMIT` long.
 #[derive(Debug, Clone)]
-pub struct DriverWork {
-    pub ready_for_pickup: Vec<Order>,
-    pub carrying: Vec<Order>,
+pub(crate) struct DriverWork {
+    pub(crate) ready_for_pickup: Vec<Order>,
+    pub(crate) carrying: Vec<Order>,
     /// Either list was cut at `DRIVER_WORK_LIMIT`.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// The bound on orders being processed on this node. Order actors enter when they
@@ -86,24 +86,24 @@ impl Admission {
         }
     }
 
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) < self.max
     }
 
     /// For good: the node is draining.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
 
-    pub fn enter(&self) {
+    pub(crate) fn enter(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn leave(&self) {
+    pub(crate) fn leave(&self) {
         let _ = self
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -114,10 +114,10 @@ impl Admission {
     }
 }
 
-pub struct Placed {
-    pub order: Order,
+pub(crate) struct Placed {
+    pub(crate) order: Order,
     /// True when an earlier request with the same idempotency key made this order.
-    pub replayed: bool,
+    pub(crate) replayed: bool,
 }
 
 #[derive(Clone)]
@@ -144,7 +144,7 @@ impl OrderService {
     }
 
     /// Intake: RECEIVED is durable before this returns, so a 202 is never a lie.
-    pub async fn place(
+    pub(crate) async fn place(
         &self,
         customer: &UserId,
         request: NewOrder,
@@ -188,7 +188,7 @@ impl OrderService {
         }
     }
 
-    pub async fn find(&self, viewer: &Viewer, id: &OrderId) -> Result<Order, ServiceError> {
+    pub(crate) async fn find(&self, viewer: &Viewer, id: &OrderId) -> Result<Order, ServiceError> {
         self.load(viewer, Action::Own, id).await
     }
 
@@ -206,7 +206,7 @@ impl OrderService {
 
     /// The order if the viewer may see it; `None` for one that does not exist or is
     /// not theirs alike.
-    pub async fn find_visible(
+    pub(crate) async fn find_visible(
         &self,
         viewer: &Viewer,
         id: &OrderId,
@@ -220,7 +220,7 @@ impl OrderService {
 
     /// Up to `limit` logged updates of an order after `after` (a `seq`), for a
     /// reader that was let see the order (a WebSocket session following it).
-    pub async fn updates_after(
+    pub(crate) async fn updates_after(
         &self,
         id: &OrderId,
         after: u64,
@@ -235,12 +235,12 @@ impl OrderService {
     }
 
     /// Whether the order store answers (for readiness).
-    pub async fn store_reachable(&self) -> Result<(), ServiceError> {
+    pub(crate) async fn store_reachable(&self) -> Result<(), ServiceError> {
         Ok(self.store.ping().await?)
     }
 
     /// The order with its whole event log (for the status view and the audit trail).
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         viewer: &Viewer,
         id: &OrderId,
@@ -250,7 +250,7 @@ impl OrderService {
         Ok((order, events))
     }
 
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         viewer: &Viewer,
         mut query: OrderQuery,
@@ -261,13 +261,17 @@ impl OrderService {
         Ok(self.store.orders(&query).await?)
     }
 
-    pub async fn cancel(&self, viewer: &Viewer, id: &OrderId) -> Result<Order, ServiceError> {
+    pub(crate) async fn cancel(
+        &self,
+        viewer: &Viewer,
+        id: &OrderId,
+    ) -> Result<Order, ServiceError> {
         self.change(viewer, Action::Own, id, |_| Some(SagaInput::Cancel))
             .await
     }
 
     /// The assigned driver (or an admin) moves the order on; anyone else gets 404.
-    pub async fn deliver(
+    pub(crate) async fn deliver(
         &self,
         viewer: &Viewer,
         id: &OrderId,
@@ -289,7 +293,7 @@ impl OrderService {
 
     /// An admin gives the order to `driver`, which must be a driver's account.
     /// Assigning it to the driver it already has changes nothing.
-    pub async fn assign(
+    pub(crate) async fn assign(
         &self,
         viewer: &Viewer,
         id: &OrderId,
@@ -315,7 +319,7 @@ impl OrderService {
 
     /// The orders assigned to the calling driver that are ready for pickup or out
     /// for delivery.
-    pub async fn driver_work(&self, driver: &Viewer) -> Result<DriverWork, ServiceError> {
+    pub(crate) async fn driver_work(&self, driver: &Viewer) -> Result<DriverWork, ServiceError> {
         let of_driver = |status| OrderQuery {
             customer: None,
             driver: Some(driver.user_id.clone()),
@@ -390,7 +394,7 @@ impl OrderService {
 /// compare-and-set write of a decision (refused with `VersionConflict` when the
 /// stored order is no longer the one decided on).
 #[async_trait::async_trait]
-pub trait OrderWrites: Send + Sync {
+pub(crate) trait OrderWrites: Send + Sync {
     async fn current(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
     async fn write(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError>;
 }
@@ -409,15 +413,15 @@ impl<S: crate::store::Store + ?Sized> OrderWrites for S {
 /// What a commit came to: the order as stored now, and the decision written (none
 /// when `decide` found nothing to do on the order as it stands).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Committed {
-    pub order: Order,
-    pub decision: Option<SagaDecision>,
+pub(crate) struct Committed {
+    pub(crate) order: Order,
+    pub(crate) decision: Option<SagaDecision>,
 }
 
 /// Another writer kept winning the compare-and-set race.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("order {0} kept changing under us")]
-pub struct KeptChanging(pub OrderId);
+pub(crate) struct KeptChanging(pub OrderId);
 
 /// Decides on `order` and writes the decision with compare-and-set; when another
 /// writer got there first, reads the order again and decides again, a few times at
@@ -425,7 +429,7 @@ pub struct KeptChanging(pub OrderId);
 /// the HTTP commands (cancel, assign, delivery) alike. `decide` sees every version
 /// read, so it re-checks whatever it depends on (who may act, the actor's lease).
 /// Events are not announced here: the caller announces them once this returns.
-pub async fn commit_with_retry<E>(
+pub(crate) async fn commit_with_retry<E>(
     store: &(impl OrderWrites + ?Sized),
     node: &str,
     mut order: Order,
@@ -460,7 +464,7 @@ where
 }
 
 /// Best effort: a lost announcement is recovered by subscribers from the event log.
-pub async fn announce(bus: &SharedBus, events: &[OrderEvent]) {
+pub(crate) async fn announce(bus: &SharedBus, events: &[OrderEvent]) {
     for event in events {
         if let Err(e) = bus.publish_update(event.clone()).await {
             tracing::warn!(order_id = %event.order_id, error = %e, "order update not announced");

@@ -19,8 +19,8 @@ pub struct RunningSimulators {
     pub cms: Arc<CmsSimulator>,
     pub wms: Arc<WmsSimulator>,
     pub ros: Arc<RosSimulator>,
-    pub cms_addr: SocketAddr,
-    pub ros_addr: SocketAddr,
+    pub(crate) cms_addr: SocketAddr,
+    pub(crate) ros_addr: SocketAddr,
     pub wms_addr: SocketAddr,
     pub control_addr: SocketAddr,
     /// The systems the simulators stand in for (those without an address of their own).
@@ -41,7 +41,7 @@ impl RunningSimulators {
     /// points at its simulator; an address set explicitly stays (configuration does
     /// what it says). A CMS counts as configured by its WSDL too. The node's own
     /// settings stay as configured, so a restart with them starts afresh.
-    pub fn stand_in(&mut self, configured: &Settings) -> Settings {
+    pub(crate) fn stand_in(&mut self, configured: &Settings) -> Settings {
         let mut settings = configured.clone();
         self.standing_in.clear();
         if settings.cms.url.is_none() && settings.cms.wsdl.is_none() {

@@ -31,7 +31,7 @@ use tracing::Instrument;
 /// later" at once. Admission bounds it anyway; this is the second fence.
 const MAX_PARKED: usize = 100_000;
 
-pub enum AdapterMsg {
+pub(crate) enum AdapterMsg {
     Execute {
         request: Box<StepRequest>,
         ack: Acker,
@@ -51,16 +51,15 @@ pub enum AdapterMsg {
     /// A call the circuit let through was not made: its order had moved on.
     Skipped,
     Recover(RpcReplyPort<ServiceHealth>),
-    Health(RpcReplyPort<ServiceHealth>),
     /// Fault injection for supervision drills: the actor panics on purpose.
     InjectPanic,
 }
 
 /// Everything of an adapter that outlives one incarnation of its actor.
-pub struct AdapterCore {
-    pub system: System,
-    pub client: Arc<dyn SystemClient>,
-    pub mailbox: MailboxGauge,
+pub(crate) struct AdapterCore {
+    pub(crate) system: System,
+    pub(crate) client: Arc<dyn SystemClient>,
+    pub(crate) mailbox: MailboxGauge,
     timeout: Duration,
     permits: Arc<Semaphore>,
     in_flight: Arc<AtomicUsize>,
@@ -113,7 +112,7 @@ impl AdapterCore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn health(&self) -> ServiceHealth {
+    pub(crate) fn health(&self) -> ServiceHealth {
         let inner = self.lock();
         ServiceHealth {
             service: self.system,
@@ -130,19 +129,19 @@ impl AdapterCore {
     }
 }
 
-pub struct AdapterArgs {
-    pub core: Arc<AdapterCore>,
-    pub context: Arc<Context>,
+pub(crate) struct AdapterArgs {
+    pub(crate) core: Arc<AdapterCore>,
+    pub(crate) context: Arc<Context>,
 }
 
-pub struct AdapterState {
+pub(crate) struct AdapterState {
     core: Arc<AdapterCore>,
     context: Arc<Context>,
     /// The circuit state last exported, to count transitions.
     circuit: CircuitState,
 }
 
-pub struct Adapter;
+pub(crate) struct Adapter;
 
 impl Actor for Adapter {
     type Msg = AdapterMsg;
@@ -215,9 +214,6 @@ impl Actor for Adapter {
                     "circuit closed by an operator"
                 );
                 state.release_parked(&myself);
-                let _ = reply.send(state.core.health());
-            }
-            AdapterMsg::Health(reply) => {
                 let _ = reply.send(state.core.health());
             }
             AdapterMsg::InjectPanic => {

@@ -12,28 +12,28 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub const NAME: &str = "adapters";
+pub(crate) const NAME: &str = "adapters";
 
-pub fn actor_name(system: System) -> String {
+pub(crate) fn actor_name(system: System) -> String {
     format!("adapter-{}", system.as_str())
 }
 
-pub enum AdaptersMsg {
+pub(crate) enum AdaptersMsg {
     Respawn(System),
 }
 
-pub struct AdaptersArgs {
-    pub context: Arc<Context>,
-    pub parent: String,
+pub(crate) struct AdaptersArgs {
+    pub(crate) context: Arc<Context>,
+    pub(crate) parent: String,
 }
 
-pub struct AdaptersState {
+pub(crate) struct AdaptersState {
     context: Arc<Context>,
     children: HashMap<ActorId, System>,
     intensity: RestartIntensity,
 }
 
-pub struct AdaptersSupervisor;
+pub(crate) struct AdaptersSupervisor;
 
 impl Actor for AdaptersSupervisor {
     type Msg = AdaptersMsg;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 const ADAPTER_LOOKUP_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Feeds step requests for `system` to whichever incarnation of its adapter is live.
-pub fn spawn_step_bridge(
+pub(crate) fn spawn_step_bridge(
     context: Arc<Context>,
     system: System,
     mut inbox: Inbox<StepRequest>,
@@ -79,7 +79,7 @@ pub fn spawn_step_bridge(
 /// Feeds the shard consumers' news: ownership changes go into the shard table at
 /// once (so that fenced actors see them before anything else of theirs runs) and on
 /// to the cluster keeper; commands go to the orders supervisor with their lease.
-pub fn spawn_shard_bridge(
+pub(crate) fn spawn_shard_bridge(
     context: Arc<Context>,
     orders: ActorRef<OrdersMsg>,
     keeper: ActorRef<ClusterMsg>,
@@ -143,7 +143,7 @@ pub fn spawn_shard_bridge(
 }
 
 /// Feeds what the nodes broadcast to the cluster keeper.
-pub fn spawn_cluster_bridge(
+pub(crate) fn spawn_cluster_bridge(
     keeper: ActorRef<ClusterMsg>,
     mut inbox: Inbox<ClusterMessage>,
     shutdown: CancellationToken,
@@ -166,7 +166,7 @@ pub fn spawn_cluster_bridge(
 
 /// The figures of one bridge (family `bridges`), registered under the root: what
 /// it takes from the bus per second.
-pub fn gauge(context: &Context, name: &str) -> MailboxGauge {
+pub(crate) fn gauge(context: &Context, name: &str) -> MailboxGauge {
     let gauge = MailboxGauge::new("bridges", name, context.settings.telemetry.mailbox_timing);
     telemetry::register(
         &context.telemetry,

@@ -28,13 +28,13 @@ enum Phase {
 
 /// Ask the adapter to deliver `ProbeDue { opening }` to the breaker after `after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeTimer {
-    pub opening: u64,
-    pub after: Duration,
+pub(crate) struct ProbeTimer {
+    pub(crate) opening: u64,
+    pub(crate) after: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     threshold: u32,
     open_for: Duration,
     phase: Phase,
@@ -54,7 +54,7 @@ impl CircuitBreaker {
         }
     }
 
-    pub fn state(&self) -> CircuitState {
+    pub(crate) fn state(&self) -> CircuitState {
         match self.phase {
             Phase::Closed => CircuitState::Closed,
             Phase::Open { .. } => CircuitState::Open,
@@ -62,12 +62,12 @@ impl CircuitBreaker {
         }
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
     }
 
     /// May a call go out now? When half-open, exactly one probe is let through.
-    pub fn try_acquire(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_acquire(&mut self, now: Instant) -> bool {
         if let Phase::Open { since, .. } = self.phase
             && now.duration_since(since) >= self.open_for
         {
@@ -93,7 +93,7 @@ impl CircuitBreaker {
     }
 
     /// The probe timer of `opening` fired: half-open, unless that opening is over.
-    pub fn probe_due(&mut self, opening: u64) {
+    pub(crate) fn probe_due(&mut self, opening: u64) {
         if matches!(self.phase, Phase::Open { opening: o, .. } if o == opening) {
             self.phase = Phase::HalfOpen {
                 probe_in_flight: false,
@@ -103,7 +103,7 @@ impl CircuitBreaker {
 
     /// A call let through by `try_acquire` was not made after all (its order had moved
     /// on): when it was the probe, the next call may probe instead.
-    pub fn call_skipped(&mut self) {
+    pub(crate) fn call_skipped(&mut self) {
         if let Phase::HalfOpen {
             probe_in_flight: true,
         } = self.phase
@@ -115,14 +115,14 @@ impl CircuitBreaker {
     }
 
     /// Returns true when this outcome closed a circuit that was not closed.
-    pub fn on_success(&mut self) -> bool {
+    pub(crate) fn on_success(&mut self) -> bool {
         let reopened = self.phase != Phase::Closed;
         self.reset();
         reopened
     }
 
     /// A failed call. Returns the probe timer to schedule when it opened the circuit.
-    pub fn on_failure(&mut self, now: Instant) -> Option<ProbeTimer> {
+    pub(crate) fn on_failure(&mut self, now: Instant) -> Option<ProbeTimer> {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let should_open = match self.phase {
             Phase::Closed => self.consecutive_failures >= self.threshold,
@@ -148,7 +148,7 @@ impl CircuitBreaker {
     /// A new incarnation of the adapter starts with no timers: the probe timer the
     /// circuit needs now, if it is not closed. A probe that was in flight belonged to
     /// the old incarnation and its outcome is lost, so another may go.
-    pub fn resume(&mut self, now: Instant) -> Option<ProbeTimer> {
+    pub(crate) fn resume(&mut self, now: Instant) -> Option<ProbeTimer> {
         match self.phase {
             Phase::Closed => None,
             Phase::Open { since, opening } => Some(ProbeTimer {
@@ -169,7 +169,7 @@ impl CircuitBreaker {
 
     /// Operator override (`POST /api/services/{svc}/recover`): closed, and whatever
     /// probe timer is pending is moot.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.phase = Phase::Closed;
         self.consecutive_failures = 0;
     }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub const NAME: &str = "cluster";
+pub(crate) const NAME: &str = "cluster";
 /// Longest wait for the orders supervisor to stop a released shard's actors.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a census of the live actors may take before the last one is reported.
@@ -39,12 +39,12 @@ const LOCATE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A change in what this node holds, as its shard consumers saw it (the shard table
 /// is already updated when this arrives).
-pub enum ShardNote {
+pub(crate) enum ShardNote {
     Gained(Lease),
     Ended(Lease),
 }
 
-pub enum ClusterMsg {
+pub(crate) enum ClusterMsg {
     Shard(ShardNote),
     Heard(ClusterMessage),
     Tick,
@@ -69,32 +69,32 @@ pub enum ClusterMsg {
 /// One node as `GET /api/cluster` shows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct NodeView {
+pub(crate) struct NodeView {
     #[serde(flatten)]
-    pub report: NodeReport,
+    pub(crate) report: NodeReport,
     /// Milliseconds since its last heartbeat reached the node answering.
-    pub last_heard_ms_ago: u64,
+    pub(crate) last_heard_ms_ago: u64,
     /// The node answering.
-    pub this_node: bool,
+    pub(crate) this_node: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterView {
-    pub node_id: String,
-    pub shards: u32,
+    pub(crate) node_id: String,
+    pub(crate) shards: u32,
     /// Nodes among which the shards are being spread now.
-    pub sharing: Vec<String>,
-    pub nodes: Vec<NodeView>,
+    pub(crate) sharing: Vec<String>,
+    pub(crate) nodes: Vec<NodeView>,
 }
 
-pub struct ClusterArgs {
-    pub context: Arc<Context>,
-    pub orders: ActorRef<OrdersMsg>,
-    pub incarnation: String,
+pub(crate) struct ClusterArgs {
+    pub(crate) context: Arc<Context>,
+    pub(crate) orders: ActorRef<OrdersMsg>,
+    pub(crate) incarnation: String,
 }
 
-pub struct ClusterState {
+pub(crate) struct ClusterState {
     context: Arc<Context>,
     orders: ActorRef<OrdersMsg>,
     incarnation: String,
@@ -120,7 +120,7 @@ pub struct ClusterState {
     next_request: u64,
 }
 
-pub struct ClusterKeeper;
+pub(crate) struct ClusterKeeper;
 
 impl Actor for ClusterKeeper {
     type Msg = ClusterMsg;

@@ -14,19 +14,19 @@ pub use crate::domain::cluster::CircuitState;
 #[serde(rename_all = "camelCase")]
 pub struct ServiceHealth {
     pub service: System,
-    pub circuit: CircuitState,
-    pub consecutive_failures: u32,
+    pub(crate) circuit: CircuitState,
+    pub(crate) consecutive_failures: u32,
     pub total_failures: u64,
-    pub total_calls: u64,
-    pub last_error: Option<String>,
-    pub last_latency_ms: Option<f64>,
+    pub(crate) total_calls: u64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_latency_ms: Option<f64>,
     pub in_flight: usize,
     /// Requests parked while the circuit is open, retried when it closes.
-    pub waiting: usize,
+    pub(crate) waiting: usize,
     /// For a system that describes itself (the CMS's WSDL): whether the description
     /// is in use or the configured fallback, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub contract: Option<crate::protocols::ContractStatus>,
+    pub(crate) contract: Option<crate::protocols::ContractStatus>,
 }
 
 /// What an actor of the tree is, as the supervision view names it.
@@ -45,16 +45,16 @@ pub enum ActorKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActorNode {
-    pub name: String,
-    pub kind: ActorKind,
+    pub(crate) name: String,
+    pub(crate) kind: ActorKind,
     /// "running", "restarting", "stopped" or "failed".
-    pub status: String,
-    pub restarts: u64,
-    pub mailbox_depth: u64,
+    pub(crate) status: String,
+    pub(crate) restarts: u64,
+    pub(crate) mailbox_depth: u64,
     /// Large families (one actor per order) are summarised rather than listed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    pub children: Vec<ActorNode>,
+    pub(crate) count: Option<u64>,
+    pub(crate) children: Vec<ActorNode>,
 }
 
 #[async_trait]

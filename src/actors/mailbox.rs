@@ -19,7 +19,7 @@ const BUCKETS: usize = 41 * SUB_BUCKETS as usize;
 
 /// When a message was sent (if timing is on), carried inside it to its handler.
 #[derive(Debug, Clone, Copy)]
-pub struct Posted {
+pub(crate) struct Posted {
     at: Option<Instant>,
     /// Whether the sender counted it into the depth.
     counted: bool,
@@ -28,7 +28,7 @@ pub struct Posted {
 impl Posted {
     /// A message sent without going through the gauge (a wake-up the node sends
     /// itself): its wait is observed, the depth left alone.
-    pub fn uncounted() -> Self {
+    pub(crate) fn uncounted() -> Self {
         Self {
             at: Some(Instant::now()),
             counted: false,
@@ -37,9 +37,9 @@ impl Posted {
 }
 
 /// A message with its `Posted` stamp, for actors whose every message is counted.
-pub struct Stamped<M> {
-    pub posted: Posted,
-    pub message: M,
+pub(crate) struct Stamped<M> {
+    pub(crate) posted: Posted,
+    pub(crate) message: M,
 }
 
 struct Inner {
@@ -55,7 +55,7 @@ struct Inner {
 
 /// One actor's mailbox figures; clones share them.
 #[derive(Clone)]
-pub struct MailboxGauge(Arc<Inner>);
+pub(crate) struct MailboxGauge(Arc<Inner>);
 
 impl std::fmt::Debug for MailboxGauge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,12 +68,12 @@ impl std::fmt::Debug for MailboxGauge {
 
 /// The cumulative figures of one mailbox at one moment.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MailboxReading {
-    pub family: &'static str,
-    pub actor: String,
-    pub depth: u64,
-    pub handled: u64,
-    pub waits: Vec<u64>,
+pub(crate) struct MailboxReading {
+    pub(crate) family: &'static str,
+    pub(crate) actor: String,
+    pub(crate) depth: u64,
+    pub(crate) handled: u64,
+    pub(crate) waits: Vec<u64>,
 }
 
 impl MailboxGauge {
@@ -94,7 +94,7 @@ impl MailboxGauge {
     }
 
     /// A message is about to be sent; the stamp goes inside it.
-    pub fn post(&self) -> Posted {
+    pub(crate) fn post(&self) -> Posted {
         self.0.depth.fetch_add(1, Ordering::Relaxed);
         Posted {
             at: self.0.timing.then(Instant::now),
@@ -103,12 +103,12 @@ impl MailboxGauge {
     }
 
     /// Sending the posted message failed: it never reached the mailbox.
-    pub fn unpost(&self) {
+    pub(crate) fn unpost(&self) {
         self.down();
     }
 
     /// The actor took a posted message.
-    pub fn took(&self, posted: Posted) {
+    pub(crate) fn took(&self, posted: Posted) {
         if posted.counted {
             self.down();
         }
@@ -118,7 +118,7 @@ impl MailboxGauge {
 
     /// A message arrived that waited `wait` somewhere this node did not queue it (a
     /// bridge: on the bus), counted without touching the depth.
-    pub fn received(&self, wait: Option<Duration>) {
+    pub(crate) fn received(&self, wait: Option<Duration>) {
         self.0.handled.fetch_add(1, Ordering::Relaxed);
         self.0.handled_counter.increment(1);
         if let Some(wait) = wait {
@@ -134,15 +134,15 @@ impl MailboxGauge {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    pub fn depth(&self) -> u64 {
+    pub(crate) fn depth(&self) -> u64 {
         self.0.depth.load(Ordering::Relaxed)
     }
 
-    pub fn timing(&self) -> bool {
+    pub(crate) fn timing(&self) -> bool {
         self.0.timing
     }
 
-    pub fn read(&self) -> MailboxReading {
+    pub(crate) fn read(&self) -> MailboxReading {
         MailboxReading {
             family: self.0.family,
             actor: self.0.actor.clone(),
@@ -184,7 +184,7 @@ fn bucket_ceiling_ms(index: usize) -> f64 {
 
 /// The wait below which `quantile` of the counted messages stayed, from the bucket
 /// counts of a window; `None` for an empty window.
-pub fn wait_quantile_ms(waits: &[u64], quantile: f64) -> Option<f64> {
+pub(crate) fn wait_quantile_ms(waits: &[u64], quantile: f64) -> Option<f64> {
     let total: u64 = waits.iter().sum();
     if total == 0 {
         return None;

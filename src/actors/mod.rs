@@ -11,24 +11,24 @@
 //! └── bridges      bus consumers feeding the adapters, orders and cluster
 //! ```
 
-pub mod adapter;
-pub mod adapters;
-pub mod bridge;
-pub mod circuit;
-pub mod cluster;
-pub mod control;
-pub mod mailbox;
-pub mod notifier;
-pub mod order;
-pub mod orders;
-pub mod parked;
-pub mod root;
-pub mod shards;
-pub mod supervision;
+pub(crate) mod adapter;
+pub(crate) mod adapters;
+pub(crate) mod bridge;
+pub(crate) mod circuit;
+pub(crate) mod cluster;
+pub(crate) mod control;
+pub(crate) mod mailbox;
+pub(crate) mod notifier;
+pub(crate) mod order;
+pub(crate) mod orders;
+pub(crate) mod parked;
+pub(crate) mod root;
+pub(crate) mod shards;
+pub(crate) mod supervision;
 pub mod telemetry;
 
 pub use control::{ActorKind, ActorNode, CircuitState, RuntimeControl, ServiceHealth};
-pub use root::Root;
+pub(crate) use root::Root;
 
 use crate::bus::SharedBus;
 use crate::config::Settings;
@@ -46,19 +46,19 @@ use telemetry::TelemetryMsg;
 pub struct Context {
     /// This node's id in the cluster (`cluster.node_id`).
     pub node_id: String,
-    pub settings: Arc<Settings>,
+    pub(crate) settings: Arc<Settings>,
     pub store: SharedStore,
-    pub bus: SharedBus,
-    pub admission: Arc<Admission>,
+    pub(crate) bus: SharedBus,
+    pub(crate) admission: Arc<Admission>,
     /// The shards this node holds now: the fence of every order actor.
-    pub shards: Arc<ShardTable>,
-    pub telemetry: ActorRef<TelemetryMsg>,
-    pub adapters: AdapterDirectory,
+    pub(crate) shards: Arc<ShardTable>,
+    pub(crate) telemetry: ActorRef<TelemetryMsg>,
+    pub(crate) adapters: AdapterDirectory,
 }
 
 /// The adapters' lasting cores and their current actors, which change on restart.
 #[derive(Default)]
-pub struct AdapterDirectory {
+pub(crate) struct AdapterDirectory {
     cores: HashMap<System, Arc<AdapterCore>>,
     live: RwLock<HashMap<System, ActorRef<AdapterMsg>>>,
 }
@@ -71,11 +71,11 @@ impl AdapterDirectory {
         }
     }
 
-    pub fn core(&self, system: System) -> Option<Arc<AdapterCore>> {
+    pub(crate) fn core(&self, system: System) -> Option<Arc<AdapterCore>> {
         self.cores.get(&system).cloned()
     }
 
-    pub fn live(&self, system: System) -> Option<ActorRef<AdapterMsg>> {
+    pub(crate) fn live(&self, system: System) -> Option<ActorRef<AdapterMsg>> {
         self.live.read().ok()?.get(&system).cloned()
     }
 

@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
-pub const NAME: &str = "notifier";
+pub(crate) const NAME: &str = "notifier";
 /// Messages waiting for the notifier before the update bridge stops taking more from
 /// the bus: the bus buffers them (or, in-process, lags and sessions replay the gap
 /// from the event log) instead of this mailbox growing without bound.
@@ -40,11 +40,11 @@ const MAX_BACKLOG: u64 = 65_536;
 /// How often the update bridge looks again while the notifier is behind.
 const BACKLOG_RECHECK: Duration = Duration::from_millis(5);
 
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// What a session follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Topic {
+pub(crate) enum Topic {
     Order(OrderId),
     /// Every order the session's user may see: all of them for an admin, the user's
     /// own for anyone else.
@@ -56,10 +56,10 @@ pub enum Topic {
 /// frame, see `http::ws`) is rendered by the first one and kept here for the
 /// others, so an update costs one rendering however many sessions follow it.
 #[derive(Debug)]
-pub struct Update {
-    pub event: OrderEvent,
+pub(crate) struct Update {
+    pub(crate) event: OrderEvent,
     /// The rendering, once made (`None` if it failed).
-    pub rendered: OnceLock<Option<Bytes>>,
+    pub(crate) rendered: OnceLock<Option<Bytes>>,
 }
 
 impl Update {
@@ -71,7 +71,7 @@ impl Update {
     }
 }
 
-pub enum NotifierMsg {
+pub(crate) enum NotifierMsg {
     Open {
         session: SessionId,
         viewer: Viewer,
@@ -95,7 +95,7 @@ pub enum NotifierMsg {
 /// How the rest of the node talks to the notifier. Every message is counted in the
 /// mailbox gauge, so the SRE page shows how far behind the notifier is.
 #[derive(Clone)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     actor: ActorRef<Stamped<NotifierMsg>>,
     mailbox: MailboxGauge,
     next_session: Arc<AtomicU64>,
@@ -104,7 +104,7 @@ pub struct Notifier {
 /// A session's place in the notifier. Dropping it unregisters the session, however
 /// the session ends.
 pub struct Registration {
-    pub id: SessionId,
+    pub(crate) id: SessionId,
     notifier: Notifier,
 }
 
@@ -133,7 +133,7 @@ impl Notifier {
     }
 
     /// Hands an update to the notifier; false once the notifier is gone.
-    pub fn publish(&self, event: OrderEvent) -> bool {
+    pub(crate) fn publish(&self, event: OrderEvent) -> bool {
         self.send(NotifierMsg::Publish(event))
     }
 
@@ -166,16 +166,16 @@ impl Notifier {
     /// Starts delivering `topic` to the session. Updates published after this call
     /// returns are delivered, which is what makes replay-then-live gap-free: the
     /// session follows first and reads the event log second.
-    pub fn follow(&self, session: SessionId, topic: Topic) -> bool {
+    pub(crate) fn follow(&self, session: SessionId, topic: Topic) -> bool {
         self.send(NotifierMsg::Follow { session, topic })
     }
 
-    pub fn unfollow(&self, session: SessionId, topic: Topic) -> bool {
+    pub(crate) fn unfollow(&self, session: SessionId, topic: Topic) -> bool {
         self.send(NotifierMsg::Unfollow { session, topic })
     }
 
     /// Messages the notifier has not handled yet.
-    pub fn backlog(&self) -> u64 {
+    pub(crate) fn backlog(&self) -> u64 {
         self.mailbox.depth()
     }
 }
@@ -188,7 +188,7 @@ struct Entry {
     everything: bool,
 }
 
-pub struct NotifierState {
+pub(crate) struct NotifierState {
     sessions: HashMap<SessionId, Entry>,
     by_order: HashMap<OrderId, Vec<SessionId>>,
     /// Admins following every order.
@@ -199,16 +199,16 @@ pub struct NotifierState {
     family: FamilySize,
 }
 
-pub struct NotifierArgs {
-    pub telemetry: ActorRef<TelemetryMsg>,
-    pub mailbox: MailboxGauge,
-    pub parent: String,
+pub(crate) struct NotifierArgs {
+    pub(crate) telemetry: ActorRef<TelemetryMsg>,
+    pub(crate) mailbox: MailboxGauge,
+    pub(crate) parent: String,
 }
 
-pub struct NotifierActor;
+pub(crate) struct NotifierActor;
 
 /// Spawns the notifier linked to `supervisor` and returns the handle to it.
-pub async fn spawn_linked(
+pub(crate) async fn spawn_linked(
     args: NotifierArgs,
     supervisor: ractor::ActorCell,
 ) -> Result<Notifier, ractor::SpawnErr> {
@@ -438,7 +438,7 @@ fn unindex<K: std::hash::Hash + Eq>(
 /// Feeds every order update the bus carries to the notifier. Updates are
 /// acknowledged as soon as the notifier has them: a lost notification costs nothing
 /// lasting, since sessions read what they missed from the event log.
-pub fn spawn_update_bridge(
+pub(crate) fn spawn_update_bridge(
     notifier: Notifier,
     bridge: MailboxGauge,
     mut inbox: Inbox<OrderEvent>,

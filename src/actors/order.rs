@@ -39,7 +39,7 @@ use tracing::Instrument;
 const OUTAGE_BACKOFF_BASE: Duration = Duration::from_millis(100);
 const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-pub enum OrderMsg {
+pub(crate) enum OrderMsg {
     /// Reload from the store and drive on.
     Wake { ack: Acker, trace: Option<String> },
     StepResult {
@@ -58,11 +58,11 @@ pub enum OrderMsg {
     Inspect(RpcReplyPort<OrderActorView>),
 }
 
-pub struct OrderActorArgs {
-    pub order_id: OrderId,
-    pub lease: Lease,
-    pub context: Arc<Context>,
-    pub router: ActorRef<OrdersMsg>,
+pub(crate) struct OrderActorArgs {
+    pub(crate) order_id: OrderId,
+    pub(crate) lease: Lease,
+    pub(crate) context: Arc<Context>,
+    pub(crate) router: ActorRef<OrdersMsg>,
 }
 
 /// Why an effect could not be executed.
@@ -96,7 +96,7 @@ impl OrderError {
 /// The actor found itself fenced: it stops without acting.
 struct Fenced;
 
-pub struct OrderState {
+pub(crate) struct OrderState {
     lease: Lease,
     runner: Runner,
     /// Acknowledgements of deliveries whose effect is not persisted yet.
@@ -116,7 +116,7 @@ pub struct OrderState {
     router: ActorRef<OrdersMsg>,
 }
 
-pub struct OrderActor;
+pub(crate) struct OrderActor;
 
 impl Actor for OrderActor {
     type Msg = OrderMsg;

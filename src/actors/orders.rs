@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const NAME: &str = "orders";
+pub(crate) const NAME: &str = "orders";
 /// Failures of one order's actor before the router stops restarting it.
 const MAX_ORDER_RESTARTS: u32 = 3;
 /// How long a released shard's actors get to finish the message at hand, so that
@@ -34,7 +34,7 @@ const MAX_ORDER_RESTARTS: u32 = 3;
 /// owner, which handles it idempotently.
 const STOP_WAIT: Duration = Duration::from_millis(500);
 
-pub enum OrdersMsg {
+pub(crate) enum OrdersMsg {
     Command {
         command: OrderCommand,
         lease: Lease,
@@ -65,7 +65,7 @@ struct LiveOrder {
     lease: Lease,
 }
 
-pub struct OrdersState {
+pub(crate) struct OrdersState {
     context: Arc<Context>,
     live: HashMap<OrderId, LiveOrder>,
     by_actor: HashMap<ActorId, OrderId>,
@@ -74,13 +74,13 @@ pub struct OrdersState {
     family: FamilySize,
 }
 
-pub struct OrdersArgs {
-    pub context: Arc<Context>,
-    pub mailbox: MailboxGauge,
-    pub parent: String,
+pub(crate) struct OrdersArgs {
+    pub(crate) context: Arc<Context>,
+    pub(crate) mailbox: MailboxGauge,
+    pub(crate) parent: String,
 }
 
-pub struct OrdersSupervisor;
+pub(crate) struct OrdersSupervisor;
 
 impl Actor for OrdersSupervisor {
     type Msg = OrdersMsg;
@@ -336,7 +336,7 @@ impl OrdersState {
 
 /// What the live actor of an order on this node is doing; `Ok(None)` when no actor
 /// is live for it here, `Err` when the actors did not answer within `timeout_ms`.
-pub async fn inspect(
+pub(crate) async fn inspect(
     orders: &ActorRef<OrdersMsg>,
     order_id: &OrderId,
     timeout_ms: u64,

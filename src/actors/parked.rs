@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 
 /// Why a parked request is not sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Moot {
+pub(crate) enum Moot {
     /// The store no longer has the order.
     UnknownOrder,
     /// A newer attempt of the same operation is parked too.
@@ -48,7 +48,7 @@ impl std::fmt::Display for Moot {
 }
 
 /// Send the parked `request`, or why not, given its order as persisted now.
-pub fn verdict(request: &StepRequest, order: Option<&Order>) -> Result<(), Moot> {
+pub(crate) fn verdict(request: &StepRequest, order: Option<&Order>) -> Result<(), Moot> {
     let Some(order) = order else {
         return Err(Moot::UnknownOrder);
     };
@@ -67,21 +67,21 @@ pub fn verdict(request: &StepRequest, order: Option<&Order>) -> Result<(), Moot>
 /// the highest attempt number within one shard ownership (`epoch`), and the latest
 /// parked when the shard changed owners (attempt numbers start again with each).
 #[derive(Default)]
-pub struct ParkedQueue {
+pub(crate) struct ParkedQueue {
     queue: VecDeque<(Box<StepRequest>, Acker)>,
     newest: HashMap<(OrderId, Operation), (u64, u32)>,
 }
 
 impl ParkedQueue {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
-    pub fn push(&mut self, request: Box<StepRequest>, ack: Acker) {
+    pub(crate) fn push(&mut self, request: Box<StepRequest>, ack: Acker) {
         let this = (request.epoch, request.attempt);
         let newest = self
             .newest
@@ -95,7 +95,7 @@ impl ParkedQueue {
 
     /// The oldest parked request, with `Err(Superseded)` when a newer attempt of it
     /// is parked behind it.
-    pub fn pop(&mut self) -> Option<(Box<StepRequest>, Acker, Result<(), Moot>)> {
+    pub(crate) fn pop(&mut self) -> Option<(Box<StepRequest>, Acker, Result<(), Moot>)> {
         let (request, ack) = self.queue.pop_front()?;
         let key = (request.order_id.clone(), request.operation);
         let current = match self.newest.get(&key) {

@@ -13,20 +13,20 @@ use super::telemetry::{self, ActorInfo, Lifecycle, MailboxGauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::Arc;
 
-pub const NAME: &str = "root";
+pub(crate) const NAME: &str = "root";
 
-pub enum RootMsg {
+pub(crate) enum RootMsg {
     RestartAdapters,
     OrdersSupervisor(ractor::RpcReplyPort<ActorRef<OrdersMsg>>),
     Notifier(ractor::RpcReplyPort<Notifier>),
 }
 
-pub struct RootArgs {
-    pub context: Arc<Context>,
-    pub orders_mailbox: MailboxGauge,
+pub(crate) struct RootArgs {
+    pub(crate) context: Arc<Context>,
+    pub(crate) orders_mailbox: MailboxGauge,
 }
 
-pub struct RootState {
+pub(crate) struct RootState {
     context: Arc<Context>,
     orders: ActorRef<OrdersMsg>,
     notifier: Notifier,
@@ -34,7 +34,7 @@ pub struct RootState {
     intensity: RestartIntensity,
 }
 
-pub struct Root;
+pub(crate) struct Root;
 
 impl Actor for Root {
     type Msg = RootMsg;

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One ownership of one shard by this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Lease {
-    pub shard: u32,
-    pub epoch: u64,
+pub(crate) struct Lease {
+    pub(crate) shard: u32,
+    pub(crate) epoch: u64,
 }
 
 /// Epoch of each shard while held; 0 while not (epochs are never 0).
-pub struct ShardTable {
+pub(crate) struct ShardTable {
     epochs: Vec<AtomicU64>,
 }
 
@@ -24,7 +24,7 @@ impl ShardTable {
         }
     }
 
-    pub fn shards(&self) -> u32 {
+    pub(crate) fn shards(&self) -> u32 {
         self.epochs.len() as u32
     }
 
@@ -32,21 +32,21 @@ impl ShardTable {
         self.epochs.get(shard as usize)
     }
 
-    pub fn gain(&self, lease: Lease) {
+    pub(crate) fn gain(&self, lease: Lease) {
         if let Some(slot) = self.slot(lease.shard) {
             slot.store(lease.epoch, Ordering::SeqCst);
         }
     }
 
     /// Ends `lease` if it is still the current one; true if it was.
-    pub fn revoke(&self, lease: Lease) -> bool {
+    pub(crate) fn revoke(&self, lease: Lease) -> bool {
         self.slot(lease.shard).is_some_and(|slot| {
             slot.compare_exchange(lease.epoch, 0, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
         })
     }
 
-    pub fn holds(&self, lease: Lease) -> bool {
+    pub(crate) fn holds(&self, lease: Lease) -> bool {
         lease.epoch != 0
             && self
                 .slot(lease.shard)
@@ -54,13 +54,13 @@ impl ShardTable {
     }
 
     /// The current lease of `shard`, if held.
-    pub fn lease(&self, shard: u32) -> Option<Lease> {
+    pub(crate) fn lease(&self, shard: u32) -> Option<Lease> {
         let epoch = self.slot(shard)?.load(Ordering::SeqCst);
         (epoch != 0).then_some(Lease { shard, epoch })
     }
 
     /// Every lease held now, by ascending shard.
-    pub fn held(&self) -> Vec<Lease> {
+    pub(crate) fn held(&self) -> Vec<Lease> {
         (0..self.shards()).filter_map(|s| self.lease(s)).collect()
     }
 }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartDecision {
+pub(crate) enum RestartDecision {
     /// Restart the child after this delay.
     Restart { after: Duration },
     /// Too many restarts in the window: the supervisor gives up and fails itself.
@@ -19,7 +19,7 @@ pub enum RestartDecision {
 }
 
 #[derive(Debug, Clone)]
-pub struct RestartIntensity {
+pub(crate) struct RestartIntensity {
     max_restarts: usize,
     window: Duration,
     backoff_base: Duration,
@@ -39,7 +39,7 @@ impl RestartIntensity {
     }
 
     /// Records a failure at `now` and decides what to do about it.
-    pub fn on_failure(&mut self, now: Instant) -> RestartDecision {
+    pub(crate) fn on_failure(&mut self, now: Instant) -> RestartDecision {
         while self
             .recent
             .front()
@@ -60,7 +60,7 @@ impl RestartIntensity {
 /// What a one_for_one supervisor does when its child `child` failed: records the
 /// failure, then, as `intensity` decides, either has `restart` schedule the restart
 /// after the backoff, or records the escalation and fails itself with `escalation`.
-pub fn on_child_failure(
+pub(crate) fn on_child_failure(
     intensity: &mut RestartIntensity,
     telemetry: &ActorRef<TelemetryMsg>,
     child: &str,

@@ -16,30 +16,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most events one page of the history holds.
-pub const MAX_PAGE: usize = 500;
+pub(crate) const MAX_PAGE: usize = 500;
 /// How often mailboxes are read (and the metrics recorder's histograms drained).
 const TICK: Duration = Duration::from_secs(2);
 /// Readings kept: rates and quantiles are over the last `(WINDOW - 1) * TICK`.
 const WINDOW: usize = 6;
 
-pub use super::mailbox::{MailboxGauge, Posted};
+pub(crate) use super::mailbox::{MailboxGauge, Posted};
 
 /// Live members of a family of actors too large to list (one actor per order).
 #[derive(Debug, Clone, Default)]
-pub struct FamilySize(Arc<AtomicU64>);
+pub(crate) struct FamilySize(Arc<AtomicU64>);
 
 impl FamilySize {
-    pub fn joined(&self) {
+    pub(crate) fn joined(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn left(&self) {
+    pub(crate) fn left(&self) {
         let _ = self
             .0
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -47,7 +47,7 @@ impl FamilySize {
 /// What happened to a supervised actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Lifecycle {
+pub(crate) enum Lifecycle {
     Started,
     /// It panicked or returned an error; `detail` says which.
     Failed,
@@ -59,31 +59,18 @@ pub enum Lifecycle {
     Stopped,
 }
 
-impl Lifecycle {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Started => "started",
-            Self::Failed => "failed",
-            Self::Restarting => "restarting",
-            Self::Restarted => "restarted",
-            Self::Escalated => "escalated",
-            Self::Stopped => "stopped",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LifecycleEvent {
+pub(crate) struct LifecycleEvent {
     /// Increases by one per event on this node; pages are cut by it.
-    pub seq: u64,
-    pub actor: String,
-    pub event: Lifecycle,
+    pub(crate) seq: u64,
+    pub(crate) actor: String,
+    pub(crate) event: Lifecycle,
     /// The failure's reason (panic message or error), or the restart delay.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    pub node: String,
-    pub at: DateTime<Utc>,
+    pub(crate) detail: Option<String>,
+    pub(crate) node: String,
+    pub(crate) at: DateTime<Utc>,
 }
 
 /// A page of the restart history: newest first, optionally of one actor (by name,
@@ -92,10 +79,10 @@ pub struct LifecycleEvent {
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
-    pub actor: Option<String>,
-    pub kind: Option<Lifecycle>,
-    pub before: Option<u64>,
-    pub limit: Option<usize>,
+    pub(crate) actor: Option<String>,
+    pub(crate) kind: Option<Lifecycle>,
+    pub(crate) before: Option<u64>,
+    pub(crate) limit: Option<usize>,
 }
 
 impl EventQuery {
@@ -117,16 +104,16 @@ impl EventQuery {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventPage {
-    pub node: String,
-    pub events: Vec<LifecycleEvent>,
+    pub(crate) node: String,
+    pub(crate) events: Vec<LifecycleEvent>,
     /// Pass as `before` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_before: Option<u64>,
+    pub(crate) next_before: Option<u64>,
 }
 
 /// The last `capacity` lifecycle events, oldest first.
 #[derive(Debug)]
-pub struct History {
+pub(crate) struct History {
     capacity: usize,
     next_seq: u64,
     events: VecDeque<LifecycleEvent>,
@@ -141,7 +128,7 @@ impl History {
         }
     }
 
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         node: &str,
         actor: String,
@@ -163,7 +150,7 @@ impl History {
         self.next_seq += 1;
     }
 
-    pub fn page(&self, node: &str, query: &EventQuery) -> EventPage {
+    pub(crate) fn page(&self, node: &str, query: &EventQuery) -> EventPage {
         let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
         let mut matching = self.events.iter().rev().filter(|e| query.matches(e));
         let events: Vec<_> = matching.by_ref().take(limit).cloned().collect();
@@ -191,15 +178,15 @@ fn metric_actor(actor: &str) -> String {
 
 /// How an actor registers itself.
 #[derive(Debug, Clone)]
-pub struct ActorInfo {
-    pub name: String,
-    pub kind: ActorKind,
-    pub parent: Option<String>,
-    pub mailbox: Option<MailboxGauge>,
-    pub family: Option<FamilySize>,
+pub(crate) struct ActorInfo {
+    pub(crate) name: String,
+    pub(crate) kind: ActorKind,
+    pub(crate) parent: Option<String>,
+    pub(crate) mailbox: Option<MailboxGauge>,
+    pub(crate) family: Option<FamilySize>,
 }
 
-pub enum TelemetryMsg {
+pub(crate) enum TelemetryMsg {
     Registered(ActorInfo),
     Lifecycle {
         actor: String,
@@ -213,55 +200,55 @@ pub enum TelemetryMsg {
     Tick,
 }
 
-pub struct TelemetryArgs {
+pub(crate) struct TelemetryArgs {
     /// This node's id, stamped on every event.
-    pub node: String,
-    pub history: usize,
+    pub(crate) node: String,
+    pub(crate) history: usize,
     /// Drained on every tick: without upkeep, histograms keep every sample until a
     /// scrape comes.
-    pub metrics: Option<PrometheusHandle>,
+    pub(crate) metrics: Option<PrometheusHandle>,
 }
 
 /// Mailbox figures of one actor or one family over the last window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MailboxView {
-    pub depth: u64,
-    pub per_second: f64,
+pub(crate) struct MailboxView {
+    pub(crate) depth: u64,
+    pub(crate) per_second: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait_p50_ms: Option<f64>,
+    pub(crate) wait_p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait_p99_ms: Option<f64>,
+    pub(crate) wait_p99_ms: Option<f64>,
     /// Messages handled since the node started.
-    pub handled: u64,
+    pub(crate) handled: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ActorMailbox {
-    pub actor: String,
+pub(crate) struct ActorMailbox {
+    pub(crate) actor: String,
     #[serde(flatten)]
-    pub mailbox: MailboxView,
+    pub(crate) mailbox: MailboxView,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct FamilyMailboxes {
-    pub family: &'static str,
+pub(crate) struct FamilyMailboxes {
+    pub(crate) family: &'static str,
     #[serde(flatten)]
-    pub mailbox: MailboxView,
-    pub actors: Vec<ActorMailbox>,
+    pub(crate) mailbox: MailboxView,
+    pub(crate) actors: Vec<ActorMailbox>,
 }
 
 /// `GET /api/telemetry/mailboxes`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MailboxesView {
-    pub node: String,
-    pub window_secs: f64,
+    pub(crate) node: String,
+    pub(crate) window_secs: f64,
     /// Whether messages are timed (`[telemetry] mailbox_timing`).
-    pub timing: bool,
-    pub families: Vec<FamilyMailboxes>,
+    pub(crate) timing: bool,
+    pub(crate) families: Vec<FamilyMailboxes>,
 }
 
 /// Figures over a window, from the readings at its start and end (the start is
@@ -363,7 +350,7 @@ struct Entry {
     restarts: u64,
 }
 
-pub struct TelemetryState {
+pub(crate) struct TelemetryState {
     node: String,
     actors: BTreeMap<String, Entry>,
     history: History,
@@ -439,7 +426,7 @@ impl TelemetryState {
     }
 }
 
-pub struct Telemetry;
+pub(crate) struct Telemetry;
 
 impl Actor for Telemetry {
     type Msg = TelemetryMsg;
@@ -537,7 +524,7 @@ impl Actor for Telemetry {
 }
 
 /// Fire-and-forget reporting: telemetry must never slow or fail the reporter.
-pub fn lifecycle(
+pub(crate) fn lifecycle(
     telemetry: &ActorRef<TelemetryMsg>,
     actor: &str,
     event: Lifecycle,
@@ -550,7 +537,7 @@ pub fn lifecycle(
     });
 }
 
-pub fn register(telemetry: &ActorRef<TelemetryMsg>, info: ActorInfo) {
+pub(crate) fn register(telemetry: &ActorRef<TelemetryMsg>, info: ActorInfo) {
     let _ = telemetry.cast(TelemetryMsg::Registered(info));
 }
 

@@ -58,7 +58,7 @@ pub struct Phase {
     pub name: &'static str,
     pub documents: u64,
     pub documents_per_call: u64,
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     pub documents_per_second: f64,
     pub call_latency: Latency,
 }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 /// How the bench's clients follow their orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FollowMode {
+pub(crate) enum FollowMode {
     /// Nobody follows: the bench watches `/metrics` only.
     None,
     /// Each order's status is polled until it settles.
@@ -47,7 +47,7 @@ pub(crate) enum Followers {
 impl Followers {
     /// Sets up `mode`'s followers for `tokens` (one per account); WebSocket sessions
     /// are open and subscribed when this returns.
-    pub(crate) async fn start(
+    pub async fn start(
         mode: FollowMode,
         http: &reqwest::Client,
         base: &str,

@@ -46,46 +46,46 @@ const HISTORY_CONCURRENCY: usize = 16;
 pub struct BenchArgs {
     /// Base URL of the node under load.
     #[arg(long, default_value = "http://127.0.0.1:3000")]
-    pub url: String,
+    pub(crate) url: String,
     /// Orders to place.
     #[arg(long, default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=MAX_ORDERS))]
-    pub orders: u64,
+    pub(crate) orders: u64,
     /// Requests in flight at once: the closed-loop workers, or with --rate a cap on
     /// outstanding requests (time spent waiting for it counts as intake latency).
     #[arg(long, default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CONCURRENCY)))]
-    pub concurrency: u32,
+    pub(crate) concurrency: u32,
     /// Open loop: orders placed per second on a fixed schedule whatever the answers,
     /// latency measured from the scheduled time so queueing is not hidden. Without
     /// it, each worker places its next order when the previous one is answered.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub rate: Option<u32>,
+    pub(crate) rate: Option<u32>,
     /// Client accounts registered up front; orders are spread over them.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub users: u32,
+    pub(crate) users: u32,
     /// Seconds to wait, once every order is placed, for the journeys to settle.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
     /// Pid of the node when it runs on this host: its CPU time is read from /proc, and
     /// its memory too when it exports no process_resident_memory_bytes gauge.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub(crate) server_pid: Option<u32>,
     /// Clients following their orders while the load runs: `poll` reads each
     /// order's status every --poll-every-ms until it settles, `ws` holds one
     /// WebSocket session per client account.
     #[arg(long, value_enum, default_value_t = FollowMode::None)]
-    pub follow: FollowMode,
+    pub(crate) follow: FollowMode,
     /// Milliseconds between two status polls of one order (`--follow poll`).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub poll_every_ms: u64,
+    pub(crate) poll_every_ms: u64,
     /// Seconds to wait after the run before reading the node's memory once more
     /// (0: do not), to see what it returns once the orders are done.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    pub settle_secs: u64,
+    pub(crate) settle_secs: u64,
     /// Also print the summary as one JSON line.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// Runs the bench until it finishes or Ctrl-C, then prints the summary.
@@ -115,7 +115,10 @@ enum Answer {
 
 /// Everything the bench measures, without printing; `shutdown` stops it early with
 /// an error.
-pub async fn bench(args: &BenchArgs, shutdown: CancellationToken) -> anyhow::Result<Summary> {
+pub(crate) async fn bench(
+    args: &BenchArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
     let base = args.url.trim_end_matches('/').to_owned();
     let concurrency = usize::try_from(args.concurrency).unwrap_or(1).max(1);
     let http = reqwest::Client::builder()

@@ -12,10 +12,10 @@
 
 mod accounts;
 pub mod db;
-pub mod follow;
+pub(crate) mod follow;
 pub mod journey;
-pub mod report;
-pub mod scrape;
+pub(crate) mod report;
+pub(crate) mod scrape;
 pub mod ws;
 
 use serde::Serialize;

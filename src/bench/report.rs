@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// Latencies are recorded in microseconds up to an hour; slower ones are clamped.
-pub const MAX_TRACKED_MICROS: u64 = 3_600_000_000;
+pub(crate) const MAX_TRACKED_MICROS: u64 = 3_600_000_000;
 
 /// An empty latency histogram with three significant digits.
-pub fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, MAX_TRACKED_MICROS, 3)?)
 }
 
@@ -17,14 +17,14 @@ pub fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
 #[serde(rename_all = "camelCase")]
 pub struct Latency {
     pub count: u64,
-    pub p50_micros: u64,
-    pub p90_micros: u64,
-    pub p99_micros: u64,
-    pub max_micros: u64,
+    pub(crate) p50_micros: u64,
+    pub(crate) p90_micros: u64,
+    pub(crate) p99_micros: u64,
+    pub(crate) max_micros: u64,
 }
 
 impl Latency {
-    pub fn of(histogram: &Histogram<u64>) -> Self {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Self {
         if histogram.is_empty() {
             return Self::default();
         }
@@ -52,7 +52,7 @@ impl Latency {
 }
 
 /// Microseconds in the unit a reader takes in at a glance.
-pub fn duration(micros: u64) -> String {
+pub(crate) fn duration(micros: u64) -> String {
     match micros {
         0..1_000 => format!("{micros} µs"),
         1_000..10_000_000 => format!("{:.1} ms", micros as f64 / 1_000.0),
@@ -68,66 +68,66 @@ fn mebibytes(bytes: u64) -> String {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Intake {
-    pub accepted: u64,
-    pub elapsed_secs: f64,
-    pub throughput_per_sec: f64,
+    pub(crate) accepted: u64,
+    pub(crate) elapsed_secs: f64,
+    pub(crate) throughput_per_sec: f64,
     /// Client side, from the send (or, open loop, the scheduled send) to the whole
     /// answer.
-    pub latency: Latency,
+    pub(crate) latency: Latency,
     /// Answers other than 202, by HTTP status (503 means admission refused).
-    pub other_answers: BTreeMap<u16, u64>,
+    pub(crate) other_answers: BTreeMap<u16, u64>,
     /// Requests that got no HTTP answer, by cause.
-    pub transport_errors: BTreeMap<String, u64>,
+    pub(crate) transport_errors: BTreeMap<String, u64>,
 }
 
 /// The orders' journeys from RECEIVED to READY_FOR_DELIVERY, by the node's clocks.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Journey {
-    pub ready: u64,
-    pub failed: u64,
-    pub cancelled: u64,
+pub(crate) struct Journey {
+    pub(crate) ready: u64,
+    pub(crate) failed: u64,
+    pub(crate) cancelled: u64,
     /// Still on their way when following stopped.
-    pub unfinished: u64,
+    pub(crate) unfinished: u64,
     /// Orders whose event log could not be read afterwards.
-    pub unreadable: u64,
+    pub(crate) unreadable: u64,
     /// Following stopped at `--timeout-secs` before every order settled.
-    pub timed_out: bool,
+    pub(crate) timed_out: bool,
     /// From the first RECEIVED to the last READY_FOR_DELIVERY.
-    pub window_secs: f64,
-    pub throughput_per_sec: f64,
+    pub(crate) window_secs: f64,
+    pub(crate) throughput_per_sec: f64,
     /// READY_FOR_DELIVERY timestamp minus RECEIVED timestamp of each ready order.
-    pub latency: Latency,
+    pub(crate) latency: Latency,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Memory {
-    pub source: String,
-    pub before_bytes: u64,
+pub(crate) struct Memory {
+    pub(crate) source: String,
+    pub(crate) before_bytes: u64,
     /// Read as soon as the journeys had settled, while the order actors are alive.
-    pub after_bytes: u64,
-    pub per_live_order_bytes: Option<i64>,
+    pub(crate) after_bytes: u64,
+    pub(crate) per_live_order_bytes: Option<i64>,
     /// The highest reading, sampled every 100 ms while orders were placed and followed.
-    pub peak_bytes: u64,
+    pub(crate) peak_bytes: u64,
     /// Read again `--settle-secs` after the run (actors passivated, buffers freed).
-    pub settled_bytes: Option<u64>,
+    pub(crate) settled_bytes: Option<u64>,
 }
 
 /// What the `--follow` clients did and saw.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct FollowReport {
-    pub mode: super::follow::FollowMode,
+pub(crate) struct FollowReport {
+    pub(crate) mode: super::follow::FollowMode,
     /// Status polls answered (`poll`) or update frames received (`ws`).
-    pub received: u64,
+    pub(crate) received: u64,
     /// Updates full journeys would deliver (`ws` only).
-    pub expected: Option<u64>,
-    pub per_order: f64,
+    pub(crate) expected: Option<u64>,
+    pub(crate) per_order: f64,
     /// Polls without a readable answer (`poll`), updates out of sequence (`ws`).
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Each poll's round trip (`poll`), or event timestamp to frame received (`ws`).
-    pub latency: Latency,
+    pub(crate) latency: Latency,
 }
 
 /// CPU spent while the orders were placed and followed (not while registering or
@@ -135,32 +135,32 @@ pub struct FollowReport {
 /// is the figure that does not depend on what else ran.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Cpu {
-    pub wall_secs: f64,
+pub(crate) struct Cpu {
+    pub(crate) wall_secs: f64,
     /// The node's user plus system time, when it runs on this host (`--server-pid`).
-    pub node_secs: Option<f64>,
-    pub node_micros_per_order: Option<f64>,
+    pub(crate) node_secs: Option<f64>,
+    pub(crate) node_micros_per_order: Option<f64>,
     /// The bench's own time: load generation is not free on a shared machine either.
-    pub bench_secs: Option<f64>,
+    pub(crate) bench_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Summary {
-    pub url: String,
-    pub orders: u64,
-    pub concurrency: usize,
-    pub rate: Option<u32>,
-    pub users: usize,
-    pub intake: Intake,
-    pub journey: Journey,
-    pub follow: Option<FollowReport>,
-    pub memory: Option<Memory>,
-    pub cpu: Cpu,
+pub(crate) struct Summary {
+    pub(crate) url: String,
+    pub(crate) orders: u64,
+    pub(crate) concurrency: usize,
+    pub(crate) rate: Option<u32>,
+    pub(crate) users: usize,
+    pub(crate) intake: Intake,
+    pub(crate) journey: Journey,
+    pub(crate) follow: Option<FollowReport>,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) cpu: Cpu,
 }
 
 /// `count` events spread over `secs`, per second; zero when no time passed.
-pub fn per_second(count: u64, secs: f64) -> f64 {
+pub(crate) fn per_second(count: u64, secs: f64) -> f64 {
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
@@ -174,7 +174,7 @@ pub(crate) fn tally<K: std::fmt::Display>(counts: &BTreeMap<K, u64>) -> String {
 }
 
 impl Summary {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = String::new();
         let mode = match self.rate {
             Some(rate) => format!(

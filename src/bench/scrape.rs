@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Statuses an order reaches at the end of its processing: ready for a driver (or
 /// already past that), or given up.
-pub const SETTLED_STATUSES: [&str; 5] = [
+pub(crate) const SETTLED_STATUSES: [&str; 5] = [
     "READY_FOR_DELIVERY",
     "OUT_FOR_DELIVERY",
     "DELIVERED",
@@ -24,7 +24,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The value of the sample `name{label="value"}` (or of `name` with no labels when
 /// `label` is `None`) in Prometheus text exposition format.
-pub fn sample(text: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
     text.lines().find_map(|line| {
         let line = line.trim();
         if line.starts_with('#') {
@@ -56,7 +56,7 @@ pub fn sample(text: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64
 }
 
 /// Orders whose processing has ended, over every status in [`SETTLED_STATUSES`].
-pub fn settled_orders(text: &str) -> u64 {
+pub(crate) fn settled_orders(text: &str) -> u64 {
     SETTLED_STATUSES
         .iter()
         .filter_map(|status| sample(text, ORDERS_GAUGE, Some(("status", status))))
@@ -65,12 +65,12 @@ pub fn settled_orders(text: &str) -> u64 {
 }
 
 /// Resident memory of the node as its own gauge reports it.
-pub fn resident_bytes(text: &str) -> Option<u64> {
+pub(crate) fn resident_bytes(text: &str) -> Option<u64> {
     sample(text, RSS_GAUGE, None).map(|bytes| bytes.max(0.0) as u64)
 }
 
 /// `VmRSS` of a `/proc/<pid>/status` document, in bytes.
-pub fn vm_rss_bytes(status: &str) -> Option<u64> {
+pub(crate) fn vm_rss_bytes(status: &str) -> Option<u64> {
     let rest = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
     let mut fields = rest.split_whitespace();
     let amount: u64 = fields.next()?.parse().ok()?;
@@ -86,7 +86,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// User plus system CPU seconds of all threads of a process, from its
 /// `/proc/<pid>/stat` document.
-pub fn cpu_seconds(stat: &str) -> Option<f64> {
+pub(crate) fn cpu_seconds(stat: &str) -> Option<f64> {
     // The command name (field 2) is in parentheses and may itself contain spaces or
     // parentheses; the fields after the last `)` start with the state (field 3).
     let (_, rest) = stat.rsplit_once(')')?;
@@ -97,7 +97,7 @@ pub fn cpu_seconds(stat: &str) -> Option<f64> {
 }
 
 /// CPU seconds used so far by the process `pid` (`None`: this process).
-pub async fn process_cpu_seconds(pid: Option<u32>) -> Option<f64> {
+pub(crate) async fn process_cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/stat"),
         None => "/proc/self/stat".to_owned(),
@@ -107,7 +107,7 @@ pub async fn process_cpu_seconds(pid: Option<u32>) -> Option<f64> {
 }
 
 /// The node's `/metrics` page.
-pub async fn metrics(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+pub(crate) async fn metrics(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
     let response = http
         .get(format!("{base}/metrics"))
         .timeout(SCRAPE_TIMEOUT)
@@ -122,7 +122,7 @@ pub async fn metrics(http: &reqwest::Client, base: &str) -> anyhow::Result<Strin
 
 /// Where the node's resident memory comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemorySource {
+pub(crate) enum MemorySource {
     /// The node's `process_resident_memory_bytes` gauge.
     Gauge,
     /// `/proc/<pid>/status` of a node on this host.
@@ -130,7 +130,7 @@ pub enum MemorySource {
 }
 
 impl MemorySource {
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         match self {
             Self::Gauge => RSS_GAUGE.to_owned(),
             Self::Proc(pid) => format!("/proc/{pid}/status VmRSS"),
@@ -138,7 +138,7 @@ impl MemorySource {
     }
 
     /// Resident memory now, or `None` when this source cannot be read.
-    pub async fn read(self, http: &reqwest::Client, base: &str) -> Option<u64> {
+    pub(crate) async fn read(self, http: &reqwest::Client, base: &str) -> Option<u64> {
         match self {
             Self::Gauge => {
                 let text = metrics(http, base).await.ok()?;
@@ -156,7 +156,7 @@ impl MemorySource {
 
 /// Reads `source` every `every` until `stop` and returns the highest reading (a
 /// `/proc` read costs the node nothing; a gauge is one more scrape per interval).
-pub async fn peak_memory(
+pub(crate) async fn peak_memory(
     source: MemorySource,
     http: reqwest::Client,
     base: String,
@@ -179,7 +179,7 @@ pub async fn peak_memory(
 
 /// `/proc` of `--server-pid` when it can be read (sampling it costs the node
 /// nothing), else the node's own gauge when it exports one.
-pub async fn memory_source(
+pub(crate) async fn memory_source(
     http: &reqwest::Client,
     base: &str,
     server_pid: Option<u32>,

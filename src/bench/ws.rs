@@ -53,91 +53,91 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct BenchWsArgs {
     /// Base URL of the node under load (http://; the sessions use ws:// on it).
     #[arg(long, default_value = "http://127.0.0.1:3000")]
-    pub url: String,
+    pub(crate) url: String,
     /// WebSocket sessions held open at once. Each takes a file descriptor here and
     /// on the node: raise `ulimit -n` for both.
     #[arg(long, default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SESSIONS)))]
-    pub sessions: u32,
+    pub(crate) sessions: u32,
     /// Client accounts; sessions and orders are spread evenly over them, and each
     /// session follows every order of its account.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub users: u32,
+    pub(crate) users: u32,
     /// Orders placed per second while the sessions follow.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub rate: u32,
+    pub(crate) rate: u32,
     /// Seconds of order flow.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub duration_secs: u64,
+    pub(crate) duration_secs: u64,
     /// Sessions being opened at once.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub connect_concurrency: u32,
+    pub(crate) connect_concurrency: u32,
     /// Seconds the node is left alone with its idle sessions before its memory is
     /// read.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
-    pub idle_secs: u64,
+    pub(crate) idle_secs: u64,
     /// Pid of the node when it runs on this host, to read its memory from /proc if it
     /// exports no process_resident_memory_bytes gauge.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub(crate) server_pid: Option<u32>,
     /// Also print the summary as one JSON line.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Sessions {
-    pub requested: u32,
-    pub connected: u64,
+pub(crate) struct Sessions {
+    pub(crate) requested: u32,
+    pub(crate) connected: u64,
     /// Sessions that could not be opened, by cause.
-    pub failed: BTreeMap<String, u64>,
-    pub connect_secs: f64,
+    pub(crate) failed: BTreeMap<String, u64>,
+    pub(crate) connect_secs: f64,
     /// Sessions the node closed during the run, by close code (0: no close frame).
-    pub closed_by_node: BTreeMap<u16, u64>,
+    pub(crate) closed_by_node: BTreeMap<u16, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct IdleMemory {
-    pub source: String,
-    pub before_bytes: u64,
-    pub half_bytes: u64,
-    pub all_bytes: u64,
+pub(crate) struct IdleMemory {
+    pub(crate) source: String,
+    pub(crate) before_bytes: u64,
+    pub(crate) half_bytes: u64,
+    pub(crate) all_bytes: u64,
     /// Growth from no sessions to all of them, per session.
-    pub per_session_bytes: i64,
+    pub(crate) per_session_bytes: i64,
     /// Growth over the second half of the sessions, per session: memory the first
     /// half freed up and the second reused (the registrations' password hashing
     /// leaves some) does not hide here.
-    pub marginal_per_session_bytes: i64,
+    pub(crate) marginal_per_session_bytes: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
-    pub orders_placed: u64,
+    pub(crate) orders_placed: u64,
     /// Orders the node did not accept, by HTTP status (0: no answer).
-    pub orders_refused: BTreeMap<u16, u64>,
-    pub updates: u64,
+    pub(crate) orders_refused: BTreeMap<u16, u64>,
+    pub(crate) updates: u64,
     /// What full journeys would deliver: five updates per placed order to every
     /// session of its account.
-    pub updates_expected: u64,
+    pub(crate) updates_expected: u64,
     /// Updates whose seq was not the one after the last seen for their order.
-    pub out_of_sequence: u64,
+    pub(crate) out_of_sequence: u64,
     /// Event timestamp (status change decided and persisted) to frame received.
-    pub latency: Latency,
+    pub(crate) latency: Latency,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Summary {
-    pub url: String,
-    pub users: u32,
-    pub rate: u32,
-    pub duration_secs: u64,
-    pub sessions: Sessions,
-    pub idle_memory: Option<IdleMemory>,
-    pub delivery: Delivery,
+pub(crate) struct Summary {
+    pub(crate) url: String,
+    pub(crate) users: u32,
+    pub(crate) rate: u32,
+    pub(crate) duration_secs: u64,
+    pub(crate) sessions: Sessions,
+    pub(crate) idle_memory: Option<IdleMemory>,
+    pub(crate) delivery: Delivery,
 }
 
 /// Runs the bench until it finishes or Ctrl-C, then prints the summary.
@@ -161,7 +161,7 @@ pub(crate) struct Observed {
 }
 
 impl Observed {
-    pub(crate) fn new() -> anyhow::Result<Self> {
+    pub fn new() -> anyhow::Result<Self> {
         Ok(Self {
             latency: Mutex::new(latency_histogram()?),
             updates: AtomicU64::new(0),
@@ -205,7 +205,10 @@ pub(crate) fn ws_base(url: &str) -> anyhow::Result<String> {
 
 /// Everything the bench measures, without printing; `shutdown` stops it early with
 /// an error.
-pub async fn bench(args: &BenchWsArgs, shutdown: CancellationToken) -> anyhow::Result<Summary> {
+pub(crate) async fn bench(
+    args: &BenchWsArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
     if args.users > args.sessions {
         bail!("--users must not exceed --sessions: every account needs a session following it");
     }
@@ -546,7 +549,7 @@ fn mebibytes(bytes: u64) -> String {
 }
 
 impl Summary {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = String::new();
         let s = &self.sessions;
         let _ = writeln!(

@@ -17,18 +17,18 @@ use serde_json::{Map, Value, json};
 pub(crate) struct CatalogueEvent {
     /// The topic routing key on `events_exchange`.
     #[serde(skip)]
-    pub routing_key: String,
+    pub(crate) routing_key: String,
     /// The seed's event name (`ORDER_CREATED`, `cms.success`, ..., `order.update`).
     #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub data: Value,
+    pub(crate) kind: &'static str,
+    pub(crate) data: Value,
     /// RFC 3339 with microseconds, as the seed's examples show.
-    pub timestamp: String,
+    pub(crate) timestamp: String,
 }
 
 impl CatalogueEvent {
     /// Unique per order transition, so a consumer can drop a redelivered copy.
-    pub fn message_id(&self, event: &OrderEvent) -> String {
+    pub(crate) fn message_id(&self, event: &OrderEvent) -> String {
         format!("{}:{}", event.order_id, event.seq)
     }
 }

@@ -64,7 +64,7 @@ impl<T: Send + 'static> Queue<T> {
 const CLUSTER_BUFFER: usize = 64;
 
 /// A node on its own: it owns every shard, for good, and hears only itself.
-pub struct LocalBus {
+pub(crate) struct LocalBus {
     /// One step queue per system of `System::ALL`.
     steps: HashMap<System, Queue<StepRequest>>,
     orders: Queue<OrderCommand>,

@@ -9,7 +9,7 @@
 
 pub mod amqp;
 pub(crate) mod catalogue;
-pub mod local;
+pub(crate) mod local;
 
 use crate::domain::cluster::NodeReport;
 use crate::domain::{Operation, OrderEvent, OrderId, System};
@@ -71,15 +71,15 @@ pub trait Acknowledge: Send + Sync {
 /// The acknowledgement of the delivery a message came from, if it came from one
 /// (the in-process bus and messages made up on this node have none). Handlers ack
 /// best effort: if it fails the broker redelivers, and every handler is idempotent.
-pub struct Acker(Option<Box<dyn Acknowledge>>);
+pub(crate) struct Acker(Option<Box<dyn Acknowledge>>);
 
 impl Acker {
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         Self(None)
     }
 
     /// Acknowledges, and says whether the broker took it.
-    pub async fn try_ack(self) -> Result<(), BusError> {
+    pub(crate) async fn try_ack(self) -> Result<(), BusError> {
         match self.0 {
             Some(ack) => ack.ack().await,
             None => Ok(()),
@@ -112,14 +112,14 @@ impl From<Option<Box<dyn Acknowledge>>> for Acker {
 /// W3C `traceparent` of the span that posted it, so its trace goes on wherever the
 /// message is handled.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Envelope {
-    pub posted_at: Option<DateTime<Utc>>,
-    pub traceparent: Option<String>,
+pub(crate) struct Envelope {
+    pub(crate) posted_at: Option<DateTime<Utc>>,
+    pub(crate) traceparent: Option<String>,
 }
 
 impl Envelope {
     /// The envelope of a message posted now, from within the current span.
-    pub fn here() -> Self {
+    pub(crate) fn here() -> Self {
         Self {
             posted_at: Some(Utc::now()),
             traceparent: crate::observability::current_traceparent(),
@@ -128,7 +128,7 @@ impl Envelope {
 
     /// How long the message was on its way (`None` if unknown, or if the poster's
     /// clock is ahead of ours).
-    pub fn waited(&self) -> Option<std::time::Duration> {
+    pub(crate) fn waited(&self) -> Option<std::time::Duration> {
         (Utc::now() - self.posted_at?).to_std().ok()
     }
 }
@@ -136,11 +136,11 @@ impl Envelope {
 pub struct Delivery<T> {
     pub message: T,
     pub ack: Option<Box<dyn Acknowledge>>,
-    pub envelope: Envelope,
+    pub(crate) envelope: Envelope,
 }
 
 impl<T> Delivery<T> {
-    pub fn unacknowledged(message: T) -> Self {
+    pub(crate) fn unacknowledged(message: T) -> Self {
         Self {
             message,
             ack: None,
@@ -175,7 +175,7 @@ pub struct DeadLetter {
 
 /// A new name for one ownership of one shard by this process: unique across the
 /// cluster (random high half per process) and increasing within the process.
-pub fn next_epoch() -> u64 {
+pub(crate) fn next_epoch() -> u64 {
     static PROCESS: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let process = *PROCESS.get_or_init(|| u64::from(rand::random::<u32>() | 1) << 32);
@@ -232,8 +232,8 @@ pub enum ClusterMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderActorLocation {
-    pub node: String,
-    pub actor: Option<crate::domain::runner::OrderActorView>,
+    pub(crate) node: String,
+    pub(crate) actor: Option<crate::domain::runner::OrderActorView>,
 }
 
 #[async_trait]
@@ -278,7 +278,7 @@ pub trait Bus: Send + Sync + 'static {
     }
 }
 
-pub type SharedBus = Arc<dyn Bus>;
+pub(crate) type SharedBus = Arc<dyn Bus>;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// The wait after `failures` consecutive failures: `base` after the first, doubling
 /// with each further one (`base * 2^(failures-1)`, the exponent capped at 16), never
 /// more than `max`.
-pub fn exponential(failures: u32, base: Duration, max: Duration) -> Duration {
+pub(crate) fn exponential(failures: u32, base: Duration, max: Duration) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
     base.saturating_mul(2u32.saturating_pow(exponent)).min(max)
 }
@@ -16,7 +16,7 @@ pub fn exponential(failures: u32, base: Duration, max: Duration) -> Duration {
 /// Spreads a delay over [delay/2, delay], so that callers failing together (a
 /// system going down under load, nodes losing the broker) do not all come back in
 /// the same instant.
-pub fn jittered(delay: Duration) -> Duration {
+pub(crate) fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(rand::random_range(0.5..=1.0))
 }
 

@@ -22,30 +22,30 @@ pub enum CircuitState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CircuitReport {
-    pub service: System,
-    pub circuit: CircuitState,
+pub(crate) struct CircuitReport {
+    pub(crate) service: System,
+    pub(crate) circuit: CircuitState,
 }
 
 /// What a node announces about itself with every heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeReport {
-    pub node_id: String,
+    pub(crate) node_id: String,
     /// Changes with every start of the process, so a restarted node is told apart
     /// from the one that died under the same id.
-    pub incarnation: String,
+    pub(crate) incarnation: String,
     /// Draining: it takes no new shards and the others count it out at once.
-    pub leaving: bool,
+    pub(crate) leaving: bool,
     /// Shards this node is the active consumer of, ascending.
-    pub shards: Vec<u32>,
-    pub order_actors: u64,
+    pub(crate) shards: Vec<u32>,
+    pub(crate) order_actors: u64,
     /// Live order actors per shard: only shards in `shards` should appear.
-    pub order_actors_by_shard: BTreeMap<u32, u64>,
+    pub(crate) order_actors_by_shard: BTreeMap<u32, u64>,
     /// Orders being processed under this node's admission bound.
-    pub in_flight: u64,
-    pub circuits: Vec<CircuitReport>,
-    pub sent_at: DateTime<Utc>,
+    pub(crate) in_flight: u64,
+    pub(crate) circuits: Vec<CircuitReport>,
+    pub(crate) sent_at: DateTime<Utc>,
 }
 
 /// 64-bit mix of a node id and a shard (FNV-1a, then SplitMix64's finaliser): the
@@ -67,7 +67,7 @@ fn score(node: &str, shard: u32) -> u64 {
 /// rendezvous hashing with bounded load. Each shard prefers the nodes that score
 /// highest with it; a node takes shards in that order until it holds its share, so
 /// counts differ by at most one and a change of membership moves few shards.
-pub fn placement(shards: u32, nodes: &BTreeSet<String>) -> BTreeMap<u32, String> {
+pub(crate) fn placement(shards: u32, nodes: &BTreeSet<String>) -> BTreeMap<u32, String> {
     let mut owners = BTreeMap::new();
     if nodes.is_empty() {
         return owners;
@@ -106,7 +106,7 @@ struct Peer {
 
 /// The nodes this node has heard from recently. The view may differ between nodes
 /// for a moment; it steers balancing only.
-pub struct Membership {
+pub(crate) struct Membership {
     me: String,
     timeout: Duration,
     peers: BTreeMap<String, Peer>,
@@ -124,7 +124,7 @@ impl Membership {
 
     /// Records a heartbeat; true when it brings news that changes the fair share
     /// (a node new to the view, or one that started to leave).
-    pub fn heard(&mut self, report: NodeReport, now: Instant) -> bool {
+    pub(crate) fn heard(&mut self, report: NodeReport, now: Instant) -> bool {
         let news = match self.peers.get(&report.node_id) {
             None => true,
             Some(peer) => peer.report.leaving != report.leaving || self.expired(peer, now),
@@ -139,7 +139,7 @@ impl Membership {
     }
 
     /// Forgets the nodes gone silent; returns their ids.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<String> {
         let gone: Vec<String> = self
             .peers
             .iter()
@@ -154,7 +154,7 @@ impl Membership {
 
     /// The nodes that share the shards: every node heard in time and not leaving,
     /// plus this one unless `leaving`.
-    pub fn sharing(&self, leaving: bool, now: Instant) -> BTreeSet<String> {
+    pub(crate) fn sharing(&self, leaving: bool, now: Instant) -> BTreeSet<String> {
         let mut nodes: BTreeSet<String> = self
             .peers
             .iter()
@@ -170,7 +170,7 @@ impl Membership {
     }
 
     /// Shards that some other live node says it is active on.
-    pub fn claimed_elsewhere(&self, now: Instant) -> BTreeSet<u32> {
+    pub(crate) fn claimed_elsewhere(&self, now: Instant) -> BTreeSet<u32> {
         self.peers
             .iter()
             .filter(|(id, peer)| **id != self.me && !self.expired(peer, now))
@@ -185,7 +185,7 @@ impl Membership {
     /// that, the survivors of a node's death would bounce its shards between them
     /// until it is counted out. An owner back as a standby no longer claims the
     /// shard in its next heartbeat and gets it then.
-    pub fn keeps(&self, shard: u32, shards: u32, leaving: bool, now: Instant) -> bool {
+    pub(crate) fn keeps(&self, shard: u32, shards: u32, leaving: bool, now: Instant) -> bool {
         let mut sharing = self.sharing(leaving, now);
         while let Some(owner) = placement(shards, &sharing).remove(&shard) {
             if owner == self.me {
@@ -204,7 +204,7 @@ impl Membership {
     }
 
     /// The last report of every node in the view with when it was heard.
-    pub fn reports(&self) -> impl Iterator<Item = (&NodeReport, Instant)> {
+    pub(crate) fn reports(&self) -> impl Iterator<Item = (&NodeReport, Instant)> {
         self.peers.values().map(|peer| (&peer.report, peer.heard))
     }
 }

@@ -9,14 +9,14 @@ use super::{OrderId, OrderStatus, UserId};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-pub fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-02-04T16:20:30Z")
         .unwrap()
         .with_timezone(&Utc)
 }
 
 /// A 1 kg parcel, picked up and delivered at (1, 2).
-pub fn parcel() -> NewOrder {
+pub(crate) fn parcel() -> NewOrder {
     let here = Location::at(1.0, 2.0, None);
     NewOrder {
         pickup_location: here.clone(),
@@ -33,12 +33,12 @@ pub fn parcel() -> NewOrder {
 }
 
 /// A fresh order of `usr_1`, as intake stores it.
-pub fn received(id: &str) -> Order {
+pub(crate) fn received(id: &str) -> Order {
     received_by(id, "usr_1", now()).0
 }
 
 /// Order `id` of `customer` as intake writes it at `at`, with its RECEIVED event.
-pub fn received_by(id: &str, customer: &str, at: DateTime<Utc>) -> (Order, OrderEvent) {
+pub(crate) fn received_by(id: &str, customer: &str, at: DateTime<Utc>) -> (Order, OrderEvent) {
     Order::receive(
         OrderId::parse(id).unwrap(),
         UserId::from_trusted(customer),
@@ -48,7 +48,7 @@ pub fn received_by(id: &str, customer: &str, at: DateTime<Utc>) -> (Order, Order
 }
 
 /// The CMS_VALIDATED update of `order`, numbered `seq`, as the bus carries it.
-pub fn validated_event(order: &str, customer: &str, seq: u64) -> OrderEvent {
+pub(crate) fn validated_event(order: &str, customer: &str, seq: u64) -> OrderEvent {
     OrderEvent {
         order_id: OrderId::parse(order).unwrap(),
         customer_id: UserId::from_trusted(customer),
@@ -60,21 +60,21 @@ pub fn validated_event(order: &str, customer: &str, seq: u64) -> OrderEvent {
     }
 }
 
-pub fn profile() -> OperationOutcome {
+pub(crate) fn profile() -> OperationOutcome {
     OperationOutcome::CustomerValidated(CustomerProfile {
         name: "John".into(),
         tier: "premium".into(),
     })
 }
 
-pub fn reserved() -> OperationOutcome {
+pub(crate) fn reserved() -> OperationOutcome {
     OperationOutcome::InventoryReserved(Reservation {
         warehouse: "WH-001".into(),
         picking_location: Some("A-1".into()),
     })
 }
 
-pub fn routed() -> OperationOutcome {
+pub(crate) fn routed() -> OperationOutcome {
     OperationOutcome::RouteOptimized(Route {
         route_id: Some("RT-1".into()),
         waypoints: vec![],
@@ -84,7 +84,7 @@ pub fn routed() -> OperationOutcome {
 }
 
 /// What the operation's system answers when it succeeds.
-pub fn success(operation: Operation) -> OperationOutcome {
+pub(crate) fn success(operation: Operation) -> OperationOutcome {
     match operation {
         Operation::ValidateCustomer => profile(),
         Operation::ReserveInventory => reserved(),

@@ -2,19 +2,19 @@
 //! Everything here is unit-tested on its own; the rest of the crate depends on it,
 //! never the other way round.
 
-pub mod backoff;
-pub mod cluster;
+pub(crate) mod backoff;
+pub(crate) mod cluster;
 #[cfg(test)]
 pub(crate) mod fixtures;
-pub mod ids;
-pub mod order;
-pub mod progress;
-pub mod runner;
+pub(crate) mod ids;
+pub(crate) mod order;
+pub(crate) mod progress;
+pub(crate) mod runner;
 pub mod saga;
-pub mod status;
-pub mod step;
-pub mod update;
-pub mod user;
+pub(crate) mod status;
+pub(crate) mod step;
+pub(crate) mod update;
+pub(crate) mod user;
 pub mod validation;
 
 pub use ids::{OrderId, UserId};

@@ -19,10 +19,10 @@ const MAX_TEXT_LEN: usize = 500;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "LocationWire", into = "LocationWire")]
 pub struct Location {
-    pub lat: f64,
-    pub lng: f64,
-    pub address: Option<String>,
-    pub form: LocationForm,
+    pub(crate) lat: f64,
+    pub(crate) lng: f64,
+    pub(crate) address: Option<String>,
+    pub(crate) form: LocationForm,
 }
 
 /// The two shapes of a location in the seeds.
@@ -327,14 +327,14 @@ pub struct Route {
 
 /// Per-system progress, the seed's `integrationStatus {cms, wms, ros}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct IntegrationStatus {
-    pub cms: StepState,
-    pub wms: StepState,
-    pub ros: StepState,
+pub(crate) struct IntegrationStatus {
+    pub(crate) cms: StepState,
+    pub(crate) wms: StepState,
+    pub(crate) ros: StepState,
 }
 
 impl IntegrationStatus {
-    pub fn get(&self, system: System) -> StepState {
+    pub(crate) fn get(&self, system: System) -> StepState {
         match system {
             System::Cms => self.cms,
             System::Wms => self.wms,
@@ -342,7 +342,7 @@ impl IntegrationStatus {
         }
     }
 
-    pub fn set(&mut self, system: System, state: StepState) {
+    pub(crate) fn set(&mut self, system: System, state: StepState) {
         match system {
             System::Cms => self.cms = state,
             System::Wms => self.wms = state,
@@ -356,9 +356,9 @@ impl IntegrationStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Compensation {
-    pub outcome: OrderStatus,
-    pub reason: String,
-    pub remaining: Vec<Operation>,
+    pub(crate) outcome: OrderStatus,
+    pub(crate) reason: String,
+    pub(crate) remaining: Vec<Operation>,
 }
 
 /// The order document. `version` is bumped on every write and used for
@@ -369,27 +369,27 @@ pub struct Order {
     pub order_id: OrderId,
     pub customer_id: UserId,
     pub status: OrderStatus,
-    pub pickup_location: Location,
-    pub delivery_address: Location,
-    pub package_details: PackageDetails,
+    pub(crate) pickup_location: Location,
+    pub(crate) delivery_address: Location,
+    pub(crate) package_details: PackageDetails,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheduled_pickup_time: Option<DateTime<Utc>>,
+    pub(crate) scheduled_pickup_time: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub special_instructions: Option<String>,
-    pub integration_status: IntegrationStatus,
+    pub(crate) special_instructions: Option<String>,
+    pub(crate) integration_status: IntegrationStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub customer: Option<CustomerProfile>,
+    pub(crate) customer: Option<CustomerProfile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warehouse: Option<Reservation>,
+    pub(crate) warehouse: Option<Reservation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route: Option<Route>,
+    pub(crate) route: Option<Route>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compensation: Option<Compensation>,
+    pub(crate) compensation: Option<Compensation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver_id: Option<UserId>,
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: u64,
     pub seq: u64,
@@ -443,7 +443,13 @@ impl Order {
         (order, event)
     }
 
-    pub fn event(&self, seq: u64, message: &str, data: Value, now: DateTime<Utc>) -> OrderEvent {
+    pub(crate) fn event(
+        &self,
+        seq: u64,
+        message: &str,
+        data: Value,
+        now: DateTime<Utc>,
+    ) -> OrderEvent {
         OrderEvent {
             order_id: self.order_id.clone(),
             customer_id: self.customer_id.clone(),

@@ -11,29 +11,29 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Progress {
-    pub completed: usize,
-    pub total: usize,
-    pub percentage: u32,
+pub(crate) struct Progress {
+    pub(crate) completed: usize,
+    pub(crate) total: usize,
+    pub(crate) percentage: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Processing {
-    pub current_stage: String,
-    pub progress: Progress,
+pub(crate) struct Processing {
+    pub(crate) current_stage: String,
+    pub(crate) progress: Progress,
 }
 
 /// Seed 001's status view.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StatusView {
-    pub order_id: OrderId,
-    pub status: OrderStatus,
-    pub processing: Processing,
-    pub steps: Vec<StepView>,
+pub(crate) struct StatusView {
+    pub(crate) order_id: OrderId,
+    pub(crate) status: OrderStatus,
+    pub(crate) processing: Processing,
+    pub(crate) steps: Vec<StepView>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_reason: Option<String>,
+    pub(crate) failure_reason: Option<String>,
 }
 
 /// What the order is busy with: the system working on it (`CMS_PROCESSING`…),
@@ -52,7 +52,7 @@ fn current_stage(order: &Order) -> String {
     }
 }
 
-pub fn status_view(order: &Order, events: &[OrderEvent]) -> StatusView {
+pub(crate) fn status_view(order: &Order, events: &[OrderEvent]) -> StatusView {
     let total = System::ALL.len();
     let completed = System::ALL
         .into_iter()
@@ -78,7 +78,7 @@ pub fn status_view(order: &Order, events: &[OrderEvent]) -> StatusView {
 /// Where one back-office step of an order stands, in seed 001's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum StepProgress {
+pub(crate) enum StepProgress {
     Pending,
     InProgress,
     Completed,
@@ -86,30 +86,18 @@ pub enum StepProgress {
     Compensated,
 }
 
-impl StepProgress {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::InProgress => "IN_PROGRESS",
-            Self::Completed => "COMPLETED",
-            Self::Failed => "FAILED",
-            Self::Compensated => "COMPENSATED",
-        }
-    }
-}
-
 /// Seed 001's view of progress: the three steps with their state and the time each
 /// settled, taken from the event log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StepView {
-    pub step: &'static str,
-    pub name: &'static str,
-    pub status: StepProgress,
-    pub timestamp: Option<DateTime<Utc>>,
+pub(crate) struct StepView {
+    pub(crate) step: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) status: StepProgress,
+    pub(crate) timestamp: Option<DateTime<Utc>>,
 }
 
-pub fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> {
+pub(crate) fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> {
     let current = next_operation(order).filter(|op| !op.is_compensation());
     System::ALL
         .into_iter()
@@ -226,17 +214,14 @@ mod tests {
 
     #[test]
     fn step_progress_has_its_wire_names() {
-        for progress in [
-            StepProgress::Pending,
-            StepProgress::InProgress,
-            StepProgress::Completed,
-            StepProgress::Failed,
-            StepProgress::Compensated,
+        for (progress, name) in [
+            (StepProgress::Pending, "PENDING"),
+            (StepProgress::InProgress, "IN_PROGRESS"),
+            (StepProgress::Completed, "COMPLETED"),
+            (StepProgress::Failed, "FAILED"),
+            (StepProgress::Compensated, "COMPENSATED"),
         ] {
-            assert_eq!(
-                serde_json::to_value(progress).unwrap(),
-                json!(progress.as_str())
-            );
+            assert_eq!(serde_json::to_value(progress).unwrap(), json!(name));
         }
     }
 
@@ -246,7 +231,10 @@ mod tests {
         let d = validated(&order);
         let events = [vec![first], d.events].concat();
         let views = step_views(&d.order, &events);
-        let states: Vec<_> = views.iter().map(|v| v.status.as_str()).collect();
+        let states: Vec<_> = views
+            .iter()
+            .map(|v| serde_json::to_value(v.status).unwrap())
+            .collect();
         assert_eq!(states, ["COMPLETED", "IN_PROGRESS", "PENDING"]);
         assert!(views[0].timestamp.is_some());
     }

@@ -22,21 +22,21 @@ use crate::domain::{StepReply, StepRequest};
 use std::time::Duration;
 
 /// Why no reply counts as a transient failure of the step.
-pub const NO_REPLY: &str = "no reply within the step watchdog";
+pub(crate) const NO_REPLY: &str = "no reply within the step watchdog";
 
 /// The retry, watchdog, passivation and outage policy of every order.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RunnerPolicy {
+pub(crate) struct RunnerPolicy {
     /// Attempts of one operation before its outcome counts as unknown (exhausted).
-    pub max_attempts: u32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
     /// How long a step request may go unanswered before it counts as failed.
-    pub watchdog: Duration,
+    pub(crate) watchdog: Duration,
     /// How long an order waiting on nobody keeps its actor.
-    pub passivate_after: Duration,
-    pub outage_backoff_base: Duration,
-    pub outage_backoff_max: Duration,
+    pub(crate) passivate_after: Duration,
+    pub(crate) outage_backoff_base: Duration,
+    pub(crate) outage_backoff_max: Duration,
 }
 
 /// What the order's step is doing.
@@ -63,7 +63,7 @@ pub enum Phase {
 
 impl Phase {
     /// The name telemetry shows.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Ready => "ready",
             Self::Sending { .. } | Self::AwaitingReply { .. } => "awaiting_reply",
@@ -77,14 +77,14 @@ impl Phase {
 
 /// Timers the runner starts; each carries what makes a late firing recognisable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timer {
+pub(crate) enum Timer {
     Watchdog { operation: Operation, attempt: u32 },
     Backoff { operation: Operation },
     IdleCheck { generation: u64 },
 }
 
 impl Timer {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Watchdog { .. } => "watchdog",
             Self::Backoff { .. } => "retry_backoff",
@@ -95,7 +95,7 @@ impl Timer {
 
 /// What happens to the runner.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub(crate) enum Event {
     /// A command: read the order again and drive it on (intake, a change made
     /// elsewhere, a restart, a shard take-over).
     Woken,
@@ -127,7 +127,7 @@ pub enum Event {
 
 /// What the actor must do, in order.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Read the order from the store; answer with [`Event::Loaded`].
     Load,
     /// Apply the outcome to the stored order with compare-and-set, re-deciding on a
@@ -180,33 +180,33 @@ pub enum Effect {
 /// An order actor as telemetry shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OrderActorView {
+pub(crate) struct OrderActorView {
     /// awaiting_reply, backing_off, persisting, outage_retry, idle or ready.
-    pub phase: String,
-    pub in_flight: Option<StepInFlight>,
+    pub(crate) phase: String,
+    pub(crate) in_flight: Option<StepInFlight>,
     /// Failed attempts of the step the order waits on.
-    pub attempts: u32,
-    pub next_timer: Option<NextTimer>,
+    pub(crate) attempts: u32,
+    pub(crate) next_timer: Option<NextTimer>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StepInFlight {
-    pub operation: String,
-    pub attempt: u32,
+pub(crate) struct StepInFlight {
+    pub(crate) operation: String,
+    pub(crate) attempt: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct NextTimer {
+pub(crate) struct NextTimer {
     /// watchdog, idle_check or retry_backoff.
-    pub kind: String,
-    pub due_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) kind: String,
+    pub(crate) due_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// One order's runner: the last known order and what its step is doing.
 #[derive(Debug, Clone)]
-pub struct Runner {
+pub(crate) struct Runner {
     order_id: OrderId,
     /// The shard ownership this runner works under.
     epoch: u64,
@@ -252,7 +252,8 @@ impl Runner {
         }
     }
 
-    pub fn phase(&self) -> &Phase {
+    #[cfg(test)]
+    pub(crate) fn phase(&self) -> &Phase {
         &self.phase
     }
 
@@ -261,22 +262,17 @@ impl Runner {
     }
 
     /// Failed attempts of the step the order waits on.
-    pub fn attempts(&self) -> u32 {
+    pub(crate) fn attempts(&self) -> u32 {
         self.attempts
     }
 
     /// Whether the runner holds an admission slot (given back when the actor stops).
-    pub fn admitted(&self) -> bool {
+    pub(crate) fn admitted(&self) -> bool {
         self.admitted
     }
 
-    /// Waiting out a store or bus outage.
-    pub fn in_outage(&self) -> bool {
-        self.outage_retry
-    }
-
     /// The telemetry name of what the runner does.
-    pub fn phase_name(&self) -> &'static str {
+    pub(crate) fn phase_name(&self) -> &'static str {
         if self.outage_retry && !matches!(self.phase, Phase::Persisting { .. }) {
             "outage_retry"
         } else {
@@ -284,7 +280,7 @@ impl Runner {
         }
     }
 
-    pub fn handle(&mut self, event: Event) -> Vec<Effect> {
+    pub(crate) fn handle(&mut self, event: Event) -> Vec<Effect> {
         let mut effects = Vec::new();
         if self.phase == Phase::Stopped {
             return effects;

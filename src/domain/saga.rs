@@ -99,7 +99,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub fn system(self) -> System {
+    pub(crate) fn system(self) -> System {
         match self {
             Self::ValidateCustomer | Self::CancelCustomerOrder => System::Cms,
             Self::ReserveInventory | Self::ReleaseInventory => System::Wms,
@@ -107,14 +107,14 @@ impl Operation {
         }
     }
 
-    pub fn is_compensation(self) -> bool {
+    pub(crate) fn is_compensation(self) -> bool {
         matches!(
             self,
             Self::CancelRoute | Self::ReleaseInventory | Self::CancelCustomerOrder
         )
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::ValidateCustomer => "cms.validate",
             Self::ReserveInventory => "wms.reserve",
@@ -140,7 +140,7 @@ impl Operation {
     }
 
     /// Sent with every request so that a redelivered or resumed call never acts twice.
-    pub fn idempotency_key(self, order_id: &super::OrderId) -> String {
+    pub(crate) fn idempotency_key(self, order_id: &super::OrderId) -> String {
         format!("{order_id}:{}", self.name())
     }
 }
@@ -201,7 +201,7 @@ pub enum SagaInput {
 pub struct SagaDecision {
     pub order: Order,
     pub events: Vec<OrderEvent>,
-    pub next: Option<Operation>,
+    pub(crate) next: Option<Operation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -216,7 +216,7 @@ pub enum SagaRejection {
 }
 
 /// The operation the order is waiting on, if any. Used to start and to resume.
-pub fn next_operation(order: &Order) -> Option<Operation> {
+pub(crate) fn next_operation(order: &Order) -> Option<Operation> {
     if let Some(compensation) = &order.compensation {
         return compensation.remaining.first().copied();
     }

@@ -52,13 +52,13 @@ impl OrderStatus {
     }
 
     /// Terminal orders never change again; their actors can be stopped for good.
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(self, Self::Delivered | Self::Failed | Self::Cancelled)
     }
 
     /// Orders still being driven through the back-office systems. They hold an
     /// admission slot and are resumed after a crash.
-    pub fn is_processing(self) -> bool {
+    pub(crate) fn is_processing(self) -> bool {
         matches!(
             self,
             Self::Received
@@ -71,13 +71,13 @@ impl OrderStatus {
 
     /// The statuses a driver reports (`POST /api/orders/{id}/delivery`): the parcel
     /// left with them, or it arrived.
-    pub fn is_delivery_report(self) -> bool {
+    pub(crate) fn is_delivery_report(self) -> bool {
         matches!(self, Self::OutForDelivery | Self::Delivered)
     }
 
     /// The delivery report that may follow this status, if any: the parcel leaves
     /// once ready, and arrives once out.
-    pub fn next_delivery_report(self) -> Option<Self> {
+    pub(crate) fn next_delivery_report(self) -> Option<Self> {
         match self {
             Self::ReadyForDelivery => Some(Self::OutForDelivery),
             Self::OutForDelivery => Some(Self::Delivered),
@@ -86,7 +86,7 @@ impl OrderStatus {
     }
 
     /// A client may cancel until the parcel has left with a driver.
-    pub fn is_cancellable(self) -> bool {
+    pub(crate) fn is_cancellable(self) -> bool {
         !self.is_terminal() && !matches!(self, Self::OutForDelivery | Self::Compensating)
     }
 }

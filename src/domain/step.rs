@@ -29,7 +29,7 @@ pub struct StepRequest {
 }
 
 impl StepRequest {
-    pub fn idempotency_key(&self) -> String {
+    pub(crate) fn idempotency_key(&self) -> String {
         self.operation.idempotency_key(&self.order_id)
     }
 }

@@ -12,59 +12,59 @@ use serde_json::Value;
 /// CMS_VALIDATED: who the customer turned out to be.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CustomerValidated<'a> {
-    pub customer_data: CustomerData<'a>,
+pub(crate) struct CustomerValidated<'a> {
+    pub(crate) customer_data: CustomerData<'a>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct CustomerData<'a> {
-    pub id: &'a UserId,
-    pub name: &'a str,
-    pub tier: &'a str,
+pub(crate) struct CustomerData<'a> {
+    pub(crate) id: &'a UserId,
+    pub(crate) name: &'a str,
+    pub(crate) tier: &'a str,
 }
 
 /// INVENTORY_RESERVED: where the parcel's goods wait.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct InventoryReserved<'a> {
+pub(crate) struct InventoryReserved<'a> {
     /// Always `"RESERVED"`.
-    pub inventory: &'static str,
-    pub warehouse: &'a str,
+    pub(crate) inventory: &'static str,
+    pub(crate) warehouse: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub picking_location: Option<&'a str>,
+    pub(crate) picking_location: Option<&'a str>,
 }
 
 /// ROUTE_OPTIMIZED: the route the driver will take.
 #[derive(Debug, Serialize)]
-pub struct RouteOptimized<'a> {
-    pub route: &'a Route,
+pub(crate) struct RouteOptimized<'a> {
+    pub(crate) route: &'a Route,
 }
 
 /// COMPENSATING, when it begins: why, and the undo steps ahead.
 #[derive(Debug, Serialize)]
-pub struct CompensationStarted<'a> {
-    pub reason: &'a str,
-    pub compensations: &'a [Operation],
+pub(crate) struct CompensationStarted<'a> {
+    pub(crate) reason: &'a str,
+    pub(crate) compensations: &'a [Operation],
 }
 
 /// FAILED or CANCELLED: why the order ended.
 #[derive(Debug, Serialize)]
-pub struct OrderEnded<'a> {
-    pub reason: &'a str,
+pub(crate) struct OrderEnded<'a> {
+    pub(crate) reason: &'a str,
 }
 
 /// OUT_FOR_DELIVERY or DELIVERED: the driver assigned, and who reported it (the
 /// driver, or an admin on their behalf).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeliveryReported<'a> {
-    pub driver_id: Option<&'a UserId>,
-    pub by: &'a UserId,
+pub(crate) struct DeliveryReported<'a> {
+    pub(crate) driver_id: Option<&'a UserId>,
+    pub(crate) by: &'a UserId,
 }
 
 /// An update's payload as its event stores it. Updates of the other kinds
 /// (RECEIVED, READY_FOR_DELIVERY, a compensation step done) carry none: `null`.
-pub fn payload(data: &impl Serialize) -> Value {
+pub(crate) fn payload(data: &impl Serialize) -> Value {
     // Cannot fail: these are plain structs of strings and numbers, with no maps
     // keyed by anything but strings.
     serde_json::to_value(data).unwrap_or(Value::Null)

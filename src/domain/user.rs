@@ -98,7 +98,7 @@ pub struct LoginSession {
 }
 
 impl LoginSession {
-    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn is_live(&self, now: DateTime<Utc>) -> bool {
         self.revoked_at.is_none() && now < self.expires_at
     }
 }
@@ -107,14 +107,14 @@ impl LoginSession {
 /// must be hashed before it goes anywhere near a store.
 #[derive(Debug, Clone)]
 pub struct Registration {
-    pub name: String,
-    pub email: Email,
-    pub password: String,
-    pub phone: Option<String>,
-    pub company: Option<String>,
+    pub(crate) name: String,
+    pub(crate) email: Email,
+    pub(crate) password: String,
+    pub(crate) phone: Option<String>,
+    pub(crate) company: Option<String>,
 }
 
-pub const MIN_PASSWORD_LEN: usize = 8;
+pub(crate) const MIN_PASSWORD_LEN: usize = 8;
 const MAX_PASSWORD_LEN: usize = 256;
 const MAX_TEXT_LEN: usize = 200;
 /// Fewer different characters than this is a pattern, not a password (`aaaaaaaa`,
@@ -133,7 +133,7 @@ fn is_common_password(password: &str) -> bool {
 
 /// Why `password` is not acceptable for the account `email`, if it is not. Length
 /// counts characters, not bytes, and ignores surrounding whitespace.
-pub fn password_problem(password: &str, email: &str) -> Option<&'static str> {
+pub(crate) fn password_problem(password: &str, email: &str) -> Option<&'static str> {
     let trimmed = password.trim();
     let chars = trimmed.chars().count();
     if chars < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {

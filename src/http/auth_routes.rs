@@ -66,7 +66,7 @@ fn parse_registration(body: &Value) -> Result<Registration, ValidationErrors> {
 }
 
 /// Counted against the address's registration budget first, malformed or not.
-pub async fn register(
+pub(crate) async fn register(
     State(state): State<ApiState>,
     ClientIp(ip): ClientIp,
     body: Result<ApiJson<Value>, ApiError>,
@@ -117,7 +117,7 @@ fn tokens_json(issued: &IssuedTokens) -> Value {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct LoginRequest {
+pub(crate) struct LoginRequest {
     email: String,
     password: String,
 }
@@ -125,7 +125,7 @@ pub struct LoginRequest {
 /// The attempt is counted before anything else, so even malformed attempts use up
 /// the address's budget; then the e-mail address's lockout is checked. Failures are
 /// logged with the client address (never the password).
-pub async fn login(
+pub(crate) async fn login(
     State(state): State<ApiState>,
     ClientIp(ip): ClientIp,
     body: Result<ApiJson<LoginRequest>, ApiError>,
@@ -160,13 +160,13 @@ pub async fn login(
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RefreshRequest {
+pub(crate) struct RefreshRequest {
     refresh_token: String,
 }
 
 /// A new access token and the session's next refresh token; the one presented is
 /// spent. Presenting a spent one ends the session (see `auth::Sessions::refresh`).
-pub async fn refresh(
+pub(crate) async fn refresh(
     State(state): State<ApiState>,
     ClientIp(ip): ClientIp,
     ApiJson(request): ApiJson<RefreshRequest>,
@@ -185,13 +185,13 @@ pub async fn refresh(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LogoutRequest {
+pub(crate) struct LogoutRequest {
     refresh_token: Option<String>,
 }
 
 /// Ends the login session of the access token presented (or of the refresh token in
 /// the body): its refresh token and every access token issued in it stop working.
-pub async fn logout(
+pub(crate) async fn logout(
     State(state): State<ApiState>,
     caller: Result<Caller, ApiError>,
     body: Result<ApiJson<LogoutRequest>, ApiError>,
@@ -218,7 +218,7 @@ pub async fn logout(
 
 /// Admins: ends every login session of a user (a stolen laptop, a leaver). Their
 /// access tokens stop working within `auth.session_cache_ms` on every node.
-pub async fn revoke_user_sessions(
+pub(crate) async fn revoke_user_sessions(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(user_id): ApiPath<String>,

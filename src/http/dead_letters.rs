@@ -14,11 +14,11 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
 #[derive(Debug, Deserialize)]
-pub struct ListParams {
+pub(crate) struct ListParams {
     limit: Option<usize>,
 }
 
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
@@ -29,7 +29,7 @@ pub async fn list(
     Ok(Json(json!({ "deadLetters": letters })))
 }
 
-pub async fn redrive(
+pub(crate) async fn redrive(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(queue): ApiPath<String>,

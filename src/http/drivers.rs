@@ -23,7 +23,7 @@ fn number(body: &Value, key: &str) -> Option<Option<f64>> {
 }
 
 /// `{lat, lng, heading?, speed?}`, each checked, every bad field reported.
-pub fn parse_location_report(
+pub(crate) fn parse_location_report(
     body: &Value,
     driver: &crate::domain::UserId,
     now: DateTime<Utc>,
@@ -85,7 +85,7 @@ pub fn parse_location_report(
     }
 }
 
-pub async fn report_location(
+pub(crate) async fn report_location(
     State(state): State<ApiState>,
     caller: Caller,
     body: Result<ApiJson<Value>, ApiError>,
@@ -97,7 +97,10 @@ pub async fn report_location(
     Ok(axum::Json(location).into_response())
 }
 
-pub async fn location(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+pub(crate) async fn location(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     caller.require(&[Role::Driver])?;
     let location = state
         .app
@@ -121,7 +124,10 @@ pub async fn orders(State(state): State<ApiState>, caller: Caller) -> Result<Res
     .into_response())
 }
 
-pub async fn status(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+pub(crate) async fn status(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     caller.require(&[Role::Driver])?;
     let DriverStatus {
         user,

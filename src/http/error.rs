@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// Malformed request: bad JSON, wrong content type, bad header or query.
     #[error("{0}")]
     BadRequest(String),
@@ -54,7 +54,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -71,7 +71,7 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "BAD_REQUEST",
             Self::Validation(_) => "VALIDATION_FAILED",
@@ -88,19 +88,19 @@ impl ApiError {
         }
     }
 
-    pub fn unavailable(message: impl Into<String>, retry_after_secs: Option<u64>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>, retry_after_secs: Option<u64>) -> Self {
         Self::Unavailable {
             message: message.into(),
             retry_after_secs,
         }
     }
 
-    pub fn order_not_found() -> Self {
+    pub(crate) fn order_not_found() -> Self {
         Self::NotFound("order not found".into())
     }
 
     /// The JSON body clients see.
-    pub fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         let mut error = json!({"code": self.code(), "message": self.to_string()});
         if let Self::Validation(details) = self {
             error["details"] = json!(details);

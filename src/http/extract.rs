@@ -20,29 +20,29 @@ use std::sync::Arc;
 /// a body of the wrong shape a 422.
 #[derive(Debug, FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub T);
 
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 /// Whoever presented a valid token of a live session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub user_id: UserId,
-    pub email: String,
-    pub role: Role,
-    pub session_id: String,
+pub(crate) struct Caller {
+    pub(crate) user_id: UserId,
+    pub(crate) email: String,
+    pub(crate) role: Role,
+    pub(crate) session_id: String,
     /// When the presented access token expires.
-    pub expires_at: DateTime<Utc>,
+    pub(crate) expires_at: DateTime<Utc>,
 }
 
 impl Caller {
-    pub fn viewer(&self) -> Viewer {
+    pub(crate) fn viewer(&self) -> Viewer {
         Viewer {
             user_id: self.user_id.clone(),
             role: self.role,
@@ -50,7 +50,7 @@ impl Caller {
     }
 
     /// 403 unless the caller has one of `roles`.
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+    pub(crate) fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
             Ok(())
         } else {
@@ -76,12 +76,12 @@ impl From<Principal> for Caller {
 
 /// Validates a raw token, wherever it came from (header, WebSocket query string or
 /// frame), against its session and user.
-pub async fn authenticate(sessions: &Sessions, token: &str) -> Result<Caller, ApiError> {
+pub(crate) async fn authenticate(sessions: &Sessions, token: &str) -> Result<Caller, ApiError> {
     Ok(sessions.authenticate(token).await?.into())
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -95,7 +95,7 @@ struct TokenQuery {
 /// The session token a request carries: its `Authorization: Bearer` header, else
 /// its `?token=` query parameter, the way browsers authenticate a WebSocket (they
 /// cannot set its headers).
-pub fn request_token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+pub(crate) fn request_token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     bearer(headers)
         .map(str::to_owned)
         .or_else(|| Query::<TokenQuery>::try_from_uri(uri).ok()?.0.token)
@@ -127,10 +127,10 @@ where
 /// per-address limits would be no limit at all). Without connection info all
 /// clients share one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
+pub(crate) struct ClientIp(pub IpAddr);
 
 impl ClientIp {
-    pub fn rate_key(ip: IpAddr) -> IpAddr {
+    pub(crate) fn rate_key(ip: IpAddr) -> IpAddr {
         match ip {
             IpAddr::V4(_) => ip,
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -148,7 +148,7 @@ impl ClientIp {
     /// The client of a request from `peer`: the peer itself, unless it is one of the
     /// `trusted` proxies; then the right-most `X-Forwarded-For` address that is not a
     /// trusted proxy (addresses left of it could be made up by the client).
-    pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    pub(crate) fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
         if !is_trusted(&peer) {
             return peer;

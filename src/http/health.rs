@@ -17,7 +17,7 @@ const SERVICE_NAME: &str = "swiftlogistics";
 /// How stale the order gauges of `/metrics` may be.
 const ORDER_COUNTS_MAX_AGE: Duration = Duration::from_secs(1);
 
-pub async fn live() -> Response {
+pub(crate) async fn live() -> Response {
     axum::Json(json!({
         "status": "healthy",
         "service": SERVICE_NAME,
@@ -43,7 +43,7 @@ fn up_or_down<E: std::fmt::Display>(
     }
 }
 
-pub async fn ready(State(state): State<ApiState>) -> Response {
+pub(crate) async fn ready(State(state): State<ApiState>) -> Response {
     let (store, bus) = tokio::join!(
         tokio::time::timeout(PROBE_TIMEOUT, state.app.orders.store_reachable()),
         tokio::time::timeout(PROBE_TIMEOUT, state.app.bus.ping()),
@@ -71,7 +71,10 @@ pub async fn ready(State(state): State<ApiState>) -> Response {
 /// in-flight is this node's admission count.
 /// Open unless `http.metrics_token` is set; then only with that bearer token
 /// (compared in constant time).
-pub async fn metrics(State(state): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
+pub(crate) async fn metrics(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let required = state.app.settings.http.metrics_token.as_bytes();
     if !required.is_empty() {
         let given = super::extract::bearer(&headers)

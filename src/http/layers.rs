@@ -83,7 +83,7 @@ fn method_label(method: &Method) -> &'static str {
 /// `swift_http_requests_total{method,route,status}` and
 /// `swift_http_request_duration_seconds{method,route}`, labelled with the route
 /// template (`/api/orders/{id}`), never the raw path.
-pub async fn record_metrics(request: Request, next: Next) -> Response {
+pub(crate) async fn record_metrics(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -102,7 +102,7 @@ pub async fn record_metrics(request: Request, next: Next) -> Response {
 
 /// At most `max_concurrent_requests` handlers run at once; the rest wait inside the
 /// request timeout, so a flood ends in 503s rather than unbounded memory.
-pub async fn limit_concurrency(
+pub(crate) async fn limit_concurrency(
     State(slots): State<Arc<Semaphore>>,
     request: Request,
     next: Next,
@@ -115,7 +115,10 @@ pub async fn limit_concurrency(
 
 /// CORS for the configured origins (`http.cors_allowed_origins`); none configured,
 /// no CORS headers at all, so browsers keep other origins out.
-pub fn cors<S: Clone + Send + Sync + 'static>(routes: Router<S>, http: &HttpSettings) -> Router<S> {
+pub(crate) fn cors<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    http: &HttpSettings,
+) -> Router<S> {
     use axum::http::{HeaderName, HeaderValue, header};
     use tower_http::cors::{AllowOrigin, CorsLayer};
     let origins: Vec<HeaderValue> = http
@@ -152,7 +155,7 @@ pub fn cors<S: Clone + Send + Sync + 'static>(routes: Router<S>, http: &HttpSett
 }
 
 /// What the request timeout (and any other middleware failure) answers.
-pub async fn middleware_failure(error: BoxError) -> ApiError {
+pub(crate) async fn middleware_failure(error: BoxError) -> ApiError {
     if error.is::<tower::timeout::error::Elapsed>() {
         ApiError::unavailable("the request took too long; try again", Some(1))
     } else {
@@ -161,7 +164,7 @@ pub async fn middleware_failure(error: BoxError) -> ApiError {
 }
 
 /// A panic in a handler becomes a 500 with the usual body; the connection survives.
-pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+pub(crate) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     let detail = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -170,11 +173,11 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal(format!("handler panicked: {detail}")).into_response()
 }
 
-pub async fn unknown_route() -> ApiError {
+pub(crate) async fn unknown_route() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 

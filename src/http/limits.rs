@@ -31,7 +31,7 @@ const SWEEP_ABOVE: usize = 100_000;
 /// budget available at once. Keys whose budget has refilled are dropped on a sweep,
 /// done inline (at most once a minute, or early when many keys are tracked), so
 /// memory stays bounded without a background task.
-pub struct Budget<K: Hash + Eq + Clone> {
+pub(crate) struct Budget<K: Hash + Eq + Clone> {
     limiter: DefaultKeyedRateLimiter<K>,
     last_sweep: Mutex<Instant>,
 }
@@ -49,12 +49,12 @@ impl<K: Hash + Eq + Clone> Budget<K> {
         }
     }
 
-    pub fn per_minute(per_minute: u32) -> Self {
+    pub(crate) fn per_minute(per_minute: u32) -> Self {
         Self::new(per_minute, Duration::from_secs(60))
     }
 
     /// Takes one from `key`'s budget; `Err(wait)` when it is used up.
-    pub fn check(&self, key: &K) -> Result<(), Duration> {
+    pub(crate) fn check(&self, key: &K) -> Result<(), Duration> {
         self.sweep();
         self.limiter
             .check_key(key)
@@ -72,12 +72,13 @@ impl<K: Hash + Eq + Clone> Budget<K> {
         }
     }
 
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.limiter.len()
     }
 }
 
-pub fn rate_limited(wait: Duration) -> ApiError {
+pub(crate) fn rate_limited(wait: Duration) -> ApiError {
     ApiError::RateLimited {
         retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
     }
@@ -86,7 +87,7 @@ pub fn rate_limited(wait: Duration) -> ApiError {
 /// Failed logins per e-mail address (known or not, so a lockout says nothing about
 /// which accounts exist): `failures` within `period` lock the address for `period`,
 /// from any client address. A success clears the count.
-pub struct Lockout {
+pub(crate) struct Lockout {
     failures: u32,
     period: Duration,
     counts: DashMap<String, (u32, Instant)>,
@@ -102,7 +103,7 @@ impl Lockout {
     }
 
     /// `Err(wait)` while the address is locked.
-    pub fn check(&self, email: &str) -> Result<(), Duration> {
+    pub(crate) fn check(&self, email: &str) -> Result<(), Duration> {
         let Some(entry) = self.counts.get(email) else {
             return Ok(());
         };
@@ -120,7 +121,7 @@ impl Lockout {
     }
 
     /// Counts a failure; returns whether the address is now locked.
-    pub fn failed(&self, email: &str) -> bool {
+    pub(crate) fn failed(&self, email: &str) -> bool {
         if self.counts.len() > SWEEP_ABOVE {
             let period = self.period;
             self.counts.retain(|_, (_, since)| since.elapsed() < period);
@@ -136,14 +137,14 @@ impl Lockout {
         entry.0 >= self.failures
     }
 
-    pub fn succeeded(&self, email: &str) {
+    pub(crate) fn succeeded(&self, email: &str) {
         self.counts.remove(email);
     }
 }
 
 /// Who a request is charged to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Payer {
+pub(crate) enum Payer {
     Address(IpAddr),
     Account(String),
 }
@@ -157,7 +158,11 @@ fn is_budgeted(path: &str) -> bool {
 /// Resolves the client address (trusted proxies), then charges the request to the
 /// caller's account when it carries a valid token, to its address otherwise. The
 /// resolved address and caller are left in the request for the handlers.
-pub async fn charge(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn charge(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -199,12 +204,12 @@ pub async fn charge(State(state): State<ApiState>, mut request: Request, next: N
 }
 
 /// The budgets of one node.
-pub struct Limits {
-    pub per_address: Budget<Payer>,
-    pub per_account: Budget<Payer>,
-    pub registrations: Budget<IpAddr>,
-    pub logins: Budget<IpAddr>,
-    pub lockout: Lockout,
+pub(crate) struct Limits {
+    pub(crate) per_address: Budget<Payer>,
+    pub(crate) per_account: Budget<Payer>,
+    pub(crate) registrations: Budget<IpAddr>,
+    pub(crate) logins: Budget<IpAddr>,
+    pub(crate) lockout: Lockout,
 }
 
 impl Limits {
@@ -227,7 +232,7 @@ impl Limits {
 /// `X-Content-Type-Options: nosniff` on everything, and `Cache-Control: no-store`
 /// on API answers (orders, tokens and addresses must not sit in shared caches or
 /// the browser's disk cache) unless a handler chose otherwise.
-pub async fn security_headers(request: Request, next: Next) -> Response {
+pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
     let api = is_budgeted(request.uri().path());
     let mut response = next.run(request).await;
     let headers = response.headers_mut();

@@ -6,19 +6,19 @@
 //! with a panic. [`server::serve`] runs it: connection limits, and the peer address
 //! (`ConnectInfo<SocketAddr>`) that the per-address limits need.
 
-pub mod auth_routes;
-pub mod dead_letters;
-pub mod drivers;
-pub mod error;
-pub mod extract;
-pub mod health;
-pub mod layers;
-pub mod limits;
-pub mod orders;
-pub mod pages;
-pub mod server;
-pub mod services;
-pub mod ws;
+pub(crate) mod auth_routes;
+pub(crate) mod dead_letters;
+pub(crate) mod drivers;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod health;
+pub(crate) mod layers;
+pub(crate) mod limits;
+pub(crate) mod orders;
+pub(crate) mod pages;
+pub(crate) mod server;
+pub(crate) mod services;
+pub(crate) mod ws;
 
 use crate::actors::RuntimeControl;
 use crate::auth::Sessions;
@@ -34,39 +34,39 @@ use std::sync::Arc;
 
 /// What the rest of the runtime hands to the HTTP layer.
 #[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub bus: SharedBus,
-    pub orders: OrderService,
-    pub drivers: DriverService,
+pub(crate) struct AppState {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) bus: SharedBus,
+    pub(crate) orders: OrderService,
+    pub(crate) drivers: DriverService,
     /// Accounts and their login sessions.
-    pub sessions: Arc<Sessions>,
-    pub control: Arc<dyn RuntimeControl>,
-    pub metrics: PrometheusHandle,
-    pub tracking: ws::Tracking,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) control: Arc<dyn RuntimeControl>,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) tracking: ws::Tracking,
 }
 
 /// Orders by status, and when they were counted.
-pub type OrderCounts = (
+pub(crate) type OrderCounts = (
     tokio::time::Instant,
     std::collections::HashMap<crate::domain::OrderStatus, u64>,
 );
 
 /// Dead letters waiting per queue, and when they were counted.
-pub type DeadLetterDepths = (tokio::time::Instant, Vec<(String, u64)>);
+pub(crate) type DeadLetterDepths = (tokio::time::Instant, Vec<(String, u64)>);
 
 /// The handlers' state: the application plus what only the HTTP layer needs.
 #[derive(Clone)]
-pub struct ApiState {
-    pub app: AppState,
-    pub sessions: Arc<Sessions>,
-    pub limits: Arc<Limits>,
+pub(crate) struct ApiState {
+    pub(crate) app: AppState,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) limits: Arc<Limits>,
     /// WebSocket sessions open per account on this node.
-    pub ws_sessions: Arc<dashmap::DashMap<crate::domain::UserId, usize>>,
+    pub(crate) ws_sessions: Arc<dashmap::DashMap<crate::domain::UserId, usize>>,
     /// The last order count by status and when it was read (see `health::metrics`).
-    pub order_counts: Arc<tokio::sync::Mutex<Option<OrderCounts>>>,
+    pub(crate) order_counts: Arc<tokio::sync::Mutex<Option<OrderCounts>>>,
     /// The last dead-letter depths per queue and when they were read.
-    pub dead_letter_depths: Arc<tokio::sync::Mutex<Option<DeadLetterDepths>>>,
+    pub(crate) dead_letter_depths: Arc<tokio::sync::Mutex<Option<DeadLetterDepths>>>,
 }
 
 impl ApiState {
@@ -91,7 +91,7 @@ impl FromRef<ApiState> for Arc<Sessions> {
 }
 
 /// Every route of DESIGN section 5, with the layers described above.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let http = state.settings.http.clone();
     let api = ApiState::new(state);
 

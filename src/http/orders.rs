@@ -34,7 +34,7 @@ const MAX_CURSOR_LEN: usize = 512;
 const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotency-replayed");
 
 /// The optional `Idempotency-Key` header: 1 to 128 visible ASCII characters.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -50,7 +50,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 }
 
 /// SHA-256 of the body's canonical JSON (object keys sorted, no spacing), in hex.
-pub fn fingerprint(body: &Value) -> String {
+pub(crate) fn fingerprint(body: &Value) -> String {
     fn canonical(value: &Value, out: &mut String) {
         match value {
             Value::Object(map) => {
@@ -88,12 +88,12 @@ pub fn fingerprint(body: &Value) -> String {
         .collect()
 }
 
-pub fn encode_cursor(cursor: &OrderCursor) -> Result<String, ApiError> {
+pub(crate) fn encode_cursor(cursor: &OrderCursor) -> Result<String, ApiError> {
     let json = serde_json::to_vec(cursor).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(URL_SAFE_NO_PAD.encode(json))
 }
 
-pub fn decode_cursor(raw: &str) -> Result<OrderCursor, ApiError> {
+pub(crate) fn decode_cursor(raw: &str) -> Result<OrderCursor, ApiError> {
     let invalid = || ApiError::BadRequest("cursor is not one this API issued".into());
     if raw.len() > MAX_CURSOR_LEN {
         return Err(invalid());
@@ -103,7 +103,7 @@ pub fn decode_cursor(raw: &str) -> Result<OrderCursor, ApiError> {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct ListParams {
+pub(crate) struct ListParams {
     status: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
@@ -156,7 +156,7 @@ struct Accepted<'a> {
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
-pub async fn place(
+pub(crate) async fn place(
     State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
@@ -204,7 +204,7 @@ pub async fn place(
     Ok(response)
 }
 
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
@@ -216,7 +216,7 @@ pub async fn list(
     Ok(axum::Json(json!({"orders": page.orders, "nextCursor": next_cursor})).into_response())
 }
 
-pub async fn detail(
+pub(crate) async fn detail(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
@@ -231,7 +231,7 @@ pub async fn detail(
     Ok(axum::Json(document).into_response())
 }
 
-pub async fn status(
+pub(crate) async fn status(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
@@ -271,7 +271,7 @@ fn changed(order: &Order, message: &str) -> Response {
 }
 
 /// Drivers cannot cancel: they are not customers. 409 once out for delivery.
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
@@ -302,7 +302,7 @@ fn parse_delivery_status(body: &Value) -> Result<OrderStatus, ValidationErrors> 
     }
 }
 
-pub async fn delivery(
+pub(crate) async fn delivery(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
@@ -351,7 +351,7 @@ fn parse_assignment(body: &Value) -> Result<UserId, ValidationErrors> {
 
 /// Admins give an order to a driver (`POST /api/orders/{id}/assign`); the driver
 /// then finds it under `GET /api/driver/orders` and alone may move it on.
-pub async fn assign(
+pub(crate) async fn assign(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,

@@ -97,7 +97,7 @@ fn static_asset(name: &str) -> Option<Asset> {
 
 /// Routes for the pages; merged into the API router before its layers, so pages
 /// are traced, counted and bounded like every other request.
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(tracking_page))
         .route("/sre", get(sre_page))

@@ -54,11 +54,11 @@ content-length: 93\r\n\r\n\
 
 /// The connection limits of [`serve`], from `[http]`.
 #[derive(Debug, Clone)]
-pub struct ConnectionLimits {
-    pub header_read_timeout: Duration,
-    pub max_connections: usize,
-    pub max_per_client: usize,
-    pub exempt: Vec<ipnet::IpNet>,
+pub(crate) struct ConnectionLimits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_per_client: usize,
+    pub(crate) exempt: Vec<ipnet::IpNet>,
 }
 
 impl From<&HttpSettings> for ConnectionLimits {

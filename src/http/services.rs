@@ -25,13 +25,16 @@ async fn ask<T>(question: impl Future<Output = T>) -> Result<T, ApiError> {
         })
 }
 
-pub async fn health(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+pub(crate) async fn health(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let services = ask(state.app.control.services_health()).await?;
     Ok(axum::Json(json!({ "services": services })).into_response())
 }
 
-pub async fn recover(
+pub(crate) async fn recover(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(service): ApiPath<String>,
@@ -54,7 +57,7 @@ pub async fn recover(
     .into_response())
 }
 
-pub async fn supervision(
+pub(crate) async fn supervision(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
@@ -79,7 +82,7 @@ pub async fn events(
 
 /// `GET /api/telemetry/mailboxes`: depth, messages per second and time in mailbox
 /// per actor family and member, over the last few seconds.
-pub async fn mailboxes(
+pub(crate) async fn mailboxes(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
@@ -92,7 +95,7 @@ pub async fn mailboxes(
 
 /// `GET /api/telemetry/orders/{id}`: where an order's actor runs (node, shard) and,
 /// if it is live on this node, its phase, in-flight step and attempt and next timer.
-pub async fn order_actor(
+pub(crate) async fn order_actor(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
@@ -121,7 +124,10 @@ pub async fn order_actor(
 }
 /// The cluster as this node sees it: every node heard from, when, the shards it
 /// holds, its live order actors and its circuits.
-pub async fn cluster(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+pub(crate) async fn cluster(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let view = ask(state.app.control.cluster())
         .await?

@@ -91,7 +91,7 @@ const REPLAY_PAGE: usize = 256;
 /// Longest client-supplied order id echoed back in an error frame.
 const MAX_ECHOED_ID: usize = 64;
 /// How far before its cursor a `"*"` replay starts.
-pub const REPLAY_OVERLAP: Duration = Duration::from_secs(5);
+pub(crate) const REPLAY_OVERLAP: Duration = Duration::from_secs(5);
 /// Orders read from the store per call while looking for a `"*"` replay.
 const REPLAY_ORDERS_PAGE: usize = 100;
 /// Most updates one `"*"` replay sends; a caller that missed more follows its
@@ -115,7 +115,7 @@ const SOCKET_SEND_BUFFER: usize = 64 * 1024;
 /// Applied to every accepted HTTP connection (a WebSocket is an upgraded one): no
 /// Nagle delay, so an update leaves as soon as it is written, and a bounded send
 /// buffer (see [`SOCKET_SEND_BUFFER`]). Failures only cost those two properties.
-pub fn tune_connection(tcp: &tokio::net::TcpStream) {
+pub(crate) fn tune_connection(tcp: &tokio::net::TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
     }
@@ -126,11 +126,11 @@ pub fn tune_connection(tcp: &tokio::net::TcpStream) {
 
 /// What the WebSocket endpoint needs from the running node.
 #[derive(Clone)]
-pub struct Tracking {
-    pub notifier: Notifier,
+pub(crate) struct Tracking {
+    pub(crate) notifier: Notifier,
     /// Cancelled when the node drains or shuts down; open sessions then close with
     /// 1012 (service restart).
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// Whether a browser page from `Origin` may open a session: no Origin (not a
@@ -241,7 +241,7 @@ fn shared_frame(update: &Update) -> Option<Utf8Bytes> {
 
 /// Checks the origin and authenticates, then upgrades. Failures are ordinary JSON
 /// errors, since no WebSocket exists yet to carry an error frame.
-pub async fn handler(
+pub(crate) async fn handler(
     State(state): State<ApiState>,
     uri: Uri,
     headers: HeaderMap,

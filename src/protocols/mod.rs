@@ -75,7 +75,7 @@ pub struct ContractStatus {
     /// not be read, so the configured address and our own actions are used.
     pub source: &'static str,
     /// Where the description is read from.
-    pub wsdl: String,
+    pub(crate) wsdl: String,
     /// The address calls go to.
     pub address: String,
     /// Why the description is not in use.
@@ -84,7 +84,7 @@ pub struct ContractStatus {
 }
 
 impl ContractStatus {
-    pub fn configured(wsdl: &str, address: &str, error: &str) -> Self {
+    pub(crate) fn configured(wsdl: &str, address: &str, error: &str) -> Self {
         Self {
             source: "configured",
             wsdl: wsdl.to_owned(),

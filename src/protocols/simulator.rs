@@ -19,7 +19,7 @@ pub struct KnobSettings {
     /// Added to every request before it is answered.
     pub latency_ms: u64,
     /// Probability in [0, 1] that a request fails with a server error.
-    pub failure_rate: f64,
+    pub(crate) failure_rate: f64,
     /// Every request fails with a server error (or the connection is refused).
     pub outage: bool,
     /// Every forward request is refused as a business decision (no stock, no route).
@@ -30,7 +30,7 @@ pub struct KnobSettings {
 
 /// What a simulator should do with the request in hand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Serve,
     Fail,
     Refuse,
@@ -48,11 +48,11 @@ impl SimulatorKnobs {
         }
     }
 
-    pub fn get(&self) -> KnobSettings {
+    pub(crate) fn get(&self) -> KnobSettings {
         self.settings.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    pub fn set(&self, settings: KnobSettings) {
+    pub(crate) fn set(&self, settings: KnobSettings) {
         if let Ok(mut current) = self.settings.write() {
             *current = settings;
         }
@@ -66,7 +66,7 @@ impl SimulatorKnobs {
 
     /// Sleeps the configured latency, then decides the request's fate. `customer` is
     /// the customer id where the protocol carries one (CMS).
-    pub async fn judge(&self, customer: Option<&str>) -> Verdict {
+    pub(crate) async fn judge(&self, customer: Option<&str>) -> Verdict {
         let settings = self.get();
         if settings.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
@@ -89,17 +89,17 @@ impl SimulatorKnobs {
 /// Effects a simulator applied, by idempotency key. A replayed request finds its key
 /// here and gets the recorded answer without a second effect.
 #[derive(Debug, Default)]
-pub struct EffectLedger {
+pub(crate) struct EffectLedger {
     entries: RwLock<HashMap<String, LedgerEntry>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LedgerEntry {
+pub(crate) struct LedgerEntry {
     /// The answer given the first time, replayed verbatim.
-    pub answer: String,
+    pub(crate) answer: String,
     /// How many times the request was seen; effects happened once regardless.
-    pub requests: u64,
+    pub(crate) requests: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl EffectLedger {
     /// Returns the recorded answer for `key`, or applies `effect` once and records
     /// its answer. `effect` runs under the ledger lock, so two concurrent requests
     /// with one key cannot both apply it.
-    pub fn once(&self, key: &str, effect: impl FnOnce() -> String) -> String {
+    pub(crate) fn once(&self, key: &str, effect: impl FnOnce() -> String) -> String {
         let Ok(mut entries) = self.entries.write() else {
             return effect();
         };
@@ -134,11 +134,11 @@ impl EffectLedger {
         answer
     }
 
-    pub fn contains(&self, key: &str) -> bool {
+    pub(crate) fn contains(&self, key: &str) -> bool {
         self.entries.read().is_ok_and(|e| e.contains_key(key))
     }
 
-    pub fn summary(&self, active: HashMap<String, usize>) -> LedgerSummary {
+    pub(crate) fn summary(&self, active: HashMap<String, usize>) -> LedgerSummary {
         let entries = self.entries.read();
         let (effects, replays) = entries
             .map(|e| (e.len(), e.values().map(|x| x.requests - 1).sum()))
@@ -157,10 +157,10 @@ pub trait ControlledSimulator: Send + Sync + 'static {
     fn summary(&self) -> LedgerSummary;
 }
 
-pub type Simulators = HashMap<String, Arc<dyn ControlledSimulator>>;
+pub(crate) type Simulators = HashMap<String, Arc<dyn ControlledSimulator>>;
 
 /// `GET|PUT /knobs/{system}`, `GET /effects/{system}`.
-pub fn control_router(simulators: Simulators) -> Router {
+pub(crate) fn control_router(simulators: Simulators) -> Router {
     async fn get_knobs(
         State(sims): State<Arc<Simulators>>,
         Path(system): Path<String>,

@@ -11,14 +11,14 @@ const ONLINE_WITHIN: chrono::Duration = chrono::Duration::minutes(5);
 
 /// A driver's account with their last reported location.
 #[derive(Debug, Clone)]
-pub struct DriverStatus {
-    pub user: User,
-    pub location: Option<DriverLocation>,
-    pub online: bool,
+pub(crate) struct DriverStatus {
+    pub(crate) user: User,
+    pub(crate) location: Option<DriverLocation>,
+    pub(crate) online: bool,
 }
 
 #[derive(Clone)]
-pub struct DriverService {
+pub(crate) struct DriverService {
     store: SharedStore,
 }
 
@@ -27,16 +27,25 @@ impl DriverService {
         Self { store }
     }
 
-    pub async fn report_location(&self, location: &DriverLocation) -> Result<(), ServiceError> {
+    pub(crate) async fn report_location(
+        &self,
+        location: &DriverLocation,
+    ) -> Result<(), ServiceError> {
         Ok(self.store.put_driver_location(location).await?)
     }
 
-    pub async fn location(&self, driver: &UserId) -> Result<Option<DriverLocation>, ServiceError> {
+    pub(crate) async fn location(
+        &self,
+        driver: &UserId,
+    ) -> Result<Option<DriverLocation>, ServiceError> {
         Ok(self.store.driver_location(driver).await?)
     }
 
     /// `None` when the account no longer exists.
-    pub async fn status(&self, driver: &UserId) -> Result<Option<DriverStatus>, ServiceError> {
+    pub(crate) async fn status(
+        &self,
+        driver: &UserId,
+    ) -> Result<Option<DriverStatus>, ServiceError> {
         let (user, location) = tokio::try_join!(
             self.store.user_by_id(driver),
             self.store.driver_location(driver)
@@ -49,7 +58,7 @@ impl DriverService {
     }
 }
 
-pub fn is_online(location: Option<&DriverLocation>, now: DateTime<Utc>) -> bool {
+pub(crate) fn is_online(location: Option<&DriverLocation>, now: DateTime<Utc>) -> bool {
     location.is_some_and(|l| now.signed_duration_since(l.updated_at) <= ONLINE_WITHIN)
 }
 

@@ -8,9 +8,9 @@ use crate::domain::{Order, Role, UserId};
 /// orders assigned to them; admins do everything. An order the caller may not act on
 /// is answered as if it did not exist (404), so ids reveal nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Viewer {
-    pub user_id: UserId,
-    pub role: Role,
+pub(crate) struct Viewer {
+    pub(crate) user_id: UserId,
+    pub(crate) role: Role,
 }
 
 /// What a caller wants to do with one order.
@@ -27,12 +27,12 @@ pub(crate) enum Action {
 impl Viewer {
     /// Whose orders the viewer sees: `None` for everyone's (an admin), else the
     /// customer whose orders alone it sees (its own).
-    pub fn customer_scope(&self) -> Option<&UserId> {
+    pub(crate) fn customer_scope(&self) -> Option<&UserId> {
         (self.role != Role::Admin).then_some(&self.user_id)
     }
 
     /// Whether the viewer may see the orders of `customer`.
-    pub fn may_see(&self, customer: &UserId) -> bool {
+    pub(crate) fn may_see(&self, customer: &UserId) -> bool {
         self.customer_scope().is_none_or(|own| own == customer)
     }
 

@@ -23,8 +23,8 @@ pub(crate) fn check_intake(order: &Order, first_event: &OrderEvent) -> Result<()
 /// the seq its log ends at, which the update's events continue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Expected {
-    pub version: u64,
-    pub log_end: u64,
+    pub(crate) version: u64,
+    pub(crate) log_end: u64,
 }
 
 impl Expected {

@@ -50,7 +50,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// The file inside the store directory.
-pub const FILE_NAME: &str = "swiftlogistics.redb";
+pub(crate) const FILE_NAME: &str = "swiftlogistics.redb";
 
 /// Most operations committed by one transaction: large enough to amortise the fsync,
 /// small enough that the first caller of a batch does not wait long for the last.

@@ -33,11 +33,11 @@ pub(super) enum Acking {
 }
 
 pub(super) struct Subscription {
-    pub queues: Vec<String>,
+    pub(crate) queues: Vec<String>,
     /// An exclusive queue to declare and bind on each session before consuming it.
-    pub private_queue: Option<PrivateQueue>,
-    pub acking: Acking,
-    pub prefetch: u16,
+    pub(crate) private_queue: Option<PrivateQueue>,
+    pub(crate) acking: Acking,
+    pub(crate) prefetch: u16,
 }
 
 impl Subscription {

@@ -71,7 +71,7 @@ fn ceiling(failures: u32) -> Duration {
 
 /// One live connection with its publishing channels.
 pub(super) struct Session {
-    pub connection: Connection,
+    pub(crate) connection: Connection,
     publishers: Vec<RwLock<Channel>>,
     next_publisher: AtomicUsize,
     /// Serialises the replacement of a publishing channel the broker closed.
@@ -122,12 +122,12 @@ async fn open_publisher(connection: &Connection, limit: Duration) -> Result<Chan
 
 /// What a publish asks of the broker.
 pub(super) struct Outgoing<'a> {
-    pub exchange: &'a str,
-    pub routing_key: &'a str,
-    pub body: &'a [u8],
-    pub properties: BasicProperties,
+    pub(crate) exchange: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) body: &'a [u8],
+    pub(crate) properties: BasicProperties,
     /// Refuse the publish when no queue takes it (instead of the broker dropping it).
-    pub mandatory: bool,
+    pub(crate) mandatory: bool,
 }
 
 /// The brokers of a comma-separated URL list, each with our default heartbeat.
@@ -166,9 +166,9 @@ pub(super) struct Link {
     connection_name: String,
     names: Arc<Names>,
     replication: Replication,
-    pub limit: Duration,
+    pub(crate) limit: Duration,
     sessions: watch::Sender<Option<Arc<Session>>>,
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Link {
@@ -198,11 +198,11 @@ impl Link {
         Ok(link)
     }
 
-    pub fn names(&self) -> &Names {
+    pub(crate) fn names(&self) -> &Names {
         &self.names
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.sessions
             .borrow()
             .as_ref()
@@ -211,7 +211,7 @@ impl Link {
 
     /// The live session, waiting for a reconnect if there is none. Callers bound the
     /// wait with their own time limit.
-    pub async fn session(&self) -> Result<Arc<Session>, BusError> {
+    pub(crate) async fn session(&self) -> Result<Arc<Session>, BusError> {
         let mut sessions = self.sessions.subscribe();
         let wait = sessions.wait_for(|s| s.is_some());
         tokio::select! {
@@ -226,7 +226,7 @@ impl Link {
     }
 
     /// The live session, or an error at once when there is none (reconnecting).
-    pub fn live_session(&self) -> Result<Arc<Session>, BusError> {
+    pub(crate) fn live_session(&self) -> Result<Arc<Session>, BusError> {
         self.sessions
             .borrow()
             .clone()
@@ -236,7 +236,7 @@ impl Link {
     /// Publishes and waits for the broker's confirm: `Ok` means the message is on
     /// disk in every queue it was routed to. Fails at once while no broker is
     /// connected.
-    pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), BusError> {
+    pub(crate) async fn publish(&self, message: Outgoing<'_>) -> Result<(), BusError> {
         let session = self.live_session()?;
         let attempt = async {
             let (slot, channel) = session.publisher();

@@ -53,14 +53,14 @@ enum Ended {
 }
 
 pub(super) struct ShardConsumer {
-    pub link: Arc<Link>,
-    pub shard: u32,
-    pub queue: String,
-    pub prefetch: u16,
-    pub events: mpsc::Sender<ShardEvent>,
-    pub control: mpsc::Receiver<Control>,
+    pub(crate) link: Arc<Link>,
+    pub(crate) shard: u32,
+    pub(crate) queue: String,
+    pub(crate) prefetch: u16,
+    pub(crate) events: mpsc::Sender<ShardEvent>,
+    pub(crate) control: mpsc::Receiver<Control>,
     /// Told once the first subscription is in place.
-    pub subscribed: Option<oneshot::Sender<()>>,
+    pub(crate) subscribed: Option<oneshot::Sender<()>>,
 }
 
 /// Publishes a probe to `queue`: whoever is active on it receives it.

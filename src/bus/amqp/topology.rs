@@ -31,11 +31,11 @@ const MAX_NODE_ID_LEN: usize = 64;
 #[derive(Debug, Clone)]
 pub(super) struct WorkQueue {
     /// The name without the namespace, as operators and `redrive` use it.
-    pub logical: String,
+    pub(crate) logical: String,
     /// The name on the broker.
-    pub name: String,
+    pub(crate) name: String,
     /// Where the broker puts what this queue gives up on.
-    pub dead_letters: String,
+    pub(crate) dead_letters: String,
 }
 
 /// How quorum queues are spread over the brokers of a RabbitMQ cluster.
@@ -43,22 +43,22 @@ pub(super) struct WorkQueue {
 pub(super) struct Replication {
     /// Brokers holding a replica of each new quorum queue (capped by the broker at
     /// the cluster's size); 0 leaves it to the broker (every cluster member).
-    pub initial_group_size: u32,
+    pub(crate) initial_group_size: u32,
 }
 
 /// Every exchange and queue name of one namespace.
 #[derive(Debug, Clone)]
 pub(super) struct Names {
     prefix: String,
-    pub order_exchange: String,
+    pub(crate) order_exchange: String,
     /// Seed 000's event catalogue, for consumers outside the runtime.
-    pub events_exchange: String,
+    pub(crate) events_exchange: String,
     /// Our own order updates, to every node's notifier (kept apart from the
     /// catalogue so that each exchange carries one message format).
-    pub updates_exchange: String,
+    pub(crate) updates_exchange: String,
     /// Fanout of cluster messages (heartbeats, operator commands) to every node.
-    pub cluster_exchange: String,
-    pub dead_letter_exchange: String,
+    pub(crate) cluster_exchange: String,
+    pub(crate) dead_letter_exchange: String,
     /// Step queues in `System::ALL` order, then the shard queues in shard order.
     work: Vec<WorkQueue>,
     node_id: String,
@@ -110,7 +110,7 @@ impl Names {
         })
     }
 
-    pub fn step_queue(&self, system: System) -> &WorkQueue {
+    pub(crate) fn step_queue(&self, system: System) -> &WorkQueue {
         let index = System::ALL
             .iter()
             .position(|s| *s == system)
@@ -118,22 +118,22 @@ impl Names {
         &self.work[index]
     }
 
-    pub fn shard_queues(&self) -> &[WorkQueue] {
+    pub(crate) fn shard_queues(&self) -> &[WorkQueue] {
         &self.work[System::ALL.len()..]
     }
 
-    pub fn shard_queue(&self, shard: u32) -> &WorkQueue {
+    pub(crate) fn shard_queue(&self, shard: u32) -> &WorkQueue {
         let shards = self.shard_queues();
         &shards[shard as usize % shards.len()]
     }
 
-    pub fn work_queues(&self) -> &[WorkQueue] {
+    pub(crate) fn work_queues(&self) -> &[WorkQueue] {
         &self.work
     }
 
     /// The work queue an operator means by `queue`: its logical name, its broker
     /// name, or either with the `.dlq` suffix.
-    pub fn resolve(&self, queue: &str) -> Option<&WorkQueue> {
+    pub(crate) fn resolve(&self, queue: &str) -> Option<&WorkQueue> {
         let queue = queue.strip_suffix(".dlq").unwrap_or(queue);
         let logical = queue.strip_prefix(self.prefix.as_str()).unwrap_or(queue);
         self.work.iter().find(|w| w.logical == logical)
@@ -141,7 +141,7 @@ impl Names {
 
     /// The queue of one `order_updates` subscription: the first is `events.<node>`,
     /// later ones on the same node get a suffix so that each sees every update.
-    pub fn events_queue(&self, subscription: u32) -> String {
+    pub(crate) fn events_queue(&self, subscription: u32) -> String {
         match subscription {
             0 => format!("{}events.{}", self.prefix, self.node_id),
             n => format!("{}events.{}.{n}", self.prefix, self.node_id),
@@ -149,7 +149,7 @@ impl Names {
     }
 
     /// This node's queue of cluster messages.
-    pub fn cluster_queue(&self) -> String {
+    pub(crate) fn cluster_queue(&self) -> String {
         format!("{}cluster.{}", self.prefix, self.node_id)
     }
 }
@@ -351,12 +351,12 @@ pub(super) async fn declare(
 /// A queue of this node's own, bound to a fanout or topic exchange.
 #[derive(Debug, Clone)]
 pub(super) struct PrivateQueue {
-    pub name: String,
-    pub exchange: String,
-    pub binding: String,
+    pub(crate) name: String,
+    pub(crate) exchange: String,
+    pub(crate) binding: String,
     /// Milliseconds after which an unread message is dropped (a stale heartbeat says
     /// nothing the next one does not).
-    pub message_ttl_ms: Option<i64>,
+    pub(crate) message_ttl_ms: Option<i64>,
 }
 
 /// Declares one of this node's private queues (an `order_updates` subscription, the

@@ -15,7 +15,7 @@ pub const CMS_NAMESPACE: &str = "http://swiftlogistics.com/cms";
 pub const SOAP_ENVELOPE_NAMESPACE: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 /// Larger envelopes are refused unread: no CMS message comes close, and the cap
 /// bounds the memory one request or reply can take.
-pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
 /// Nesting and element-count caps keep hostile but small documents cheap too.
 const MAX_DEPTH: usize = 32;
 const MAX_ELEMENTS: usize = 4096;
@@ -33,7 +33,7 @@ pub enum CmsCall {
 }
 
 impl CmsCall {
-    pub fn operation_name(&self) -> &'static str {
+    pub(crate) fn operation_name(&self) -> &'static str {
         match self {
             Self::ValidateCustomer { .. } => "ValidateCustomer",
             Self::CancelOrder { .. } => "CancelOrder",
@@ -41,7 +41,7 @@ impl CmsCall {
     }
 
     /// The quoted URI SOAP 1.1 expects in the `SOAPAction` HTTP header.
-    pub fn soap_action(&self) -> String {
+    pub(crate) fn soap_action(&self) -> String {
         format!("\"{CMS_NAMESPACE}/{}\"", self.operation_name())
     }
 }
@@ -259,7 +259,7 @@ fn parse_boolean(text: &str) -> Result<bool, CodecError> {
 /// Escapes for element content and attribute values. Characters XML 1.0 cannot
 /// carry at all become U+FFFD rather than producing a document nobody can parse;
 /// `\r` is written as a reference so that conforming parsers do not normalise it.
-pub fn escape(text: &str) -> Cow<'_, str> {
+pub(crate) fn escape(text: &str) -> Cow<'_, str> {
     let plain = |c: char| !matches!(c, '&' | '<' | '>' | '"' | '\'' | '\r') && is_xml_char(c);
     if text.chars().all(plain) {
         return Cow::Borrowed(text);

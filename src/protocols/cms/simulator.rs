@@ -42,7 +42,7 @@ impl CmsSimulator {
 
     /// `POST /cms` takes SOAP calls, dispatched on the Body element (SOAPAction is
     /// optional, as many stacks omit or mangle it); `GET /cms?wsdl` describes them.
-    pub fn router(self: Arc<Self>) -> Router {
+    pub(crate) fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/cms", post(soap_endpoint).get(service_description))
             .with_state(self)

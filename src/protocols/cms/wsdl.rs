@@ -12,16 +12,16 @@ const WSDL_NAMESPACE: &str = "http://schemas.xmlsoap.org/wsdl/";
 const WSDL_SOAP11_NAMESPACE: &str = "http://schemas.xmlsoap.org/wsdl/soap/";
 /// A WSDL of a handful of operations is a few kilobytes; generated ones of large
 /// services reach a few hundred.
-pub const MAX_WSDL_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_WSDL_BYTES: usize = 4 * 1024 * 1024;
 const MAX_DEPTH: usize = 64;
 
 /// The parts of a WSDL the client uses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServiceDescription {
     /// `soap:address location` of the port bound to the SOAP 1.1 binding.
-    pub address: Option<String>,
+    pub(crate) address: Option<String>,
     /// soapAction by operation name, from that binding.
-    pub actions: HashMap<String, String>,
+    pub(crate) actions: HashMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

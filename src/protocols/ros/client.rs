@@ -54,7 +54,7 @@ impl RosClient {
     }
 
     /// Plans (or, for a key seen before, returns) the route of one order.
-    pub async fn optimize(
+    pub(crate) async fn optimize(
         &self,
         request: &OptimizeRequest,
         idempotency_key: &str,
@@ -74,7 +74,7 @@ impl RosClient {
     }
 
     /// Deletes a route; a route the optimiser does not know is already undone.
-    pub async fn cancel(
+    pub(crate) async fn cancel(
         &self,
         route_id: &str,
         idempotency_key: &str,

@@ -5,8 +5,8 @@
 //! /api/routes/{routeId}` cancels it. `client` is the runtime's side, `simulator` an
 //! optimiser for tests, benchmarks and the embedded default.
 
-pub mod client;
-pub mod simulator;
+pub(crate) mod client;
+pub(crate) mod simulator;
 
 pub use client::RosClient;
 pub use simulator::RosSimulator;
@@ -20,11 +20,11 @@ use serde_json::Value;
 /// not, so the simulator does without.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OptimizeRequest {
+pub(crate) struct OptimizeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub order_id: Option<OrderId>,
-    pub pickup: Location,
-    pub delivery: Location,
+    pub(crate) order_id: Option<OrderId>,
+    pub(crate) pickup: Location,
+    pub(crate) delivery: Location,
 }
 
 /// Reads an optimiser's answer. Ours is `{routeId, waypoints, distance, eta}`; seed
@@ -73,8 +73,8 @@ pub fn read_route(body: &[u8]) -> Result<Route, String> {
 
 /// The body of every 4xx and 5xx answer: `{"error": "<reason>"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
+pub(crate) struct ErrorBody {
+    pub(crate) error: String,
 }
 
 #[cfg(test)]

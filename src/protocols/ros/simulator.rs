@@ -45,7 +45,7 @@ impl RosSimulator {
         }
     }
 
-    pub fn router(self: Arc<Self>) -> Router {
+    pub(crate) fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/api/routes/optimize", post(optimize))
             .route("/api/routes/{route_id}", delete(cancel))
@@ -64,7 +64,7 @@ impl RosSimulator {
     }
 
     /// Routes planned and not cancelled.
-    pub fn routes(&self) -> usize {
+    pub(crate) fn routes(&self) -> usize {
         self.routes.lock().map(|r| r.len()).unwrap_or_default()
     }
 }
@@ -204,7 +204,7 @@ fn waypoint(lat: f64, lng: f64) -> Waypoint {
 }
 
 /// Great-circle distance in kilometres.
-pub fn haversine_km(a: &Location, b: &Location) -> f64 {
+pub(crate) fn haversine_km(a: &Location, b: &Location) -> f64 {
     let (lat1, lat2) = (a.lat.to_radians(), b.lat.to_radians());
     let d_lat = lat2 - lat1;
     let d_lng = (b.lng - a.lng).to_radians();

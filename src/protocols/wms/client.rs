@@ -79,7 +79,7 @@ impl WmsClient {
     }
 
     /// Sends one request and waits for its reply, all within the client's timeout.
-    pub async fn call(&self, request: &Request) -> Result<Reply, CallError> {
+    pub(crate) async fn call(&self, request: &Request) -> Result<Reply, CallError> {
         let line = request
             .render()
             .map_err(|e| CallError::Malformed(e.to_string()))?;

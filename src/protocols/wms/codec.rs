@@ -75,7 +75,7 @@ pub enum CodecError {
 }
 
 /// One side's vocabulary: how a value becomes a line (without terminator) and back.
-pub trait Line: Sized {
+pub(crate) trait Line: Sized {
     fn parse(line: &str) -> Result<Self, LineError>;
     fn render(&self) -> Result<String, CodecError>;
 }
@@ -202,7 +202,7 @@ impl Line for Reply {
 impl Reply {
     /// An `ERR` reply that is always encodable, whatever text the reason came from:
     /// line breaks become spaces and the reason is cut well below the line cap.
-    pub fn error(reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn error(reason: impl std::fmt::Display) -> Self {
         const MAX_REASON: usize = 512;
         let reason: String = reason
             .to_string()

@@ -4,7 +4,7 @@
 //! capped length), `client` the runtime's connection pool, `simulator` a warehouse
 //! server with graceful shutdown for tests, benchmarks and the embedded default.
 
-pub mod client;
+pub(crate) mod client;
 pub mod codec;
 pub mod simulator;
 

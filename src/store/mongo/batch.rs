@@ -21,7 +21,7 @@ type Reply<Out> = oneshot::Sender<Result<Out, StoreError>>;
 /// Queue slots per in-flight call: enough to fill the next batch while one runs.
 const QUEUE_PER_CALL: usize = 2;
 
-pub struct Batcher<In, Out> {
+pub(crate) struct Batcher<In, Out> {
     queue: mpsc::Sender<(In, Reply<Out>)>,
 }
 
@@ -32,7 +32,7 @@ where
 {
     /// Starts the batcher's task. `run` gets a batch and must answer with one result
     /// per request, in the same order.
-    pub fn spawn<F, Fut>(max_batch: usize, in_flight: usize, run: F) -> Self
+    pub(crate) fn spawn<F, Fut>(max_batch: usize, in_flight: usize, run: F) -> Self
     where
         F: Fn(Vec<In>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<Out, StoreError>>> + Send + 'static,
@@ -77,7 +77,7 @@ where
     }
 
     /// Queues `request` and waits for its result.
-    pub async fn submit(&self, request: In) -> Result<Out, StoreError> {
+    pub(crate) async fn submit(&self, request: In) -> Result<Out, StoreError> {
         let (reply, result) = oneshot::channel();
         self.queue
             .send((request, reply))

@@ -24,9 +24,9 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// The group-commit queues, shared by every clone of the store; their tasks end when
 /// the last clone is dropped.
 pub(super) struct Batches {
-    pub inserts: Batcher<Document, Inserted>,
-    pub updates: Batcher<CasWrite, CasOutcome>,
-    pub reads: Batcher<String, Option<Document>>,
+    pub(crate) inserts: Batcher<Document, Inserted>,
+    pub(crate) updates: Batcher<CasWrite, CasOutcome>,
+    pub(crate) reads: Batcher<String, Option<Document>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +38,10 @@ pub(super) enum Inserted {
 
 /// One compare-and-set statement of a batched `update` command.
 pub(super) struct CasWrite {
-    pub order_id: String,
-    pub filter: Document,
-    pub update: Document,
-    pub commit: i64,
+    pub(crate) order_id: String,
+    pub(crate) filter: Document,
+    pub(crate) update: Document,
+    pub(crate) commit: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

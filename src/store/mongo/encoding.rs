@@ -35,7 +35,7 @@ pub(super) const ORDER_OPTIONAL_FIELDS: [&str; 8] = [
 
 /// Fields fixed when an order is placed: an update never rewrites them, so an update
 /// cannot change an order's identity, owner or age whatever its caller sends.
-pub const IMMUTABLE_FIELDS: [&str; 3] = ["orderId", "customerId", "createdAt"];
+pub(crate) const IMMUTABLE_FIELDS: [&str; 3] = ["orderId", "customerId", "createdAt"];
 
 /// Timestamps stored as BSON dates, per kind of document.
 pub(super) const ORDER_DATES: &[&str] = &["createdAt", "updatedAt", "scheduledPickupTime"];
@@ -100,8 +100,8 @@ pub(super) fn order_projection() -> Document {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct OrderHead {
-    pub version: u64,
-    pub seq: u64,
+    pub(crate) version: u64,
+    pub(crate) seq: u64,
 }
 
 pub(super) fn order_id_of(document: &Document) -> Result<OrderId, StoreError> {

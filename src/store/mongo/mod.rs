@@ -61,7 +61,7 @@ mod indexes;
 mod orders;
 mod users;
 
-pub use encoding::IMMUTABLE_FIELDS;
+pub(crate) use encoding::IMMUTABLE_FIELDS;
 
 use super::{StoreError, StoreHealth};
 use async_trait::async_trait;
