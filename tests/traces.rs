@@ -143,6 +143,30 @@ async fn each_order_is_one_trace_from_intake_through_retries_and_compensation() 
     app.wait_for_status(&client, &retried, "READY_FOR_DELIVERY", WAIT)
         .await;
 
+    // Three failures open the ROS circuit; the order's fourth attempt is parked until
+    // an operator closes it, and then joins the order's trace like any call.
+    sims.ros.knobs().update(|k| k.outage = true);
+    let parked = app.place(&client).await;
+    let waiting = periodic_check(
+        || async {
+            control
+                .services_health()
+                .await
+                .iter()
+                .any(|h| h.service.as_str() == "ros" && h.waiting >= 1)
+        },
+        WAIT,
+    )
+    .await;
+    assert!(waiting, "the fourth attempt is parked on the open circuit");
+    sims.ros.knobs().update(|k| k.outage = false);
+    control
+        .recover(swiftlogistics::domain::System::Ros)
+        .await
+        .expect("the ROS adapter answers");
+    app.wait_for_status(&client, &parked, "READY_FOR_DELIVERY", WAIT)
+        .await;
+
     // No route: the reservation and the customer order are undone.
     sims.ros.knobs().update(|k| k.refuse_all = true);
     let compensated = app.place(&client).await;
@@ -154,14 +178,15 @@ async fn each_order_is_one_trace_from_intake_through_retries_and_compensation() 
         || {
             let traces = traces.clone();
             let received = received.clone();
-            let (retried, compensated) = (retried.clone(), compensated.clone());
+            let (retried, compensated, parked) =
+                (retried.clone(), compensated.clone(), parked.clone());
             async move {
                 tokio::task::spawn_blocking(move || traces.flush())
                     .await
                     .unwrap();
                 let all = received.lock().unwrap();
                 let calls = |id: &str| OrderTrace::of(&all, id).map_or(0, |t| t.calls().len());
-                calls(&retried) >= 4 && calls(&compensated) >= 4
+                calls(&retried) >= 4 && calls(&compensated) >= 4 && calls(&parked) >= 6
             }
         },
         WAIT,
@@ -235,6 +260,23 @@ async fn each_order_is_one_trace_from_intake_through_retries_and_compensation() 
         failed_attempt.is_some(),
         "the failed attempt says why: {steps:?}"
     );
+
+    // cms, wms, three failed ros attempts and the parked one: all in the order's trace.
+    let trace = OrderTrace::of(&all, &parked).unwrap();
+    let ros_calls: Vec<String> = trace
+        .calls()
+        .iter()
+        .filter(|c| attribute(c, "operation").as_deref() == Some("ros.optimize"))
+        .filter_map(|c| attribute(c, "attempt"))
+        .collect();
+    assert!(
+        ros_calls.contains(&"4".to_owned()),
+        "ros calls: {ros_calls:?}"
+    );
+    for call in trace.calls() {
+        let step = trace.parent_of(call).expect("a call's parent arrived");
+        assert!(step.name.starts_with("step "), "{call:?}");
+    }
 
     let trace = OrderTrace::of(&all, &compensated).unwrap();
     let operations: Vec<String> = trace

@@ -188,8 +188,7 @@ impl Actor for Adapter {
                 trace,
             } => {
                 state.core.mailbox.took(posted);
-                let span = crate::observability::call_span(&request, trace.as_deref());
-                state.admit(&myself, request, ack, span);
+                state.admit(&myself, request, ack, trace);
             }
             AdapterMsg::Completed {
                 failure,
@@ -229,23 +228,25 @@ impl Actor for Adapter {
 }
 
 impl AdapterState {
-    /// `span` is the call's trace span (a parked call gets a fresh one when it goes:
-    /// the parked queue keeps requests only).
+    /// `trace` is the `traceparent` of the order step asking for the call: the call's
+    /// span joins the order's trace, now or when a parked call goes.
     fn admit(
         &self,
         myself: &ActorRef<AdapterMsg>,
         request: Box<StepRequest>,
         ack: Acker,
-        span: tracing::Span,
+        trace: Option<String>,
     ) {
         let mut inner = self.core.lock();
         if inner.breaker.try_acquire(Instant::now()) {
             drop(inner);
+            let span = crate::observability::call_span(&request, trace.as_deref());
             self.dispatch(myself, request, ack, Parked::No, span);
         } else if inner.parked.len() < MAX_PARKED {
-            inner.parked.push(request, ack);
+            inner.parked.push(request, ack, trace);
         } else {
             drop(inner);
+            let span = crate::observability::call_span(&request, trace.as_deref());
             let reply = StepReply::Transient {
                 reason: format!("{} circuit is open", self.core.system.as_str()),
             };
@@ -262,7 +263,7 @@ impl AdapterState {
             if inner.parked.is_empty() || !inner.breaker.try_acquire(Instant::now()) {
                 return;
             }
-            let Some((request, ack, current)) = inner.parked.pop() else {
+            let Some((request, ack, trace, current)) = inner.parked.pop() else {
                 return;
             };
             if let Err(moot) = current {
@@ -272,7 +273,7 @@ impl AdapterState {
                 continue;
             }
             drop(inner);
-            let span = crate::observability::call_span(&request, None);
+            let span = crate::observability::call_span(&request, trace.as_deref());
             self.dispatch(myself, request, ack, Parked::Yes, span);
         }
     }

@@ -22,7 +22,7 @@ pub struct ServiceHealth {
     pub(crate) last_latency_ms: Option<f64>,
     pub in_flight: usize,
     /// Requests parked while the circuit is open, retried when it closes.
-    pub(crate) waiting: usize,
+    pub waiting: usize,
     /// For a system that describes itself (the CMS's WSDL): whether the description
     /// is in use or the configured fallback, and why.
     #[serde(skip_serializing_if = "Option::is_none")]

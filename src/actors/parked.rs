@@ -68,7 +68,9 @@ pub(crate) fn verdict(request: &StepRequest, order: Option<&Order>) -> Result<()
 /// parked when the shard changed owners (attempt numbers start again with each).
 #[derive(Default)]
 pub(crate) struct ParkedQueue {
-    queue: VecDeque<(Box<StepRequest>, Acker)>,
+    /// Each request with its acknowledgement and the `traceparent` of the step that
+    /// asked for it, so that the call joins the order's trace when it goes.
+    queue: VecDeque<(Box<StepRequest>, Acker, Option<String>)>,
     newest: HashMap<(OrderId, Operation), (u64, u32)>,
 }
 
@@ -81,7 +83,7 @@ impl ParkedQueue {
         self.queue.is_empty()
     }
 
-    pub(crate) fn push(&mut self, request: Box<StepRequest>, ack: Acker) {
+    pub(crate) fn push(&mut self, request: Box<StepRequest>, ack: Acker, trace: Option<String>) {
         let this = (request.epoch, request.attempt);
         let newest = self
             .newest
@@ -90,13 +92,13 @@ impl ParkedQueue {
         if newest.0 != this.0 || newest.1 < this.1 {
             *newest = this;
         }
-        self.queue.push_back((request, ack));
+        self.queue.push_back((request, ack, trace));
     }
 
     /// The oldest parked request, with `Err(Superseded)` when a newer attempt of it
     /// is parked behind it.
-    pub(crate) fn pop(&mut self) -> Option<(Box<StepRequest>, Acker, Result<(), Moot>)> {
-        let (request, ack) = self.queue.pop_front()?;
+    pub(crate) fn pop(&mut self) -> Option<ParkedCall> {
+        let (request, ack, trace) = self.queue.pop_front()?;
         let key = (request.order_id.clone(), request.operation);
         let current = match self.newest.get(&key) {
             Some(newest) if *newest != (request.epoch, request.attempt) => Err(Moot::Superseded),
@@ -105,9 +107,13 @@ impl ParkedQueue {
                 Ok(())
             }
         };
-        Some((request, ack, current))
+        Some((request, ack, trace, current))
     }
 }
+
+/// A parked request as it leaves the queue: with its acknowledgement, its trace
+/// context, and whether it is still worth making.
+pub(crate) type ParkedCall = (Box<StepRequest>, Acker, Option<String>, Result<(), Moot>);
 
 #[cfg(test)]
 mod tests {
@@ -231,23 +237,26 @@ mod tests {
         parked.push(
             Box::new(request(&order, Operation::ValidateCustomer, 1)),
             Acker::none(),
+            None,
         );
         parked.push(
             Box::new(request(&order, Operation::ValidateCustomer, 2)),
             Acker::none(),
+            None,
         );
         assert_eq!(parked.len(), 2);
-        let (first, _, current) = parked.pop().unwrap();
+        let (first, _, _, current) = parked.pop().unwrap();
         assert_eq!((first.attempt, current), (1, Err(Moot::Superseded)));
-        let (second, _, current) = parked.pop().unwrap();
+        let (second, _, _, current) = parked.pop().unwrap();
         assert_eq!((second.attempt, current), (2, Ok(())));
         assert!(parked.pop().is_none() && parked.is_empty());
         // Nothing is remembered of requests gone: a later attempt parks afresh.
         parked.push(
             Box::new(request(&order, Operation::ValidateCustomer, 1)),
             Acker::none(),
+            None,
         );
-        assert_eq!(parked.pop().unwrap().2, Ok(()));
+        assert_eq!(parked.pop().unwrap().3, Ok(()));
     }
 
     #[test]
@@ -258,11 +267,11 @@ mod tests {
         old_owner.epoch = 7;
         let mut new_owner = request(&order, Operation::ValidateCustomer, 1);
         new_owner.epoch = 9;
-        parked.push(Box::new(old_owner), Acker::none());
-        parked.push(Box::new(new_owner), Acker::none());
-        let (first, _, current) = parked.pop().unwrap();
+        parked.push(Box::new(old_owner), Acker::none(), None);
+        parked.push(Box::new(new_owner), Acker::none(), None);
+        let (first, _, _, current) = parked.pop().unwrap();
         assert_eq!((first.epoch, current), (7, Err(Moot::Superseded)));
-        let (second, _, current) = parked.pop().unwrap();
+        let (second, _, _, current) = parked.pop().unwrap();
         assert_eq!((second.epoch, second.attempt, current), (9, 1, Ok(())));
     }
 }
