@@ -325,7 +325,7 @@ impl OrderState {
                 self.next_timer = chrono::TimeDelta::from_std(after)
                     .ok()
                     .map(|delay| NextTimer {
-                        kind: timer.name().to_owned(),
+                        kind: timer.kind(),
                         due_at: Utc::now() + delay,
                     });
                 self.timer = Some(myself.send_after(after, move || OrderMsg::Timer(timer)));
@@ -405,7 +405,7 @@ impl OrderState {
 
     fn view(&self) -> OrderActorView {
         OrderActorView {
-            phase: self.runner.phase_name().to_owned(),
+            phase: self.runner.activity(),
             in_flight: self
                 .runner
                 .in_flight()

@@ -61,16 +61,29 @@ pub enum Phase {
     Stopped,
 }
 
+/// What an order's actor is doing, as telemetry shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Activity {
+    Ready,
+    AwaitingReply,
+    BackingOff,
+    Persisting,
+    /// Waiting out a store or bus outage.
+    OutageRetry,
+    Idle,
+    Stopped,
+}
+
 impl Phase {
-    /// The name telemetry shows.
-    pub(crate) fn name(&self) -> &'static str {
+    fn activity(&self) -> Activity {
         match self {
-            Self::Ready => "ready",
-            Self::Sending { .. } | Self::AwaitingReply { .. } => "awaiting_reply",
-            Self::BackingOff { .. } => "backing_off",
-            Self::Persisting { .. } => "persisting",
-            Self::Idle => "idle",
-            Self::Stopped => "stopped",
+            Self::Ready => Activity::Ready,
+            Self::Sending { .. } | Self::AwaitingReply { .. } => Activity::AwaitingReply,
+            Self::BackingOff { .. } => Activity::BackingOff,
+            Self::Persisting { .. } => Activity::Persisting,
+            Self::Idle => Activity::Idle,
+            Self::Stopped => Activity::Stopped,
         }
     }
 }
@@ -83,12 +96,21 @@ pub(crate) enum Timer {
     IdleCheck { generation: u64 },
 }
 
+/// The kinds of [`Timer`], as telemetry shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum TimerKind {
+    Watchdog,
+    RetryBackoff,
+    IdleCheck,
+}
+
 impl Timer {
-    pub(crate) fn name(self) -> &'static str {
+    pub(crate) fn kind(self) -> TimerKind {
         match self {
-            Self::Watchdog { .. } => "watchdog",
-            Self::Backoff { .. } => "retry_backoff",
-            Self::IdleCheck { .. } => "idle_check",
+            Self::Watchdog { .. } => TimerKind::Watchdog,
+            Self::Backoff { .. } => TimerKind::RetryBackoff,
+            Self::IdleCheck { .. } => TimerKind::IdleCheck,
         }
     }
 }
@@ -181,8 +203,7 @@ pub(crate) enum Effect {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct OrderActorView {
-    /// awaiting_reply, backing_off, persisting, outage_retry, idle or ready.
-    pub(crate) phase: String,
+    pub(crate) phase: Activity,
     pub(crate) in_flight: Option<StepInFlight>,
     /// Failed attempts of the step the order waits on.
     pub(crate) attempts: u32,
@@ -199,8 +220,7 @@ pub(crate) struct StepInFlight {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct NextTimer {
-    /// watchdog, idle_check or retry_backoff.
-    pub(crate) kind: String,
+    pub(crate) kind: TimerKind,
     pub(crate) due_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -271,12 +291,12 @@ impl Runner {
         self.admitted
     }
 
-    /// The telemetry name of what the runner does.
-    pub(crate) fn phase_name(&self) -> &'static str {
+    /// What the runner does, as telemetry shows it.
+    pub(crate) fn activity(&self) -> Activity {
         if self.outage_retry && !matches!(self.phase, Phase::Persisting { .. }) {
-            "outage_retry"
+            Activity::OutageRetry
         } else {
-            self.phase.name()
+            self.phase.activity()
         }
     }
 
@@ -688,7 +708,7 @@ mod tests {
                 Effect::Acknowledge
             ]
         );
-        assert_eq!(runner.phase_name(), "awaiting_reply");
+        assert_eq!(runner.activity(), Activity::AwaitingReply);
     }
 
     #[test]
@@ -728,7 +748,7 @@ mod tests {
             sends(&effects).is_empty(),
             "nothing before the backoff is over"
         );
-        assert_eq!(runner.phase_name(), "backing_off");
+        assert_eq!(runner.activity(), Activity::BackingOff);
         assert_eq!(runner.attempts(), 1);
         let effects = runner.handle(Event::TimerFired(Timer::Backoff { operation: op }));
         assert_eq!(sends(&effects), [(op, 2)]);
@@ -797,7 +817,7 @@ mod tests {
             });
             assert_eq!(effects, [Effect::Acknowledge], "epoch {epoch}");
         }
-        assert_eq!(runner.phase_name(), "awaiting_reply");
+        assert_eq!(runner.activity(), Activity::AwaitingReply);
     }
 
     #[test]
@@ -858,7 +878,7 @@ mod tests {
                 after: Duration::from_millis(10)
             }]
         );
-        assert_eq!(runner.phase_name(), "persisting");
+        assert_eq!(runner.activity(), Activity::Persisting);
         // A command meanwhile waits for the retry; nothing is acknowledged.
         assert!(runner.handle(Event::Woken).is_empty());
         assert_eq!(runner.handle(Event::OutageOver), [Effect::Load]);

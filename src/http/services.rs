@@ -115,7 +115,7 @@ pub(crate) async fn order_actor(
         "shard": id.shard(shards),
         "shards": shards,
         "live": actor.is_some(),
-        "phase": actor.as_ref().map(|a| a.phase.as_str()),
+        "phase": actor.as_ref().map(|a| a.phase),
         "inFlight": actor.as_ref().and_then(|a| a.in_flight.clone()),
         "attempts": actor.as_ref().map(|a| a.attempts),
         "nextTimer": actor.as_ref().and_then(|a| a.next_timer.clone()),
