@@ -581,6 +581,11 @@ mod tests {
     use crate::config::Settings;
     use serde_json::json;
 
+    /// The bench reads the order gauges of `/metrics`, and those are process-wide:
+    /// a scrape of one test's node sets them from that node's count, so two nodes
+    /// scraped at once in this test process would read each other's orders.
+    static ONE_NODE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     fn args(url: String, orders: u64) -> BenchArgs {
         BenchArgs {
             url,
@@ -620,6 +625,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_placed_order_is_followed_to_ready_with_latencies_and_memory() {
+        let _alone = ONE_NODE_AT_A_TIME.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let runtime = node(dir.path(), json!({})).await;
         let summary = bench(&args(runtime.base_url(), 40), CancellationToken::new())
@@ -647,6 +653,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn followers_poll_each_order_until_it_settles_or_receive_every_update() {
+        let _alone = ONE_NODE_AT_A_TIME.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let runtime = node(dir.path(), json!({})).await;
         let mut polled = args(runtime.base_url(), 20);
@@ -675,6 +682,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refusals_are_counted_by_status_not_hidden() {
+        let _alone = ONE_NODE_AT_A_TIME.lock().await;
         let dir = tempfile::tempdir().unwrap();
         // The CMS never answers within the bench, so admitted orders stay in flight
         // and the node refuses the rest with 503.
