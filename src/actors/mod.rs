@@ -21,6 +21,7 @@ pub(crate) mod mailbox;
 pub(crate) mod notifier;
 pub(crate) mod order;
 pub(crate) mod orders;
+pub(crate) mod outbox;
 pub(crate) mod parked;
 pub(crate) mod root;
 pub(crate) mod shards;

@@ -17,6 +17,7 @@
 
 use super::control::ActorKind;
 use super::mailbox::Stamped;
+use super::outbox::{self, Refused};
 use super::telemetry::{self, ActorInfo, FamilySize, MailboxGauge, TelemetryMsg};
 use crate::bus::Acker;
 use crate::bus::{Delivery, Inbox};
@@ -29,7 +30,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) const NAME: &str = "notifier";
@@ -75,7 +75,7 @@ pub(crate) enum NotifierMsg {
     Open {
         session: SessionId,
         viewer: Viewer,
-        outbox: mpsc::Sender<Arc<Update>>,
+        outbox: outbox::Sender<Arc<Update>>,
         cut: CancellationToken,
     },
     Follow {
@@ -145,9 +145,9 @@ impl Notifier {
         viewer: Viewer,
         capacity: usize,
         cut: CancellationToken,
-    ) -> Option<(Registration, mpsc::Receiver<Arc<Update>>)> {
+    ) -> Option<(Registration, outbox::Receiver<Arc<Update>>)> {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (outbox, updates) = mpsc::channel(capacity.max(1));
+        let (outbox, updates) = outbox::outbox(capacity);
         let opened = self.send(NotifierMsg::Open {
             session,
             viewer,
@@ -182,7 +182,7 @@ impl Notifier {
 
 struct Entry {
     viewer: Viewer,
-    outbox: mpsc::Sender<Arc<Update>>,
+    outbox: outbox::Sender<Arc<Update>>,
     cut: CancellationToken,
     orders: Vec<OrderId>,
     everything: bool,
@@ -405,8 +405,8 @@ impl NotifierState {
             }
             match entry.outbox.try_send(update.clone()) {
                 Ok(()) => delivered += 1,
-                Err(TrySendError::Full(_)) => cut_off.push((session, true)),
-                Err(TrySendError::Closed(_)) => cut_off.push((session, false)),
+                Err(Refused::Full) => cut_off.push((session, true)),
+                Err(Refused::Closed) => cut_off.push((session, false)),
             }
         }
         metrics::counter!("swift_ws_updates_sent_total").increment(delivered);
@@ -509,7 +509,7 @@ mod tests {
         Notifier::new(actor, mailbox)
     }
 
-    async fn next(updates: &mut mpsc::Receiver<Arc<Update>>) -> Arc<Update> {
+    async fn next(updates: &mut outbox::Receiver<Arc<Update>>) -> Arc<Update> {
         tokio::time::timeout(Duration::from_secs(5), updates.recv())
             .await
             .expect("an update in time")
@@ -520,7 +520,7 @@ mod tests {
     /// the notifier handled before the marker.
     async fn until_marker(
         n: &Notifier,
-        updates: &mut mpsc::Receiver<Arc<Update>>,
+        updates: &mut outbox::Receiver<Arc<Update>>,
         marker_customer: &str,
     ) -> Vec<(String, u64)> {
         assert!(n.publish(event("ORD-MARK", marker_customer, 1)));

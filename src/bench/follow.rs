@@ -203,7 +203,7 @@ impl Sessions {
         let stop = shutdown.child_token();
         let mut readers = JoinSet::new();
         for token in tokens {
-            let session = ws::open_session(format!("{ws_url}?token={token}"))
+            let session = ws::open_session(format!("{ws_url}?token={token}"), None)
                 .await
                 .map_err(anyhow::Error::msg)
                 .context("cannot open a WebSocket session to follow orders")?;

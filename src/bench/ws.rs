@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -29,8 +30,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-/// Loopback has about 28,000 ephemeral ports; each session takes one.
-const MAX_SESSIONS: u32 = 28_000;
+/// Sessions from one source address: loopback has about 28,000 ephemeral ports per
+/// address, and each session takes one.
+const SESSIONS_PER_SOURCE: u32 = 20_000;
+/// Source addresses a bench may spread its sessions over (127.0.0.1 to 127.0.0.254).
+const MAX_SOURCES: u32 = 254;
+const MAX_SESSIONS: u32 = 1_000_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -69,6 +74,12 @@ pub struct BenchWsArgs {
     /// Seconds of order flow.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(crate) duration_secs: u64,
+    /// Loopback source addresses (127.0.0.1, 127.0.0.2, ...) the sessions are spread
+    /// over, each good for about 28,000 connections to one port (Linux routes all of
+    /// 127/8 to the loopback interface). By default one per 20,000 sessions, when
+    /// the node is on a loopback address.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SOURCES)))]
+    pub(crate) source_addresses: Option<u32>,
     /// Sessions being opened at once.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub(crate) connect_concurrency: u32,
@@ -214,6 +225,7 @@ pub(crate) async fn bench(
     }
     let base = args.url.trim_end_matches('/').to_owned();
     let ws_url = format!("{}/ws", ws_base(&base)?);
+    let sources = SourceAddresses::plan(&ws_url, args.sessions, args.source_addresses).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(PLACEMENT_CONCURRENCY)
         .timeout(REQUEST_TIMEOUT)
@@ -244,11 +256,13 @@ pub(crate) async fn bench(
     let started = Instant::now();
     let half = args.sessions / 2;
     let concurrency = args.connect_concurrency;
-    fleet.open(&ws_url, &accounts, 0..half, concurrency).await?;
+    fleet
+        .open(&ws_url, &sources, &accounts, 0..half, concurrency)
+        .await?;
     settle(args.idle_secs, &shutdown).await?;
     let at_half = read_memory(memory_source, &http, &base).await;
     fleet
-        .open(&ws_url, &accounts, half..args.sessions, concurrency)
+        .open(&ws_url, &sources, &accounts, half..args.sessions, concurrency)
         .await?;
     let connect_secs = started.elapsed().as_secs_f64();
     settle(args.idle_secs, &shutdown).await?;
@@ -355,6 +369,7 @@ impl Fleet {
     async fn open(
         &mut self,
         ws_url: &str,
+        sources: &SourceAddresses,
         accounts: &[Account],
         range: std::ops::Range<u32>,
         concurrency: u32,
@@ -363,7 +378,8 @@ impl Fleet {
             .map(|n| {
                 let account = &accounts[n as usize % accounts.len()];
                 let url = format!("{ws_url}?token={}", account.token);
-                async move { tokio::time::timeout(CONNECT_TIMEOUT, open_session(url)).await }
+                let route = sources.route(n);
+                async move { tokio::time::timeout(CONNECT_TIMEOUT, open_session(url, route)).await }
             })
             .buffer_unordered(usize::try_from(concurrency).unwrap_or(1));
         loop {
@@ -387,13 +403,104 @@ impl Fleet {
     }
 }
 
-pub(crate) async fn open_session(url: String) -> Result<Ws, String> {
+/// Where the sessions connect from: the kernel's choice, or spread over several
+/// loopback source addresses to open more sessions than one address has ports.
+pub(crate) struct SourceAddresses {
+    /// The node's address, and the sources to spread over (none: let the kernel pick).
+    spread: Option<(SocketAddr, u32)>,
+}
+
+/// The node's address and the source address a session connects from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub(crate) node: SocketAddr,
+    pub(crate) source: IpAddr,
+}
+
+impl SourceAddresses {
+    /// The default, one source address per [`SESSIONS_PER_SOURCE`] sessions, or
+    /// `requested`; more than one needs a node on an IPv4 loopback address.
+    async fn plan(ws_url: &str, sessions: u32, requested: Option<u32>) -> anyhow::Result<Self> {
+        let node = node_address(ws_url).await?;
+        let on_loopback = matches!(node.ip(), IpAddr::V4(ip) if ip.is_loopback());
+        let count = match requested {
+            Some(count) => count,
+            None if on_loopback => sessions.div_ceil(SESSIONS_PER_SOURCE).clamp(1, MAX_SOURCES),
+            None => 1,
+        };
+        if count > 1 && !on_loopback {
+            bail!("--source-addresses needs a node on an IPv4 loopback address (127.x.x.x)");
+        }
+        if sessions > count.saturating_mul(SESSIONS_PER_SOURCE) {
+            bail!(
+                "{sessions} sessions need at least {} source addresses ({SESSIONS_PER_SOURCE} each)",
+                sessions.div_ceil(SESSIONS_PER_SOURCE)
+            );
+        }
+        Ok(Self {
+            spread: (count > 1).then_some((node, count)),
+        })
+    }
+
+    /// Session `n`'s route: sessions take the addresses in turn from 127.0.0.1.
+    fn route(&self, n: u32) -> Option<Route> {
+        let (node, count) = self.spread?;
+        let [a, b, c, d] = Ipv4Addr::LOCALHOST.octets();
+        let last = d.saturating_add(u8::try_from(n % count).unwrap_or(0));
+        Some(Route {
+            node,
+            source: IpAddr::V4(Ipv4Addr::new(a, b, c, last)),
+        })
+    }
+}
+
+/// The socket address of the node behind a ws:// URL.
+async fn node_address(ws_url: &str) -> anyhow::Result<SocketAddr> {
+    let uri: tokio_tungstenite::tungstenite::http::Uri =
+        ws_url.parse().context("the node's URL does not parse")?;
+    let host = uri.host().context("the node's URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} resolves to no address"))
+}
+
+/// A TCP connection to the node from the route's source address.
+async fn connect_from(route: Route) -> std::io::Result<TcpStream> {
+    let socket = match route.node {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(route.source, 0))?;
+    let stream = socket.connect(route.node).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens a session to `url` (from `route`'s source address if given) and subscribes
+/// it to `"*"`.
+pub(crate) async fn open_session(url: String, route: Option<Route>) -> Result<Ws, String> {
     let config = WebSocketConfig::default()
         .read_buffer_size(CLIENT_READ_BUFFER)
         .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .map_err(|e| match e {
+    let connected = match route {
+        None => tokio_tungstenite::connect_async_with_config(url, Some(config), true).await,
+        Some(route) => {
+            let stream = connect_from(route)
+                .await
+                .map_err(|e| format!("{:?}", e.kind()))?;
+            tokio_tungstenite::client_async_with_config(
+                url,
+                MaybeTlsStream::Plain(stream),
+                Some(config),
+            )
+            .await
+        }
+    };
+    let (mut ws, _) = connected.map_err(|e| match e {
             tokio_tungstenite::tungstenite::Error::Http(response) => {
                 format!("HTTP {}", response.status())
             }
@@ -656,6 +763,27 @@ mod tests {
         );
         assert!(ws_base("https://example.com").is_err());
         assert!(ws_base("127.0.0.1:3000").is_err());
+    }
+
+    #[tokio::test]
+    async fn sessions_are_spread_over_loopback_sources_only_when_they_need_it() {
+        let url = "ws://127.0.0.1:3100/ws";
+        let one = SourceAddresses::plan(url, 20_000, None).await.unwrap();
+        assert_eq!(one.route(7), None, "one address: the kernel picks it");
+        let spread = SourceAddresses::plan(url, 25_000, None).await.unwrap();
+        let node: SocketAddr = "127.0.0.1:3100".parse().unwrap();
+        let source = |n: u32| spread.route(n).map(|r| (r.node, r.source.to_string()));
+        assert_eq!(source(0), Some((node, "127.0.0.1".to_owned())));
+        assert_eq!(source(1), Some((node, "127.0.0.2".to_owned())));
+        assert_eq!(source(2), Some((node, "127.0.0.1".to_owned())));
+        let asked = SourceAddresses::plan(url, 10, Some(3)).await.unwrap();
+        assert_eq!(asked.route(5).unwrap().source.to_string(), "127.0.0.3");
+        assert!(SourceAddresses::plan(url, 45_000, Some(2)).await.is_err());
+        assert!(
+            SourceAddresses::plan("ws://[::1]:3100/ws", 10, Some(2))
+                .await
+                .is_err()
+        );
     }
 
     #[test]

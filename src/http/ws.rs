@@ -53,7 +53,8 @@ use super::ApiState;
 use super::error::ApiError;
 use super::extract::{Caller, authenticate, request_token};
 use crate::actors::notifier::{Notifier, Registration, Topic, Update};
-use crate::config::WebSocketSettings;
+use crate::actors::outbox;
+use crate::config::Settings;
 use crate::domain::{Order, OrderEvent, OrderId, OrderStatus, UserId};
 use crate::service::OrderService;
 use crate::service::Viewer;
@@ -72,7 +73,6 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -80,7 +80,7 @@ use tokio_util::sync::CancellationToken;
 const MAX_CLIENT_FRAME: usize = 4096;
 /// Kept small: an idle session should cost a few kilobytes, and client frames are
 /// tiny. Larger frames grow the buffer while they are read.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 128;
 /// A client that accepts nothing for this long is not keeping up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Closing is a courtesy; a peer that does not take the close frame is dropped.
@@ -291,7 +291,7 @@ pub(crate) async fn handler(
         slot,
         orders: state.app.orders.clone(),
         tracking: state.app.tracking.clone(),
-        limits: Arc::new(state.app.settings.websocket.clone()),
+        settings: state.app.settings.clone(),
     };
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -308,7 +308,8 @@ struct SessionContext {
     slot: SessionSlot,
     orders: OrderService,
     tracking: Tracking,
-    limits: Arc<WebSocketSettings>,
+    /// The node's settings, shared (`websocket` is what a session reads).
+    settings: Arc<Settings>,
 }
 
 /// Why a session ended, and so how it is closed.
@@ -370,7 +371,8 @@ struct Session {
     viewer: Viewer,
     orders: OrderService,
     notifier: Notifier,
-    limits: Arc<WebSocketSettings>,
+    /// The node's settings, shared (`websocket` is what a session reads).
+    settings: Arc<Settings>,
     /// Cancelled by the notifier when the session falls behind, or with the node.
     cut: CancellationToken,
     shutdown: CancellationToken,
@@ -391,13 +393,13 @@ async fn run(socket: WebSocket, context: SessionContext) {
         slot,
         orders,
         tracking,
-        limits,
+        settings,
     } = context;
     let cut = tracking.shutdown.child_token();
     let Some((registration, updates)) =
         tracking
             .notifier
-            .open(viewer.clone(), limits.session_buffer, cut.clone())
+            .open(viewer.clone(), settings.websocket.session_buffer, cut.clone())
     else {
         close(socket, Ending::ShuttingDown).await;
         return;
@@ -408,7 +410,7 @@ async fn run(socket: WebSocket, context: SessionContext) {
         viewer,
         orders,
         notifier: tracking.notifier,
-        limits,
+        settings,
         cut,
         shutdown: tracking.shutdown,
         followed: Vec::new(),
@@ -462,9 +464,9 @@ fn error_frame(code: &str, message: &str, order_id: Option<&str>) -> Value {
 }
 
 impl Session {
-    async fn serve(&mut self, mut updates: mpsc::Receiver<Arc<Update>>) -> Ending {
-        let ping_interval = Duration::from_millis(self.limits.ping_interval_ms);
-        let pong_timeout = Duration::from_millis(self.limits.pong_timeout_ms);
+    async fn serve(&mut self, mut updates: outbox::Receiver<Arc<Update>>) -> Ending {
+        let ping_interval = Duration::from_millis(self.settings.websocket.ping_interval_ms);
+        let pong_timeout = Duration::from_millis(self.settings.websocket.pong_timeout_ms);
         let heartbeat = tokio::time::sleep(ping_interval);
         tokio::pin!(heartbeat);
         let expiry = tokio::time::sleep(self.until_expiry());
@@ -487,7 +489,10 @@ impl Session {
                             awaiting_pong = false;
                             heartbeat.as_mut().reset(Instant::now() + ping_interval);
                         }
-                        self.on_message(message).await
+                        // Boxed, like every path that reads the store: the task of an
+                        // idle session is as large as its largest await state, and
+                        // commands are rare.
+                        Box::pin(self.on_message(message)).await
                     }
                     Some(Err(e)) if is_capacity_error(&e) => Err(Ending::TooBig),
                     Some(Err(_)) | None => Err(Ending::ClientGone),
@@ -786,10 +791,10 @@ impl Session {
             return self.not_found(raw_id).await;
         };
         let already = self.followed.iter().position(|f| f.order_id == order_id);
-        if already.is_none() && self.followed.len() >= self.limits.max_subscriptions {
+        if already.is_none() && self.followed.len() >= self.settings.websocket.max_subscriptions {
             let message = format!(
                 "a session follows at most {} orders; unsubscribe from one first",
-                self.limits.max_subscriptions
+                self.settings.websocket.max_subscriptions
             );
             return self
                 .error("TOO_MANY_SUBSCRIPTIONS", &message, Some(raw_id))
@@ -916,8 +921,7 @@ impl Session {
             return Ok(());
         }
         if update.event.seq > last + 1 {
-            return match self
-                .catch_up(&update.event.order_id, Some(update.event.seq))
+            return match Box::pin(self.catch_up(&update.event.order_id, Some(update.event.seq)))
                 .await
             {
                 Ok(()) => Ok(()),
@@ -939,6 +943,18 @@ impl Session {
         if update.event.seq <= sent {
             return Ok(());
         }
+        if sent + 1 < update.event.seq {
+            Box::pin(self.fill_everything_gap(update, sent)).await?;
+        }
+        self.send_update(update).await?;
+        self.everything_sent
+            .insert(update.event.order_id.clone(), update.event.seq);
+        Ok(())
+    }
+
+    /// Sends the logged updates of `update`'s order between `sent` and `update`
+    /// (a gap in what came through `"*"`).
+    async fn fill_everything_gap(&mut self, update: &Update, sent: u64) -> Result<(), Ending> {
         let mut sent = sent;
         while sent + 1 < update.event.seq {
             let missed = tokio::time::timeout(
@@ -961,9 +977,6 @@ impl Session {
             }
             sent = last.min(update.event.seq - 1);
         }
-        self.send_update(update).await?;
-        self.everything_sent
-            .insert(update.event.order_id.clone(), update.event.seq);
         Ok(())
     }
 
@@ -1068,5 +1081,23 @@ mod tests {
         assert!(update.rendered.get().is_some());
         assert_eq!(shared_frame(&update).unwrap(), first);
         assert_eq!(first, update_frame(&update.event).unwrap());
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    fn future_size<A, B, F, G: Fn(A, B) -> F>(_: &G) -> usize {
+        std::mem::size_of::<F>()
+    }
+    #[test]
+    fn probe_sizes() {
+        eprintln!("PROBE run future {}", future_size(&run));
+        eprintln!("PROBE WebSocket {}", std::mem::size_of::<WebSocket>());
+        eprintln!("PROBE Session {}", std::mem::size_of::<Session>());
+        eprintln!("PROBE SessionContext {}", std::mem::size_of::<SessionContext>());
+        eprintln!("PROBE Sleep {}", std::mem::size_of::<tokio::time::Sleep>());
+        eprintln!("PROBE OrderService {}", std::mem::size_of::<OrderService>());
+        eprintln!("PROBE Viewer {}", std::mem::size_of::<Viewer>());
     }
 }
