@@ -52,7 +52,7 @@
 use super::ApiState;
 use super::error::ApiError;
 use super::extract::{Caller, authenticate, request_token};
-use crate::actors::notifier::{Notifier, Registration, Topic, Update};
+use crate::actors::notifier::{Notifier, Registration, SessionId, Topic, Update};
 use crate::actors::outbox;
 use crate::config::Settings;
 use crate::domain::{Order, OrderEvent, OrderId, OrderStatus, UserId};
@@ -367,7 +367,12 @@ struct Followed {
 
 struct Session {
     socket: WebSocket,
-    registration: Registration,
+    /// The notifier's id of the session.
+    id: SessionId,
+    /// The session's registration with the notifier and its place among its
+    /// account's sessions, given back (taken) before the closing handshake.
+    place: Option<(Registration, SessionSlot)>,
+    updates: outbox::Receiver<Arc<Update>>,
     viewer: Viewer,
     orders: OrderService,
     notifier: Notifier,
@@ -385,64 +390,30 @@ struct Session {
     everything_sent: std::collections::HashMap<OrderId, u64>,
 }
 
-async fn run(socket: WebSocket, context: SessionContext) {
-    let SessionContext {
-        viewer,
-        expires_at,
-        sessions,
-        slot,
-        orders,
-        tracking,
-        settings,
-    } = context;
-    let cut = tracking.shutdown.child_token();
-    let Some((registration, updates)) =
-        tracking
-            .notifier
-            .open(viewer.clone(), settings.websocket.session_buffer, cut.clone())
-    else {
-        close(socket, Ending::ShuttingDown).await;
-        return;
-    };
-    let mut session = Session {
-        socket,
-        registration,
-        viewer,
-        orders,
-        notifier: tracking.notifier,
-        settings,
-        cut,
-        shutdown: tracking.shutdown,
-        followed: Vec::new(),
-        everything: false,
-        expires_at,
-        sessions,
-        everything_sent: std::collections::HashMap::new(),
-    };
-    let ending = session.serve(updates).await;
-    tracing::debug!(
-        session = session.registration.id,
-        ?ending,
-        "WebSocket session ended"
-    );
-    // Unregister before the (possibly slow) close.
-    let Session {
-        socket,
-        registration,
-        ..
-    } = session;
-    drop(registration);
-    drop(slot);
-    close(socket, ending).await;
+/// A session from the upgrade to the close.
+///
+/// Not an `async fn` of the socket and the context: a future keeps every value it
+/// was called with for as long as it lives, so the socket and everything the session
+/// took from the context would be held twice for the session's whole life. Built
+/// here, the session is the only thing the future holds (and works on by reference,
+/// for the same reason).
+fn run(socket: WebSocket, context: SessionContext) -> impl Future<Output = ()> + Send {
+    let mut opened = Session::open(socket, context);
+    async move {
+        match &mut opened {
+            Ok(session) => session.live().await,
+            Err(socket) => close(socket, Ending::ShuttingDown).await,
+        }
+    }
 }
 
-async fn close(mut socket: WebSocket, ending: Ending) {
+async fn close(socket: &mut WebSocket, ending: Ending) {
     if let Some(frame) = ending.close_frame() {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
     } else if ending == Ending::ClientClosed {
         // tungstenite answers a client's close frame with its echo, but only writes
         // it on the next flush: without this, the client sees an abnormal close (1006).
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures::SinkExt::flush(&mut socket)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures::SinkExt::flush(socket)).await;
     }
 }
 
@@ -464,7 +435,54 @@ fn error_frame(code: &str, message: &str, order_id: Option<&str>) -> Value {
 }
 
 impl Session {
-    async fn serve(&mut self, mut updates: outbox::Receiver<Arc<Update>>) -> Ending {
+    /// Registers the session with the notifier; gives the socket back if the
+    /// notifier is gone (the node is shutting down).
+    fn open(socket: WebSocket, context: SessionContext) -> Result<Self, WebSocket> {
+        let SessionContext {
+            viewer,
+            expires_at,
+            sessions,
+            slot,
+            orders,
+            tracking,
+            settings,
+        } = context;
+        let cut = tracking.shutdown.child_token();
+        let Some((registration, updates)) =
+            tracking
+                .notifier
+                .open(viewer.clone(), settings.websocket.session_buffer, cut.clone())
+        else {
+            return Err(socket);
+        };
+        Ok(Self {
+            socket,
+            id: registration.id,
+            place: Some((registration, slot)),
+            updates,
+            viewer,
+            orders,
+            notifier: tracking.notifier,
+            settings,
+            cut,
+            shutdown: tracking.shutdown,
+            followed: Vec::new(),
+            everything: false,
+            expires_at,
+            sessions,
+            everything_sent: std::collections::HashMap::new(),
+        })
+    }
+
+    async fn live(&mut self) {
+        let ending = self.serve().await;
+        tracing::debug!(session = self.id, ?ending, "WebSocket session ended");
+        // Unregister before the (possibly slow) close.
+        self.place = None;
+        close(&mut self.socket, ending).await;
+    }
+
+    async fn serve(&mut self) -> Ending {
         let ping_interval = Duration::from_millis(self.settings.websocket.ping_interval_ms);
         let pong_timeout = Duration::from_millis(self.settings.websocket.pong_timeout_ms);
         let heartbeat = tokio::time::sleep(ping_interval);
@@ -478,7 +496,7 @@ impl Session {
             // reading the client's pongs.
             let step = tokio::select! {
                 _ = self.cut.cancelled() => Err(self.cut_reason()),
-                update = updates.recv() => match update {
+                update = self.updates.recv() => match update {
                     Some(update) => self.forward(&update).await,
                     // The notifier let go of the session without cutting it: it is gone.
                     None => Err(Ending::ShuttingDown),
@@ -694,7 +712,7 @@ impl Session {
         if !self.everything {
             self.everything = true;
             self.notifier
-                .follow(self.registration.id, Topic::Everything);
+                .follow(self.id, Topic::Everything);
         }
         self.send_json(&json!({"type": "subscribed", "orderId": "*"}))
             .await?;
@@ -820,7 +838,7 @@ impl Session {
             Some(index) => self.followed[index].last = start,
             None => {
                 self.notifier
-                    .follow(self.registration.id, Topic::Order(order_id.clone()));
+                    .follow(self.id, Topic::Order(order_id.clone()));
                 self.followed.push(Followed {
                     order_id: order_id.clone(),
                     last: start,
@@ -855,7 +873,7 @@ impl Session {
         if raw_id == "*" {
             if std::mem::take(&mut self.everything) {
                 self.notifier
-                    .unfollow(self.registration.id, Topic::Everything);
+                    .unfollow(self.id, Topic::Everything);
             }
             self.everything_sent.clear();
         } else if let Some(order_id) = OrderId::parse(raw_id) {
@@ -870,7 +888,7 @@ impl Session {
         self.followed.retain(|f| f.order_id != *order_id);
         if self.followed.len() != before {
             self.notifier
-                .unfollow(self.registration.id, Topic::Order(order_id.clone()));
+                .unfollow(self.id, Topic::Order(order_id.clone()));
         }
     }
 
