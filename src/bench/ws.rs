@@ -48,6 +48,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// A client session reads frames of a few hundred bytes: small buffers keep
 /// thousands of them cheap for the bench process.
 const CLIENT_READ_BUFFER: usize = 4096;
+/// Registering hashes passwords on the node's blocking threads, and the allocator
+/// gets that memory back when those threads exit, 10 s after their last job: the
+/// memory without sessions is read once they have.
+const AFTER_REGISTRATION: Duration = Duration::from_secs(12);
 /// Updates of one order on its way to READY_FOR_DELIVERY.
 pub(crate) const UPDATES_PER_JOURNEY: u64 = 5;
 const ORDER_BODY: &str = r#"{"pickupLocation":{"lat":40.7128,"lng":-74.0060,"address":"123 Main St"},"deliveryAddress":{"lat":40.7589,"lng":-73.9851,"address":"456 Oak Ave"},"packageDetails":{"weight":5.5,"description":"Electronics","fragile":true}}"#;
@@ -244,6 +248,10 @@ pub(crate) async fn bench(
             .into_iter()
             .map(|token| Account { token })
             .collect();
+    if memory_source.is_some() {
+        let secs = AFTER_REGISTRATION.as_secs().max(args.idle_secs);
+        settle(secs, &shutdown).await?;
+    }
     let before = read_memory(memory_source, &http, &base).await;
 
     let mut fleet = Fleet {
@@ -345,8 +353,8 @@ async fn read_memory(
     source?.read(http, base).await
 }
 
-/// Leaves the node alone for a while, so that what it allocated for the new sessions
-/// has settled before its memory is read.
+/// Leaves the node alone for a while, so that what it allocated (for registrations,
+/// for new sessions) has settled before its memory is read.
 async fn settle(secs: u64, shutdown: &CancellationToken) -> anyhow::Result<()> {
     tokio::select! {
         _ = shutdown.cancelled() => bail!("bench interrupted"),
