@@ -497,7 +497,12 @@ impl Session {
             let step = tokio::select! {
                 _ = self.cut.cancelled() => Err(self.cut_reason()),
                 update = self.updates.recv() => match update {
-                    Some(update) => self.forward(&update).await,
+                    // Every await below is boxed: the task of a session is as large
+                    // as its largest await state, held for as long as the session
+                    // lives, and most sessions are idle most of the time. A box per
+                    // frame is far cheaper than the bytes every idle session would
+                    // hold for it.
+                    Some(update) => Box::pin(self.forward(&update)).await,
                     // The notifier let go of the session without cutting it: it is gone.
                     None => Err(Ending::ShuttingDown),
                 },
@@ -507,9 +512,6 @@ impl Session {
                             awaiting_pong = false;
                             heartbeat.as_mut().reset(Instant::now() + ping_interval);
                         }
-                        // Boxed, like every path that reads the store: the task of an
-                        // idle session is as large as its largest await state, and
-                        // commands are rare.
                         Box::pin(self.on_message(message)).await
                     }
                     Some(Err(e)) if is_capacity_error(&e) => Err(Ending::TooBig),
@@ -522,7 +524,7 @@ impl Session {
                     } else {
                         awaiting_pong = true;
                         heartbeat.as_mut().reset(Instant::now() + pong_timeout);
-                        self.send(Message::Ping(Bytes::new())).await
+                        Box::pin(self.send(Message::Ping(Bytes::new()))).await
                     }
                 }
             };
@@ -1102,20 +1104,3 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-mod size_probe {
-    use super::*;
-    fn future_size<A, B, F, G: Fn(A, B) -> F>(_: &G) -> usize {
-        std::mem::size_of::<F>()
-    }
-    #[test]
-    fn probe_sizes() {
-        eprintln!("PROBE run future {}", future_size(&run));
-        eprintln!("PROBE WebSocket {}", std::mem::size_of::<WebSocket>());
-        eprintln!("PROBE Session {}", std::mem::size_of::<Session>());
-        eprintln!("PROBE SessionContext {}", std::mem::size_of::<SessionContext>());
-        eprintln!("PROBE Sleep {}", std::mem::size_of::<tokio::time::Sleep>());
-        eprintln!("PROBE OrderService {}", std::mem::size_of::<OrderService>());
-        eprintln!("PROBE Viewer {}", std::mem::size_of::<Viewer>());
-    }
-}
