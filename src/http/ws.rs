@@ -1103,4 +1103,3 @@ mod tests {
         assert_eq!(first, update_frame(&update.event).unwrap());
     }
 }
-
