@@ -202,9 +202,8 @@ impl Serialize for SystemSections {
 impl<'de> Deserialize<'de> for SystemSections {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let mut sections = std::collections::HashMap::<String, SystemSettings>::deserialize(
-            deserializer,
-        )?;
+        let mut sections =
+            std::collections::HashMap::<String, SystemSettings>::deserialize(deserializer)?;
         if let Some(unknown) = sections.keys().find(|k| System::parse(k).is_none()) {
             return Err(D::Error::custom(format!(
                 "unknown section `{unknown}` (the back-office systems are {})",
@@ -287,11 +286,7 @@ impl SimulatorSettings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let named = |key: &str| {
-            key.strip_suffix("_bind")
-                .and_then(System::parse)
-                .is_some()
-        };
+        let named = |key: &str| key.strip_suffix("_bind").and_then(System::parse).is_some();
         if let Some(unknown) = self.binds.keys().find(|k| !named(k)) {
             return Err(ConfigError::Invalid(format!(
                 "unknown setting simulators.{unknown}"

@@ -189,7 +189,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         format!("  node: {}", runtime.context.node_id),
     ];
-    banner.push(format!("  systems: {}", runtime.system_targets().join(" | ")));
+    banner.push(format!(
+        "  systems: {}",
+        runtime.system_targets().join(" | ")
+    ));
     if let Some(sims) = &runtime.simulators {
         banner.push(format!("  simulator control API: {}", sims.control_addr));
     }

@@ -51,7 +51,9 @@ pub(crate) fn catalogue_event(event: &OrderEvent) -> CatalogueEvent {
         (_, Some(system)) => {
             let spec = system.spec();
             for (key, path) in spec.success_fields {
-                let field = path.iter().try_fold(&event.data, |value, name| value.get(name));
+                let field = path
+                    .iter()
+                    .try_fold(&event.data, |value, name| value.get(name));
                 data.insert((*key).into(), field.cloned().unwrap_or(Value::Null));
             }
             (spec.success_event.to_owned(), spec.success_event)

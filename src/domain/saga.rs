@@ -98,7 +98,10 @@ impl System {
                     "wms.release",
                     "the reserved stock could not be released",
                 ),
-                reaches: (OrderStatus::InventoryReserved, "Inventory reserved successfully"),
+                reaches: (
+                    OrderStatus::InventoryReserved,
+                    "Inventory reserved successfully",
+                ),
                 view: ("WMS_REGISTRATION", "Inventory Reservation"),
                 success_event: "wms.success",
                 success_fields: &[
@@ -691,8 +694,14 @@ mod tests {
             d.order.failure_reason.as_deref(),
             Some("no route could be planned for the delivery")
         );
-        assert_eq!(d.order.integration_status.get(System::Wms), StepState::Compensated);
-        assert_eq!(d.order.integration_status.get(System::Ros), StepState::Refused);
+        assert_eq!(
+            d.order.integration_status.get(System::Wms),
+            StepState::Compensated
+        );
+        assert_eq!(
+            d.order.integration_status.get(System::Ros),
+            StepState::Refused
+        );
     }
 
     #[test]

@@ -195,7 +195,12 @@ mod tests {
     fn every_system_has_exactly_one_registration() {
         for system in System::ALL {
             let registered = BACK_OFFICE.iter().filter(|b| b.system() == system).count();
-            assert_eq!(registered, 1, "{} has {registered} registrations", system.as_str());
+            assert_eq!(
+                registered,
+                1,
+                "{} has {registered} registrations",
+                system.as_str()
+            );
         }
         assert_eq!(BACK_OFFICE.len(), System::ALL.len());
         let labels: HashSet<_> = BACK_OFFICE.iter().map(|b| b.label()).collect();

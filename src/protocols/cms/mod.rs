@@ -15,9 +15,7 @@ mod simulator;
 pub use client::{CmsClient, CmsClientError, CmsTarget};
 pub use simulator::CmsSimulator;
 
-use super::{
-    BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at,
-};
+use super::{BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at};
 use crate::domain::System;
 use crate::protocols::simulator::KnobSettings;
 use async_trait::async_trait;

@@ -11,9 +11,7 @@ pub(crate) mod simulator;
 pub use client::RosClient;
 pub use simulator::RosSimulator;
 
-use super::{
-    BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at,
-};
+use super::{BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at};
 use crate::domain::{Location, OrderId, Route, System, Waypoint};
 use crate::protocols::simulator::KnobSettings;
 use async_trait::async_trait;

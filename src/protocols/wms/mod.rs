@@ -12,9 +12,7 @@ pub use client::WmsClient;
 pub use codec::{LineError, MAX_LINE, Reply, Request};
 pub use simulator::WmsSimulator;
 
-use super::{
-    BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at,
-};
+use super::{BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at};
 use crate::domain::System;
 use crate::protocols::simulator::KnobSettings;
 use async_trait::async_trait;
@@ -75,7 +73,11 @@ impl BackOffice for Registration {
     ) -> anyhow::Result<Arc<dyn SystemClient>> {
         let settings = WmsSettings::read(settings).map_err(anyhow::Error::msg)?;
         let addr = settings.addr().to_owned();
-        Ok(Arc::new(WmsClient::new(addr, settings.connections, timeout)))
+        Ok(Arc::new(WmsClient::new(
+            addr,
+            settings.connections,
+            timeout,
+        )))
     }
 
     fn target(&self, settings: &ProtocolSettings) -> String {
