@@ -624,4 +624,24 @@ mod tests {
             "{id}"
         );
     }
+
+    #[test]
+    fn each_system_has_a_section_of_its_own() {
+        let s = Settings::defaults_with(json!({"wms": {"timeout_ms": 7, "addr": "10.0.0.1:9"}}))
+            .unwrap();
+        assert_eq!(s.call_limits(System::Wms).timeout_ms, 7);
+        assert_eq!(s.call_limits(System::Cms).timeout_ms, 5000);
+        assert_eq!(s.system(System::Wms).protocol["addr"], "10.0.0.1:9");
+        assert_eq!(s.simulators.bind(System::Ros), "127.0.0.1:4001");
+        for refused in [
+            json!({"erp": {"timeout_ms": 1, "concurrency": 1}}),
+            json!({"cms": {"adress": "x"}}),
+            json!({"wms": {"connections": 0}}),
+            json!({"cms": {"wsdl_reread_secs": 0}}),
+            json!({"ros": {"concurrency": 0}}),
+            json!({"simulators": {"erp_bind": "127.0.0.1:0"}}),
+        ] {
+            assert!(Settings::defaults_with(&refused).is_err(), "{refused}");
+        }
+    }
 }

@@ -609,4 +609,25 @@ mod tests {
     fn rejects_non_objects() {
         assert_eq!(fields(NewOrder::parse(&json!([1])).unwrap_err()), ["body"]);
     }
+
+    #[test]
+    fn integration_status_keeps_the_seeds_shape() {
+        let mut states = IntegrationStatus::default();
+        states.set(System::Wms, StepState::Completed);
+        let wire = serde_json::to_string(&states).unwrap();
+        assert_eq!(
+            wire,
+            r#"{"cms":"PENDING","wms":"COMPLETED","ros":"PENDING"}"#
+        );
+        let read: IntegrationStatus = serde_json::from_str(&wire).unwrap();
+        assert_eq!(read, states);
+        let other_keys = r#"{"ros":"FAILED","extra":1,"wms":"PENDING","cms":"COMPLETED"}"#;
+        let read: IntegrationStatus = serde_json::from_str(other_keys).unwrap();
+        assert_eq!(read.get(System::Ros), StepState::Failed);
+        assert_eq!(read.get(System::Cms), StepState::Completed);
+        let error =
+            serde_json::from_str::<IntegrationStatus>(r#"{"cms":"PENDING","wms":"PENDING"}"#)
+                .unwrap_err();
+        assert!(error.to_string().contains("missing field `ros`"), "{error}");
+    }
 }

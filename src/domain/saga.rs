@@ -935,4 +935,25 @@ mod tests {
             ));
         }
     }
+
+    #[test]
+    fn each_system_declares_one_step_of_its_own() {
+        let mut names = std::collections::HashSet::new();
+        let mut statuses = std::collections::HashSet::new();
+        for system in System::ALL {
+            let spec = system.spec();
+            assert!(names.insert(spec.name), "{} twice", spec.name);
+            assert!(statuses.insert(spec.reaches.0), "{} twice", spec.reaches.0);
+            assert_eq!(System::parse(spec.name), Some(system));
+            assert_eq!(serde_json::to_value(system).unwrap(), spec.name);
+            let (forward, compensation) = (spec.forward.0, spec.compensation.0);
+            assert_eq!((forward.system(), compensation.system()), (system, system));
+            assert!(!forward.is_compensation() && compensation.is_compensation());
+            assert_eq!(forward.name(), spec.forward.1);
+            assert_eq!(compensation.name(), spec.compensation.1);
+            assert_eq!(System::reaching(spec.reaches.0), Some(system));
+            assert!(spec.reaches.0.is_processing());
+        }
+        assert_eq!(System::names(), "cms, wms or ros");
+    }
 }
