@@ -91,6 +91,21 @@ pub(crate) struct Simulation {
     pub(crate) serving: BoxFuture<'static, std::io::Result<()>>,
 }
 
+impl Simulation {
+    /// `simulator`, served by `serve`.
+    fn of<S, F>(simulator: S, serve: impl FnOnce(Arc<S>) -> F) -> Self
+    where
+        S: ControlledSimulator,
+        F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let simulator = Arc::new(simulator);
+        Self {
+            controls: simulator.clone(),
+            serving: Box::pin(serve(simulator)),
+        }
+    }
+}
+
 /// `stand_in` of a system whose address is the one key `key`.
 pub(crate) fn stand_in_at(settings: &mut ProtocolSettings, key: &str, address: &str) -> bool {
     let configured = settings.get(key).is_some_and(|v| !v.is_null());

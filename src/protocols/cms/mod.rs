@@ -108,11 +108,8 @@ impl BackOffice for Registration {
     }
 
     fn simulate(&self, listener: TcpListener, shutdown: CancellationToken) -> Simulation {
-        let simulator = Arc::new(CmsSimulator::new(KnobSettings::default()));
-        Simulation {
-            controls: simulator.clone(),
-            serving: Box::pin(simulator.serve(listener, shutdown)),
-        }
+        let simulator = CmsSimulator::new(KnobSettings::default());
+        Simulation::of(simulator, |s| s.serve(listener, shutdown))
     }
 
     fn simulator_address(&self, listening: SocketAddr) -> String {

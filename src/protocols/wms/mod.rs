@@ -89,11 +89,8 @@ impl BackOffice for Registration {
     }
 
     fn simulate(&self, listener: TcpListener, shutdown: CancellationToken) -> Simulation {
-        let simulator = Arc::new(WmsSimulator::new(KnobSettings::default()));
-        Simulation {
-            controls: simulator.clone(),
-            serving: Box::pin(simulator.serve(listener, shutdown)),
-        }
+        let simulator = WmsSimulator::new(KnobSettings::default());
+        Simulation::of(simulator, |s| s.serve(listener, shutdown))
     }
 
     fn simulator_address(&self, listening: SocketAddr) -> String {
