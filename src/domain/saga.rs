@@ -55,9 +55,9 @@ pub(crate) struct StepSpec {
     refusal: &'static str,
     /// What the customer reads when the retry budget ran out without an answer.
     no_answer: &'static str,
-    /// Whether a forward call whose outcome we never learned may have changed the
-    /// remote system (customer validation only reads).
-    uncertain_call_may_have_effect: bool,
+    /// Whether its forward call changes the remote system (customer validation only
+    /// reads), so that one whose outcome we never learned must be undone.
+    pub(crate) forward_has_effect: bool,
 }
 
 impl System {
@@ -88,7 +88,7 @@ impl System {
                 success_fields: &[("customerData", &["customerData"])],
                 refusal: "the customer could not be validated",
                 no_answer: "the customer records system did not answer in time",
-                uncertain_call_may_have_effect: false,
+                forward_has_effect: false,
             },
             Self::Wms => &StepSpec {
                 name: "wms",
@@ -111,7 +111,7 @@ impl System {
                 ],
                 refusal: "the warehouse has no stock for the package",
                 no_answer: "the warehouse did not answer in time",
-                uncertain_call_may_have_effect: true,
+                forward_has_effect: true,
             },
             Self::Ros => &StepSpec {
                 name: "ros",
@@ -132,7 +132,7 @@ impl System {
                 ],
                 refusal: "no route could be planned for the delivery",
                 no_answer: "the route service did not answer in time",
-                uncertain_call_may_have_effect: true,
+                forward_has_effect: true,
             },
         }
     }
@@ -177,7 +177,7 @@ impl System {
     }
 
     fn uncertain_call_may_have_effect(self) -> bool {
-        self.spec().uncertain_call_may_have_effect
+        self.spec().forward_has_effect
     }
 }
 
