@@ -202,8 +202,10 @@ impl Serialize for SystemSections {
 impl<'de> Deserialize<'de> for SystemSections {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
+        // Read loosely first, so that a section naming no system (a misspelt one)
+        // is reported by its name rather than by the keys a system's would need.
         let mut sections =
-            std::collections::HashMap::<String, SystemSettings>::deserialize(deserializer)?;
+            std::collections::HashMap::<String, serde_json::Value>::deserialize(deserializer)?;
         if let Some(unknown) = sections.keys().find(|k| System::parse(k).is_none()) {
             return Err(D::Error::custom(format!(
                 "unknown section `{unknown}` (the back-office systems are {})",
@@ -213,9 +215,12 @@ impl<'de> Deserialize<'de> for SystemSections {
         System::ALL
             .into_iter()
             .map(|system| {
-                sections
-                    .remove(system.as_str())
-                    .ok_or_else(|| D::Error::missing_field(system.as_str()))
+                let name = system.as_str();
+                let section = sections
+                    .remove(name)
+                    .ok_or_else(|| D::Error::missing_field(name))?;
+                serde_json::from_value(section)
+                    .map_err(|e| D::Error::custom(format!("[{name}]: {e}")))
             })
             .collect::<Result<_, _>>()
             .map(Self)
