@@ -5,8 +5,8 @@
 //! `{"type", "data", "timestamp"}`: RECEIVED gives `ORDER_CREATED`, each
 //! back-office success its step's event (`cms.success`, `wms.success`,
 //! `ros.success`: `StepSpec::success_event`), and every other status change a
-//! generic `order.update`. docs/asyncapi.yaml describes
-//! the same catalogue for consumers.
+//! generic `order.update`. docs/asyncapi.yaml describes the same catalogue for
+//! consumers.
 
 use crate::domain::{OrderEvent, OrderStatus, System};
 use chrono::SecondsFormat;

@@ -86,7 +86,7 @@ pub(crate) enum StepProgress {
     Compensated,
 }
 
-/// Seed 001's view of progress: every system's step with their state and the time each
+/// Seed 001's view of progress: each system's step with its state and the time it
 /// settled, taken from the event log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
