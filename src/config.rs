@@ -248,6 +248,9 @@ pub(crate) struct SagaSettings {
 pub(crate) struct OrderSettings {
     pub(crate) max_in_flight: usize,
     pub(crate) passivate_after_secs: u64,
+    /// Actors of orders waiting on nobody kept in memory at most; beyond it the
+    /// longest at rest are passivated before `passivate_after_secs`.
+    pub(crate) max_idle_actors: usize,
     pub(crate) resume_sweep_secs: u64,
 }
 

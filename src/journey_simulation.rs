@@ -178,6 +178,8 @@ struct Actor {
 struct Sim {
     seed: u64,
     rng: StdRng,
+    /// The router's choices, apart so that they leave the faults' sequence as it is.
+    router_rng: StdRng,
     now: Micros,
     queue: BinaryHeap<Reverse<(Micros, u64)>>,
     items: BTreeMap<u64, Item>,
@@ -199,6 +201,7 @@ impl Sim {
         Self {
             seed,
             rng: StdRng::seed_from_u64(seed),
+            router_rng: StdRng::seed_from_u64(!seed),
             now: 0,
             queue: BinaryHeap::new(),
             items: BTreeMap::new(),
@@ -534,7 +537,10 @@ impl Sim {
                 self.actors.get_mut(order_id)?.held.clear();
                 None
             }
-            Effect::Passivate { received } => {
+            // The router passivates some resting actors early (as when more rest
+            // than it keeps), others wait for their idle check.
+            Effect::Rest { .. } if !self.router_rng.random_bool(0.3) => None,
+            Effect::Passivate { received } | Effect::Rest { received } => {
                 let actor = &self.actors[order_id];
                 if actor.routed == received {
                     assert!(
