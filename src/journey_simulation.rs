@@ -20,7 +20,7 @@
 use crate::bus::{StepReply, StepRequest};
 use crate::domain::fixtures::{now, received, success};
 use crate::domain::runner::{Effect, Event, Runner, RunnerPolicy, Timer};
-use crate::domain::saga::{self, Operation, OperationOutcome, SagaInput, StepState, System};
+use crate::domain::saga::{self, OperationOutcome, SagaInput, StepState, System};
 use crate::domain::{Order, OrderEvent, OrderId, OrderStatus, UserId};
 use crate::service::{KeptChanging, OrderWrites, commit_with_retry};
 use crate::store::StoreError;
@@ -621,7 +621,7 @@ impl Sim {
         } else {
             let outcome = success(operation);
             // Customer validation only reads: no effect to count.
-            if operation.system() != System::Cms {
+            if operation.system().spec().forward_has_effect {
                 let previous = self.systems.effects.insert(key.clone(), outcome.clone());
                 assert!(
                     previous.is_none(),
@@ -681,8 +681,11 @@ impl Sim {
             let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
             let expected: Vec<u64> = (2..=order.seq).collect();
             assert_eq!(seqs, expected, "seed {seed}: event log of {id}");
-            for operation in [Operation::ReserveInventory, Operation::OptimizeRoute] {
-                let system = operation.system();
+            let effects = System::ALL
+                .into_iter()
+                .filter(|s| s.spec().forward_has_effect);
+            for system in effects {
+                let operation = system.spec().forward.0;
                 let key = operation.idempotency_key(id);
                 let effect = self.systems.effects.contains_key(&key);
                 let undone = self.systems.undone.contains(&(id.clone(), system.as_str()));

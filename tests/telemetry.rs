@@ -181,12 +181,11 @@ async fn mailboxes_show_depth_rate_and_wait_per_family() {
 
 #[tokio::test]
 async fn one_orders_actor_can_be_looked_up() {
-    use swiftlogistics::protocols::simulator::ControlledSimulator;
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let (client, _) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.ros.knobs().update(|k| k.outage = true);
+    sims[System::Ros].knobs().update(|k| k.outage = true);
     let order_id = app.place(&client).await;
     let path = format!("/api/telemetry/orders/{order_id}");
     let (status, _) = get(&app, &client, &path).await;
@@ -217,7 +216,7 @@ async fn one_orders_actor_can_be_looked_up() {
     );
     assert!(actor["nextTimer"]["dueAt"].is_string(), "{actor}");
 
-    sims.ros.knobs().update(|k| k.outage = false);
+    sims[System::Ros].knobs().update(|k| k.outage = false);
     app.wait_for_status(&client, &order_id, "READY_FOR_DELIVERY", WAIT)
         .await;
     let idle = periodic_check(
