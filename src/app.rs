@@ -17,12 +17,9 @@ use crate::bus::OrderActorLocation;
 use crate::bus::amqp::AmqpBus;
 use crate::bus::local::LocalBus;
 use crate::bus::{ClusterMessage, SharedBus};
-use crate::config::{BusKind, DEFAULT_ROS_URL, DEFAULT_WMS_ADDR, Settings, StoreKind};
+use crate::config::{BusKind, Settings, StoreKind};
 use crate::domain::{Email, OrderId, Role, System};
-use crate::protocols::SystemClient;
-use crate::protocols::cms::{CmsClient, CmsTarget};
-use crate::protocols::ros::RosClient;
-use crate::protocols::wms::WmsClient;
+use crate::protocols::{self, SystemClient};
 use crate::service::{Admission, OrderService};
 use crate::simulators::{self, RunningSimulators};
 use crate::store::SharedStore;
@@ -133,40 +130,19 @@ async fn open_bus(settings: &Settings, queue_owner: &str) -> anyhow::Result<Shar
     }
 }
 
+/// A client of every system, built by its protocol module from its section.
 async fn clients(settings: &Settings) -> anyhow::Result<Vec<(System, Arc<dyn SystemClient>)>> {
-    let ms = Duration::from_millis;
-    let cms = CmsTarget {
-        wsdl: settings.cms.wsdl(),
-        url: settings.cms.url.clone(),
-        fallback_url: settings.cms.url().to_owned(),
-        reread_every: Duration::from_secs(settings.cms.wsdl_reread_secs),
-    };
-    Ok(vec![
-        (
-            System::Cms,
-            Arc::new(CmsClient::from_wsdl(cms, ms(settings.cms.timeout_ms)).await?)
-                as Arc<dyn SystemClient>,
-        ),
-        (
-            System::Wms,
-            Arc::new(WmsClient::new(
-                settings
-                    .wms
-                    .addr
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_WMS_ADDR.into()),
-                settings.wms.connections,
-                ms(settings.wms.timeout_ms),
-            )),
-        ),
-        (
-            System::Ros,
-            Arc::new(RosClient::new(
-                settings.ros.url.as_deref().unwrap_or(DEFAULT_ROS_URL),
-                ms(settings.ros.timeout_ms),
-            )?),
-        ),
-    ])
+    let mut clients = Vec::new();
+    for system in System::ALL {
+        let back_office = protocols::back_office(system)
+            .with_context(|| format!("no protocol module is registered for {}", system.as_str()))?;
+        let timeout = Duration::from_millis(settings.call_limits(system).timeout_ms);
+        let client = back_office
+            .client(&settings.system(system).protocol, timeout)
+            .await?;
+        clients.push((system, client));
+    }
+    Ok(clients)
 }
 
 pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
@@ -329,6 +305,27 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
 impl Runtime {
     pub fn base_url(&self) -> String {
         format!("http://{}", self.http_addr)
+    }
+
+    /// Where each system is called, as the start-up banner shows it:
+    /// `CMS SOAP <address>`, with `(simulated)` where a simulator stands in.
+    pub fn system_targets(&self) -> Vec<String> {
+        protocols::BACK_OFFICE
+            .iter()
+            .map(|back_office| {
+                let system = back_office.system();
+                let simulated = self
+                    .simulators
+                    .as_ref()
+                    .filter(|s| s.standing_in.contains(&system))
+                    .and_then(|s| s.address(system));
+                let shown = match simulated {
+                    Some(address) => format!("{address} (simulated)"),
+                    None => back_office.target(&self.settings.system(system).protocol),
+                };
+                format!("{} {shown}", back_office.label())
+            })
+            .collect()
     }
 
     pub fn control(&self) -> Control {

@@ -34,8 +34,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// Hashes computed at once for logins; each holds about 19 MiB while it runs.
-const LOGIN_HASHES: usize = 6;
+/// Most hashes computed at once for logins; each holds about 19 MiB while it runs.
+/// Fewer run where there are fewer cores: hashing is CPU-bound, so more hashes than
+/// cores only take longer each and add 19 MiB apiece to the node's peak memory
+/// (six at once took a 2-core node from 65 to 193 MiB).
+const MAX_LOGIN_HASHES: usize = 6;
 /// Hashes computed at once for registrations (and bootstrap accounts): few, so a
 /// registration flood queues behind itself and leaves the cores to logins.
 const REGISTRATION_HASHES: usize = 1;
@@ -43,7 +46,7 @@ const GENERATED_PASSWORD_LEN: usize = 20;
 /// Cached session checks kept before the cache is emptied (bounded memory).
 const MAX_CACHED_SESSIONS: usize = 100_000;
 
-static LOGIN_SLOTS: Semaphore = Semaphore::const_new(LOGIN_HASHES);
+static LOGIN_SLOTS: OnceLock<Semaphore> = OnceLock::new();
 static REGISTRATION_SLOTS: Semaphore = Semaphore::const_new(REGISTRATION_HASHES);
 /// A hash of a random password, verified when a login names no account so that an
 /// unknown e-mail costs as much as a wrong password.
@@ -460,10 +463,17 @@ pub(crate) enum HashingClass {
 impl HashingClass {
     fn slots(self) -> &'static Semaphore {
         match self {
-            Self::Login => &LOGIN_SLOTS,
+            Self::Login => LOGIN_SLOTS.get_or_init(|| Semaphore::new(login_hashes())),
             Self::Registration => &REGISTRATION_SLOTS,
         }
     }
+}
+
+/// Login hashes computed at once: one per core, at most [`MAX_LOGIN_HASHES`].
+fn login_hashes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_LOGIN_HASHES)
 }
 
 fn hash_blocking(password: &str) -> Result<String, AuthError> {

@@ -23,17 +23,18 @@ const KNOWN_JWT_SECRETS: [&str; 6] = [
 /// would be 64; 32 bytes is the floor that `openssl rand -hex 16` still meets).
 const MIN_EXPOSED_SECRET_LEN: usize = 32;
 
+/// Unknown sections are refused all the same: every section not named here must be
+/// a back-office system's (`systems`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub profile: Profile,
     pub http: HttpSettings,
     pub auth: AuthSettings,
     pub store: StoreSettings,
     pub bus: BusSettings,
-    pub cms: CmsSettings,
-    pub ros: HttpSystemSettings,
-    pub wms: WmsSettings,
+    /// Each back-office system's section (`[cms]`, `[wms]`, `[ros]`).
+    #[serde(flatten)]
+    pub(crate) systems: SystemSections,
     pub(crate) circuit: CircuitSettings,
     pub(crate) saga: SagaSettings,
     pub(crate) orders: OrderSettings,
@@ -132,11 +133,6 @@ pub struct BusSettings {
     pub(crate) quorum_initial_group_size: u32,
 }
 
-/// Where each system is when nothing says otherwise (seed 000 section 11's ports).
-pub(crate) const DEFAULT_CMS_URL: &str = "http://127.0.0.1:4000/cms";
-pub const DEFAULT_ROS_URL: &str = "http://127.0.0.1:4001";
-pub const DEFAULT_WMS_ADDR: &str = "127.0.0.1:4002";
-
 /// How a back-office system may be called, whichever its protocol: each call's bound
 /// and how many calls may be in flight at once (`timeout_ms`, `concurrency` of its
 /// section).
@@ -147,65 +143,88 @@ pub(crate) struct CallLimits {
 }
 
 impl Settings {
-    /// The call limits of `system`'s section: the one place that maps a system to
-    /// its settings for the adapter and the checks below.
+    /// The section of `system`.
+    pub(crate) fn system(&self, system: System) -> &SystemSettings {
+        self.systems.get(system)
+    }
+
+    /// The call limits of `system`'s section, for the adapter and the checks below.
     pub(crate) fn call_limits(&self, system: System) -> CallLimits {
-        let (timeout_ms, concurrency) = match system {
-            System::Cms => (self.cms.timeout_ms, self.cms.concurrency),
-            System::Wms => (self.wms.timeout_ms, self.wms.concurrency),
-            System::Ros => (self.ros.timeout_ms, self.ros.concurrency),
-        };
+        let section = self.system(system);
         CallLimits {
-            timeout_ms,
-            concurrency,
+            timeout_ms: section.timeout_ms,
+            concurrency: section.concurrency,
         }
     }
 }
 
-/// A system's address is optional: unset, an enabled simulator stands in for the
-/// system, else the default address is used; set, it is used whatever else is on.
+/// One back-office system's section, `[<name>]`: what every adapter needs, and the
+/// keys of the system's protocol (its address, the CMS's WSDL, the WMS's pool),
+/// which its protocol module reads and checks (`protocols::BackOffice`). A system's
+/// address is optional: unset, an enabled simulator stands in for the system, else
+/// the protocol's default address is used; set, it is used whatever else is on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CmsSettings {
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub(crate) wsdl: Option<String>,
-    pub(crate) wsdl_reread_secs: u64,
+pub struct SystemSettings {
     pub(crate) timeout_ms: u64,
     pub(crate) concurrency: usize,
+    #[serde(flatten)]
+    pub(crate) protocol: serde_json::Map<String, serde_json::Value>,
 }
 
-impl CmsSettings {
-    pub(crate) fn url(&self) -> &str {
-        self.url.as_deref().unwrap_or(DEFAULT_CMS_URL)
+/// The sections of every system of `System::ALL`, in that order: reading the
+/// settings fails if one is missing, or if a section names no system.
+#[derive(Debug, Clone)]
+pub(crate) struct SystemSections(Vec<SystemSettings>);
+
+impl SystemSections {
+    fn get(&self, system: System) -> &SystemSettings {
+        // In bounds: the list holds one section per system of `System::ALL`, and
+        // `index` is a system's place there.
+        &self.0[system.index()]
     }
 
-    /// The WSDL's URL or path: `<url>?wsdl` unless set.
-    pub fn wsdl(&self) -> String {
-        self.wsdl
-            .clone()
-            .unwrap_or_else(|| format!("{}?wsdl", self.url()))
+    pub(crate) fn get_mut(&mut self, system: System) -> &mut SystemSettings {
+        &mut self.0[system.index()]
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSystemSettings {
-    #[serde(default)]
-    pub url: Option<String>,
-    pub(crate) timeout_ms: u64,
-    pub(crate) concurrency: usize,
+impl Serialize for SystemSections {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (system, section) in System::ALL.into_iter().zip(&self.0) {
+            map.serialize_entry(system.as_str(), section)?;
+        }
+        map.end()
+    }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WmsSettings {
-    #[serde(default)]
-    pub addr: Option<String>,
-    pub(crate) timeout_ms: u64,
-    pub(crate) concurrency: usize,
-    pub(crate) connections: usize,
+impl<'de> Deserialize<'de> for SystemSections {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // Read loosely first, so that a section naming no system (a misspelt one)
+        // is reported by its name rather than by the keys a system's would need.
+        let mut sections =
+            std::collections::HashMap::<String, serde_json::Value>::deserialize(deserializer)?;
+        if let Some(unknown) = sections.keys().find(|k| System::parse(k).is_none()) {
+            return Err(D::Error::custom(format!(
+                "unknown section `{unknown}` (the back-office systems are {})",
+                System::names()
+            )));
+        }
+        System::ALL
+            .into_iter()
+            .map(|system| {
+                let name = system.as_str();
+                let section = sections
+                    .remove(name)
+                    .ok_or_else(|| D::Error::missing_field(name))?;
+                serde_json::from_value(section)
+                    .map_err(|e| D::Error::custom(format!("[{name}]: {e}")))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,6 +248,9 @@ pub(crate) struct SagaSettings {
 pub(crate) struct OrderSettings {
     pub(crate) max_in_flight: usize,
     pub(crate) passivate_after_secs: u64,
+    /// Actors of orders waiting on nobody kept in memory at most; beyond it the
+    /// longest at rest are passivated before `passivate_after_secs`.
+    pub(crate) max_idle_actors: usize,
     pub(crate) resume_sweep_secs: u64,
 }
 
@@ -253,14 +275,39 @@ pub struct TelemetrySettings {
     pub(crate) otlp_endpoint: String,
 }
 
+/// Where the simulators listen: `control_bind` for their control API and a
+/// `<name>_bind` for each system's simulator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SimulatorSettings {
     pub enabled: bool,
-    pub(crate) cms_bind: String,
-    pub(crate) ros_bind: String,
-    pub(crate) wms_bind: String,
     pub(crate) control_bind: String,
+    #[serde(flatten)]
+    binds: std::collections::BTreeMap<String, String>,
+}
+
+impl SimulatorSettings {
+    /// Where the simulator of `system` listens (`<name>_bind`).
+    pub(crate) fn bind(&self, system: System) -> &str {
+        self.binds
+            .get(&format!("{}_bind", system.as_str()))
+            .map_or("", String::as_str)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let named = |key: &str| key.strip_suffix("_bind").and_then(System::parse).is_some();
+        if let Some(unknown) = self.binds.keys().find(|k| !named(k)) {
+            return Err(ConfigError::Invalid(format!(
+                "unknown setting simulators.{unknown}"
+            )));
+        }
+        match System::ALL.into_iter().find(|s| self.bind(*s).is_empty()) {
+            Some(system) => Err(ConfigError::Invalid(format!(
+                "simulators.{}_bind is missing",
+                system.as_str()
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -387,17 +434,19 @@ impl Settings {
                 "http.max_connections and http.max_connections_per_client must be positive",
             );
         }
-        if self.bus.shards == 0 || self.saga.max_attempts == 0 || self.wms.connections == 0 {
-            return invalid("bus.shards, saga.max_attempts and wms.connections must be positive");
+        if self.bus.shards == 0 || self.saga.max_attempts == 0 {
+            return invalid("bus.shards and saga.max_attempts must be positive");
         }
-        if self.cms.wsdl_reread_secs == 0 {
-            return invalid("cms.wsdl_reread_secs must be positive");
-        }
+        self.simulators.validate()?;
         if System::ALL
             .into_iter()
             .any(|system| self.call_limits(system).concurrency == 0)
         {
             return invalid("the concurrency of each system must be positive");
+        }
+        for back_office in crate::protocols::BACK_OFFICE {
+            let section = &self.system(back_office.system()).protocol;
+            back_office.check(section).map_err(ConfigError::Invalid)?;
         }
         if self.orders.max_in_flight == 0 || self.circuit.failure_threshold == 0 {
             return invalid("orders.max_in_flight and circuit.failure_threshold must be positive");
@@ -582,5 +631,25 @@ mod tests {
             id.len() <= MAX_NODE_ID_LEN && id.bytes().all(node_id_byte),
             "{id}"
         );
+    }
+
+    #[test]
+    fn each_system_has_a_section_of_its_own() {
+        let s = Settings::defaults_with(json!({"wms": {"timeout_ms": 7, "addr": "10.0.0.1:9"}}))
+            .unwrap();
+        assert_eq!(s.call_limits(System::Wms).timeout_ms, 7);
+        assert_eq!(s.call_limits(System::Cms).timeout_ms, 5000);
+        assert_eq!(s.system(System::Wms).protocol["addr"], "10.0.0.1:9");
+        assert_eq!(s.simulators.bind(System::Ros), "127.0.0.1:4001");
+        for refused in [
+            json!({"erp": {"timeout_ms": 1, "concurrency": 1}}),
+            json!({"cms": {"adress": "x"}}),
+            json!({"wms": {"connections": 0}}),
+            json!({"cms": {"wsdl_reread_secs": 0}}),
+            json!({"ros": {"concurrency": 0}}),
+            json!({"simulators": {"erp_bind": "127.0.0.1:0"}}),
+        ] {
+            assert!(Settings::defaults_with(&refused).is_err(), "{refused}");
+        }
     }
 }

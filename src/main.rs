@@ -5,10 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use swiftlogistics::config::{
-    BusKind, DEFAULT_ROS_URL, DEFAULT_WMS_ADDR, LogFormat, Profile, Settings, StoreKind,
-};
-use swiftlogistics::domain::System;
+use swiftlogistics::config::{BusKind, LogFormat, Profile, Settings, StoreKind};
 use swiftlogistics::{app, bench, observability, simulators};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -192,7 +189,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         format!("  node: {}", runtime.context.node_id),
     ];
-    banner.push(systems_line(&runtime));
+    banner.push(format!(
+        "  systems: {}",
+        runtime.system_targets().join(" | ")
+    ));
     if let Some(sims) = &runtime.simulators {
         banner.push(format!("  simulator control API: {}", sims.control_addr));
     }
@@ -207,51 +207,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     runtime.run_until(stop_signal()).await
 }
 
-/// Where each system is, and which of them are simulated.
-fn systems_line(runtime: &app::Runtime) -> String {
-    let settings = &runtime.settings;
-    let simulator = |system: System| {
-        runtime
-            .simulators
-            .as_ref()
-            .filter(|s| s.standing_in.contains(&system))
-    };
-    let cms = match (simulator(System::Cms), &settings.cms.url) {
-        (Some(sims), _) => format!("{} (simulated)", sims.cms_url()),
-        (None, Some(url)) => url.clone(),
-        (None, None) => format!("as described by {}", settings.cms.wsdl()),
-    };
-    let ros = match simulator(System::Ros) {
-        Some(sims) => format!("{} (simulated)", sims.ros_url()),
-        None => settings
-            .ros
-            .url
-            .as_deref()
-            .unwrap_or(DEFAULT_ROS_URL)
-            .to_owned(),
-    };
-    let wms = match simulator(System::Wms) {
-        Some(sims) => format!("{} (simulated)", sims.wms_addr),
-        None => settings
-            .wms
-            .addr
-            .as_deref()
-            .unwrap_or(DEFAULT_WMS_ADDR)
-            .to_owned(),
-    };
-    format!("  systems: CMS SOAP {cms} | ROS REST {ros} | WMS TCP {wms}")
-}
-
 async fn simulate(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let sims = simulators::start(&settings.simulators, shutdown.clone())
         .await
         .context("cannot start the simulators")?;
     println!(
-        "Simulators running: CMS SOAP {} (WSDL at ?wsdl) | ROS REST {} | WMS TCP {} | control API http://{}",
-        sims.cms_url(),
-        sims.ros_url(),
-        sims.wms_addr,
+        "Simulators running: {} | control API http://{}",
+        sims.described().join(" | "),
         sims.control_addr
     );
     stop_signal().await;

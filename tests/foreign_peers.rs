@@ -13,11 +13,10 @@ use serde_json::{Value, json};
 use swiftlogistics::bus::{StepReply, StepRequest};
 use swiftlogistics::domain::{
     CustomerProfile, Location, Operation, OperationOutcome, OrderId, PackageDetails, Reservation,
-    UserId,
+    System, UserId,
 };
 use swiftlogistics::protocols::cms::{CmsClient, CmsTarget};
 use swiftlogistics::protocols::ros::RosClient;
-use swiftlogistics::protocols::simulator::ControlledSimulator;
 use swiftlogistics::protocols::wms::WmsClient;
 use swiftlogistics::protocols::{CallError, SystemClient, step_reply};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -377,7 +376,11 @@ async fn an_order_goes_through_three_foreign_systems_while_simulators_are_enable
         order["pickupLocation"], pickup,
         "kept as the client wrote it"
     );
-    for sim in [sims.cms.summary(), sims.wms.summary(), sims.ros.summary()] {
+    for sim in [
+        sims[System::Cms].summary(),
+        sims[System::Wms].summary(),
+        sims[System::Ros].summary(),
+    ] {
         assert_eq!(sim.effects, 0, "a simulator was called: {sim:?}");
     }
 

@@ -6,6 +6,7 @@ mod common;
 use common::{periodic_check, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 use std::time::Duration;
+use swiftlogistics::domain::System;
 use swiftlogistics::protocols::simulator::ControlledSimulator;
 
 const JOURNEY: Duration = Duration::from_secs(20);
@@ -53,8 +54,8 @@ async fn an_order_travels_through_cms_wms_and_ros_to_ready_for_delivery() {
         .collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
     let sims = app.runtime.simulators.as_ref().unwrap();
-    assert_eq!(active(sims.wms.as_ref(), "reservations"), 1);
-    assert_eq!(active(sims.ros.as_ref(), "routes"), 1);
+    assert_eq!(active(&sims[System::Wms], "reservations"), 1);
+    assert_eq!(active(&sims[System::Ros], "routes"), 1);
 }
 
 #[tokio::test]
@@ -62,7 +63,7 @@ async fn an_unknown_customer_fails_with_the_reason_and_nothing_to_undo() {
     let app = spawn_app().await;
     let (token, user_id) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.cms.knobs().update(|k| {
+    sims[System::Cms].knobs().update(|k| {
         k.refuse_customers.insert(user_id.clone());
     });
     let order_id = app.place(&token).await;
@@ -77,7 +78,7 @@ async fn an_unknown_customer_fails_with_the_reason_and_nothing_to_undo() {
         "{order}"
     );
     assert_eq!(order["integrationStatus"]["wms"], "PENDING");
-    assert_eq!(sims.wms.summary().effects, 0);
+    assert_eq!(sims[System::Wms].summary().effects, 0);
 }
 
 #[tokio::test]
@@ -85,7 +86,7 @@ async fn no_stock_compensates_the_customer_order_in_cms_and_fails() {
     let app = spawn_app().await;
     let (token, _) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.wms.knobs().update(|k| k.refuse_all = true);
+    sims[System::Wms].knobs().update(|k| k.refuse_all = true);
     let order_id = app.place(&token).await;
     app.wait_for_status(&token, &order_id, "FAILED", JOURNEY)
         .await;
@@ -98,8 +99,8 @@ async fn no_stock_compensates_the_customer_order_in_cms_and_fails() {
         "{order}"
     );
     assert_eq!(order["integrationStatus"]["cms"], "COMPENSATED");
-    assert_eq!(active(sims.cms.as_ref(), "cancelledOrders"), 1);
-    assert_eq!(active(sims.wms.as_ref(), "reservations"), 0);
+    assert_eq!(active(&sims[System::Cms], "cancelledOrders"), 1);
+    assert_eq!(active(&sims[System::Wms], "reservations"), 0);
 }
 
 #[tokio::test]
@@ -107,7 +108,7 @@ async fn no_route_releases_the_reservation_then_cancels_in_cms() {
     let app = spawn_app().await;
     let (token, _) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.ros.knobs().update(|k| k.refuse_all = true);
+    sims[System::Ros].knobs().update(|k| k.refuse_all = true);
     let order_id = app.place(&token).await;
     app.wait_for_status(&token, &order_id, "FAILED", JOURNEY)
         .await;
@@ -133,9 +134,9 @@ async fn no_route_releases_the_reservation_then_cancels_in_cms() {
         .expect("wms undone");
     let failed = messages.len() - 1;
     assert!(wms < failed, "{messages:?}");
-    assert_eq!(active(sims.wms.as_ref(), "reservations"), 0);
-    assert_eq!(active(sims.ros.as_ref(), "routes"), 0);
-    assert_eq!(active(sims.cms.as_ref(), "cancelledOrders"), 1);
+    assert_eq!(active(&sims[System::Wms], "reservations"), 0);
+    assert_eq!(active(&sims[System::Ros], "routes"), 0);
+    assert_eq!(active(&sims[System::Cms], "cancelledOrders"), 1);
 }
 
 #[tokio::test]
@@ -147,7 +148,7 @@ async fn transient_failures_are_retried_until_the_system_is_back() {
     .await;
     let (token, _) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.ros.knobs().update(|k| k.outage = true);
+    sims[System::Ros].knobs().update(|k| k.outage = true);
     let order_id = app.place(&token).await;
     let control = app.runtime.control();
     use swiftlogistics::actors::RuntimeControl;
@@ -164,10 +165,10 @@ async fn transient_failures_are_retried_until_the_system_is_back() {
     .await;
     assert!(failing, "ROS calls should fail during the outage");
     assert_eq!(app.status_of(&token, &order_id).await, "INVENTORY_RESERVED");
-    sims.ros.knobs().update(|k| k.outage = false);
+    sims[System::Ros].knobs().update(|k| k.outage = false);
     app.wait_for_status(&token, &order_id, "READY_FOR_DELIVERY", JOURNEY)
         .await;
-    assert_eq!(active(sims.ros.as_ref(), "routes"), 1);
+    assert_eq!(active(&sims[System::Ros], "routes"), 1);
 }
 
 #[tokio::test]
@@ -176,13 +177,13 @@ async fn an_exhausted_retry_budget_compensates_and_fails_with_the_reason() {
         spawn_app_with(json!({"saga": {"max_attempts": 3}, "circuit": {"open_secs": 1}})).await;
     let (token, _) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.wms.knobs().update(|k| k.outage = true);
+    sims[System::Wms].knobs().update(|k| k.outage = true);
     let order_id = app.place(&token).await;
     // The reservation may have happened before the failures, so it is released as
     // part of the undo; that waits for the warehouse system to come back.
     app.wait_for_status(&token, &order_id, "COMPENSATING", JOURNEY)
         .await;
-    sims.wms.knobs().update(|k| k.outage = false);
+    sims[System::Wms].knobs().update(|k| k.outage = false);
     app.wait_for_status(&token, &order_id, "FAILED", JOURNEY)
         .await;
     let order = app.order(&token, &order_id).await;
@@ -193,8 +194,8 @@ async fn an_exhausted_retry_budget_compensates_and_fails_with_the_reason() {
             .contains("the warehouse did not answer in time"),
         "{order}"
     );
-    assert_eq!(active(sims.cms.as_ref(), "cancelledOrders"), 1);
-    assert_eq!(active(sims.wms.as_ref(), "reservations"), 0);
+    assert_eq!(active(&sims[System::Cms], "cancelledOrders"), 1);
+    assert_eq!(active(&sims[System::Wms], "reservations"), 0);
 }
 
 #[tokio::test]
@@ -215,9 +216,9 @@ async fn cancel_before_delivery_undoes_every_step_and_ends_cancelled() {
     app.wait_for_status(&token, &order_id, "CANCELLED", JOURNEY)
         .await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    assert_eq!(active(sims.wms.as_ref(), "reservations"), 0);
-    assert_eq!(active(sims.ros.as_ref(), "routes"), 0);
-    assert_eq!(active(sims.cms.as_ref(), "cancelledOrders"), 1);
+    assert_eq!(active(&sims[System::Wms], "reservations"), 0);
+    assert_eq!(active(&sims[System::Ros], "routes"), 0);
+    assert_eq!(active(&sims[System::Cms], "cancelledOrders"), 1);
     let again = app
         .http
         .post(app.url(&format!("/api/orders/{order_id}/cancel")))
@@ -233,7 +234,7 @@ async fn a_cancel_during_a_slow_reservation_still_releases_it() {
     let app = spawn_app().await;
     let (token, _) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.wms.knobs().update(|k| k.latency_ms = 300);
+    sims[System::Wms].knobs().update(|k| k.latency_ms = 300);
     let order_id = app.place(&token).await;
     app.wait_for_status(&token, &order_id, "CMS_VALIDATED", JOURNEY)
         .await;
@@ -248,7 +249,7 @@ async fn a_cancel_during_a_slow_reservation_still_releases_it() {
     app.wait_for_status(&token, &order_id, "CANCELLED", JOURNEY)
         .await;
     let released = periodic_check(
-        || async { active(sims.wms.as_ref(), "reservations") == 0 },
+        || async { active(&sims[System::Wms], "reservations") == 0 },
         JOURNEY,
     )
     .await;
@@ -298,7 +299,7 @@ async fn the_circuit_opens_after_three_failures_and_recover_closes_it() {
     let (token, _) = app.register_client().await;
     let admin = app.admin_token().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.cms.knobs().update(|k| k.outage = true);
+    sims[System::Cms].knobs().update(|k| k.outage = true);
     let order_id = app.place(&token).await;
     let opened = periodic_check(
         || async { app.service_health(&admin, "cms").await["circuit"] == "OPEN" },
@@ -315,7 +316,7 @@ async fn the_circuit_opens_after_three_failures_and_recover_closes_it() {
     )
     .await;
     assert!(parked, "{}", app.service_health(&admin, "cms").await);
-    sims.cms.knobs().update(|k| k.outage = false);
+    sims[System::Cms].knobs().update(|k| k.outage = false);
     let recovered: Value = app
         .http
         .post(app.url("/api/services/cms/recover"))
@@ -337,7 +338,7 @@ async fn a_panicking_adapter_is_restarted_and_orders_in_flight_complete() {
     let (token, _) = app.register_client().await;
     let admin = app.admin_token().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.wms.knobs().update(|k| k.latency_ms = 200);
+    sims[System::Wms].knobs().update(|k| k.latency_ms = 200);
     let mut orders = Vec::new();
     for _ in 0..20 {
         orders.push(app.place(&token).await);
@@ -391,7 +392,7 @@ async fn a_panicking_adapter_is_restarted_and_orders_in_flight_complete() {
         .clone();
     assert_eq!(wms["restarts"], 1, "{tree}");
     assert_eq!(wms["status"], "running", "{tree}");
-    assert_eq!(active(sims.wms.as_ref(), "reservations"), orders.len());
+    assert_eq!(active(&sims[System::Wms], "reservations"), orders.len());
 }
 
 #[tokio::test]
@@ -399,7 +400,7 @@ async fn intake_answers_503_with_retry_after_when_in_flight_work_is_full() {
     let app = spawn_app_with(json!({"orders": {"max_in_flight": 3}})).await;
     let (token, _) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.cms.knobs().update(|k| k.latency_ms = 2000);
+    sims[System::Cms].knobs().update(|k| k.latency_ms = 2000);
     let mut accepted = 0;
     let mut refused = None;
     for _ in 0..20 {

@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use swiftlogistics::domain::System;
 use swiftlogistics::protocols::simulator::ControlledSimulator;
 use tempfile::TempDir;
 use tokio::process::Command;
@@ -451,8 +452,8 @@ async fn assert_every_order_finished_once(app: &TestApp, accepted: &[String]) ->
         .as_ref()
         .expect("in-process simulators");
     let systems: [(&str, &dyn ControlledSimulator, &str); 2] = [
-        ("wms", sims.wms.as_ref(), "reservations"),
-        ("ros", sims.ros.as_ref(), "routes"),
+        ("wms", &sims[System::Wms], "reservations"),
+        ("ros", &sims[System::Ros], "routes"),
     ];
     for (name, sim, kind) in systems {
         let summary = sim.summary();
@@ -473,7 +474,7 @@ fn slow_down_systems(app: &TestApp) {
         .as_ref()
         .expect("in-process simulators");
     let systems: [&dyn ControlledSimulator; 3] =
-        [sims.cms.as_ref(), sims.wms.as_ref(), sims.ros.as_ref()];
+        [&sims[System::Cms], &sims[System::Wms], &sims[System::Ros]];
     for sim in systems {
         sim.knobs().update(|k| k.latency_ms = SYSTEM_LATENCY_MS);
     }
@@ -542,7 +543,7 @@ async fn broker_restart_mid_run() {
         .runtime
         .simulators
         .as_ref()
-        .map_or(0, |s| s.ros.summary().effects);
+        .map_or(0, |s| s[System::Ros].summary().effects);
     assert!(
         routed_at_kill < accepted_at_kill,
         "the kill must catch orders mid-journey ({routed_at_kill} of {accepted_at_kill} routed)"
@@ -615,7 +616,7 @@ async fn mongo_restart_mid_run() {
         .runtime
         .simulators
         .as_ref()
-        .map_or(0, |s| s.ros.summary().effects);
+        .map_or(0, |s| s[System::Ros].summary().effects);
     assert!(
         routed_at_stop < accepted_at_stop,
         "the outage must catch orders mid-journey ({routed_at_stop} of {accepted_at_stop} routed)"

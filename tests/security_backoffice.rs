@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swiftlogistics::config::Settings;
+use swiftlogistics::domain::System;
 use swiftlogistics::protocols::cms::codec::{
     CmsCall, CmsReply, CustomerValidation, FaultKind, SoapFault, decode_request, encode_reply,
 };
-use swiftlogistics::protocols::simulator::ControlledSimulator;
 use swiftlogistics::simulators::{self, RunningSimulators};
 use tokio_util::sync::CancellationToken;
 
@@ -132,9 +132,9 @@ async fn back_office() -> (RunningSimulators, CancellationToken) {
 async fn node(sims: &RunningSimulators, overrides: Value) -> TestApp {
     let mut settings = json!({
         "simulators": {"enabled": false},
-        "cms": {"url": sims.cms_url()},
-        "ros": {"url": sims.ros_url()},
-        "wms": {"addr": sims.wms_addr.to_string()},
+        "cms": {"url": sims.address(System::Cms)},
+        "ros": {"url": sims.address(System::Ros)},
+        "wms": {"addr": sims.address(System::Wms)},
     });
     merge(&mut settings, overrides);
     spawn_app_with(settings).await
@@ -215,7 +215,11 @@ async fn a_cms_redirecting_elsewhere_gets_nothing_sent_there_and_validates_no_on
             "HTTP {status}: nothing may reach the redirect target"
         );
         assert_ne!(order["integrationStatus"]["cms"], "COMPLETED", "{order}");
-        assert_eq!(sims.wms.summary().effects, 0, "no stock reserved for it");
+        assert_eq!(
+            sims[System::Wms].summary().effects,
+            0,
+            "no stock reserved for it"
+        );
         app.runtime.shutdown().await;
     }
 }
@@ -359,7 +363,7 @@ async fn a_circuit_reopened_after_recover_during_an_outage_probes_again() {
     .await;
     let (token, _) = app.register_client().await;
     let admin = app.admin_token().await;
-    sims.cms.knobs().update(|k| k.outage = true);
+    sims[System::Cms].knobs().update(|k| k.outage = true);
     let order_id = app.place(&token).await;
     let parked = periodic_check(
         || async { app.service_health(&admin, "cms").await["waiting"] == 1 },
@@ -389,7 +393,7 @@ async fn a_circuit_reopened_after_recover_during_an_outage_probes_again() {
     )
     .await;
     assert!(reopened, "{}", app.service_health(&admin, "cms").await);
-    sims.cms.knobs().update(|k| k.outage = false);
+    sims[System::Cms].knobs().update(|k| k.outage = false);
 
     app.wait_for_status(
         &token,

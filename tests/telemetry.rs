@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestApp, periodic_check, spawn_app};
+use common::{TestApp, periodic_check, spawn_app, spawn_app_with};
 use serde_json::Value;
 use std::time::Duration;
 use swiftlogistics::domain::System;
@@ -181,12 +181,11 @@ async fn mailboxes_show_depth_rate_and_wait_per_family() {
 
 #[tokio::test]
 async fn one_orders_actor_can_be_looked_up() {
-    use swiftlogistics::protocols::simulator::ControlledSimulator;
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let (client, _) = app.register_client().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.ros.knobs().update(|k| k.outage = true);
+    sims[System::Ros].knobs().update(|k| k.outage = true);
     let order_id = app.place(&client).await;
     let path = format!("/api/telemetry/orders/{order_id}");
     let (status, _) = get(&app, &client, &path).await;
@@ -217,7 +216,7 @@ async fn one_orders_actor_can_be_looked_up() {
     );
     assert!(actor["nextTimer"]["dueAt"].is_string(), "{actor}");
 
-    sims.ros.knobs().update(|k| k.outage = false);
+    sims[System::Ros].knobs().update(|k| k.outage = false);
     app.wait_for_status(&client, &order_id, "READY_FOR_DELIVERY", WAIT)
         .await;
     let idle = periodic_check(
@@ -237,5 +236,65 @@ async fn one_orders_actor_can_be_looked_up() {
     )
     .await;
     assert_eq!(status, 404);
+    app.runtime.shutdown().await;
+}
+
+/// Live order actors, from the supervision tree.
+async fn live_order_actors(app: &TestApp, admin: &str) -> Option<u64> {
+    fn find(node: &Value) -> Option<u64> {
+        if node["name"] == "orders" {
+            return node["count"].as_u64();
+        }
+        node["children"].as_array()?.iter().find_map(find)
+    }
+    find(&get(app, admin, "/api/telemetry/supervision").await.1)
+}
+
+#[tokio::test]
+async fn idle_order_actors_beyond_the_limit_are_passivated_and_revive_when_needed() {
+    let app = spawn_app_with(serde_json::json!({"orders": {"max_idle_actors": 2}})).await;
+    let admin = app.admin_token().await;
+    let (client, _) = app.register_client().await;
+    let mut orders = Vec::new();
+    for _ in 0..6 {
+        let order_id = app.place(&client).await;
+        app.wait_for_status(&client, &order_id, "READY_FOR_DELIVERY", WAIT)
+            .await;
+        orders.push(order_id);
+    }
+    // Well before their 30 s idle check, only the two that rested last are kept.
+    let bounded = periodic_check(
+        || async { live_order_actors(&app, &admin).await == Some(2) },
+        WAIT,
+    )
+    .await;
+    assert!(bounded, "{:?}", live_order_actors(&app, &admin).await);
+    let (_, first) = get(
+        &app,
+        &admin,
+        &format!("/api/telemetry/orders/{}", orders[0]),
+    )
+    .await;
+    assert_eq!(first["live"], false, "{first}");
+    let (_, last) = get(
+        &app,
+        &admin,
+        &format!("/api/telemetry/orders/{}", orders[5]),
+    )
+    .await;
+    assert_eq!(last["live"], true, "{last}");
+
+    // A passivated order is rebuilt from the store by its next command.
+    let cancelled = app
+        .http
+        .post(app.url(&format!("/api/orders/{}/cancel", orders[0])))
+        .bearer_auth(&client)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.status().as_u16(), 200);
+    app.wait_for_status(&client, &orders[0], "CANCELLED", WAIT)
+        .await;
     app.runtime.shutdown().await;
 }

@@ -18,8 +18,8 @@ use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swiftlogistics::actors::RuntimeControl;
+use swiftlogistics::domain::System;
 use swiftlogistics::observability;
-use swiftlogistics::protocols::simulator::ControlledSimulator;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -124,7 +124,7 @@ async fn each_order_is_one_trace_from_intake_through_retries_and_compensation() 
     let sims = app.runtime.simulators.as_ref().unwrap();
 
     // A route optimisation that fails once and then succeeds: two attempts.
-    sims.ros.knobs().update(|k| k.outage = true);
+    sims[System::Ros].knobs().update(|k| k.outage = true);
     let retried = app.place(&client).await;
     let control = app.runtime.control();
     let failed_once = periodic_check(
@@ -139,13 +139,13 @@ async fn each_order_is_one_trace_from_intake_through_retries_and_compensation() 
     )
     .await;
     assert!(failed_once);
-    sims.ros.knobs().update(|k| k.outage = false);
+    sims[System::Ros].knobs().update(|k| k.outage = false);
     app.wait_for_status(&client, &retried, "READY_FOR_DELIVERY", WAIT)
         .await;
 
     // Three failures open the ROS circuit; the order's fourth attempt is parked until
     // an operator closes it, and then joins the order's trace like any call.
-    sims.ros.knobs().update(|k| k.outage = true);
+    sims[System::Ros].knobs().update(|k| k.outage = true);
     let parked = app.place(&client).await;
     let waiting = periodic_check(
         || async {
@@ -159,7 +159,7 @@ async fn each_order_is_one_trace_from_intake_through_retries_and_compensation() 
     )
     .await;
     assert!(waiting, "the fourth attempt is parked on the open circuit");
-    sims.ros.knobs().update(|k| k.outage = false);
+    sims[System::Ros].knobs().update(|k| k.outage = false);
     control
         .recover(swiftlogistics::domain::System::Ros)
         .await
@@ -168,7 +168,7 @@ async fn each_order_is_one_trace_from_intake_through_retries_and_compensation() 
         .await;
 
     // No route: the reservation and the customer order are undone.
-    sims.ros.knobs().update(|k| k.refuse_all = true);
+    sims[System::Ros].knobs().update(|k| k.refuse_all = true);
     let compensated = app.place(&client).await;
     app.wait_for_status(&client, &compensated, "FAILED", WAIT)
         .await;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use swiftlogistics::app;
-use swiftlogistics::protocols::simulator::ControlledSimulator;
+use swiftlogistics::domain::System;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -188,7 +188,7 @@ async fn updates_of_ones_own_order_arrive_live_and_in_sequence() {
     let app = spawn_app().await;
     let sims = app.runtime.simulators.as_ref().unwrap();
     // Validation takes a while, so the order is still moving when we subscribe.
-    sims.cms.knobs().update(|k| k.latency_ms = 500);
+    sims[System::Cms].knobs().update(|k| k.latency_ms = 500);
     let (token, _) = app.register_client().await;
     let mut ws = connect(&app, &token).await;
     let order_id = app.place(&token).await;
@@ -554,7 +554,7 @@ async fn since_replays_without_gap_across_a_node_restart() {
         .await;
     // The second order is still being validated when the node stops.
     let sims = app.runtime.simulators.as_ref().unwrap();
-    sims.cms.knobs().update(|k| k.latency_ms = 3000);
+    sims[System::Cms].knobs().update(|k| k.latency_ms = 3000);
     let moving = app.place(&token).await;
 
     let mut ws = connect(&app, &token).await;

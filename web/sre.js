@@ -12,7 +12,6 @@ const POLL_MS = 2000;
 const HISTORY = 60;
 /** Without a good poll for this long, the page says its data is stale. */
 const STALE_MS = 6000;
-const SYSTEMS = ["cms", "wms", "ros"];
 /** Statuses an order settles in once processing is over; their sum only grows. */
 const SETTLED = ["READY_FOR_DELIVERY", "OUT_FOR_DELIVERY", "DELIVERED", "FAILED", "CANCELLED"];
 const DEAD_LETTER_LIMIT = 100;
@@ -25,7 +24,9 @@ const state = {
   lastGood: 0,
   previous: null,
   throughput: new History(["settled"], HISTORY),
-  latency: new History(SYSTEMS.map((s) => s.toUpperCase()), HISTORY),
+  /** The back-office systems, in the journey's order, as /api/services/health lists them. */
+  systems: [],
+  latency: new History([], HISTORY),
   inflight: new History(["in flight"], HISTORY),
   /** Mean step latency over all systems in the last interval that had calls. */
   latencyOverall: null,
@@ -261,6 +262,11 @@ function stat(term, value) {
 
 function renderServices(data) {
   const services = (data && data.services) || [];
+  const systems = services.map((svc) => String(svc.service));
+  if (systems.join() !== state.systems.join()) {
+    state.systems = systems;
+    state.latency = new History(systems.map((s) => s.toUpperCase()), HISTORY);
+  }
   const cards = services.map((svc) => {
     const name = String(svc.service);
     const latency = typeof svc.lastLatencyMs === "number" ? `${svc.lastLatencyMs.toFixed(svc.lastLatencyMs < 10 ? 1 : 0)} ms` : "—";
@@ -332,7 +338,8 @@ function renderMetrics(text) {
 
   const settled = SETTLED.reduce((n, status) => n + counts[status], 0);
   const latency = {};
-  for (const system of SYSTEMS) {
+  const systems = state.systems;
+  for (const system of systems) {
     latency[system] = {
       sum: sum(samples, "swift_step_duration_seconds_sum", (l) => l.system === system),
       count: sum(samples, "swift_step_duration_seconds_count", (l) => l.system === system),
@@ -345,15 +352,18 @@ function renderMetrics(text) {
     const seconds = (now - previous.at) / 1000;
     const rate = seconds > 0 ? Math.max(0, settled - previous.settled) / seconds : null;
     state.throughput.push([rate]);
-    const total = (sample, part) => SYSTEMS.reduce((n, system) => n + (sample[system][part] || 0), 0);
-    const calls = total(latency, "count") - total(previous.latency, "count");
+    // A system first listed since the previous sample has no calls in it yet.
+    const calls0 = { sum: 0, count: null };
+    const of = (sample, system) => sample.latency[system] || calls0;
+    const total = (sample, part) => systems.reduce((n, system) => n + (of(sample, system)[part] || 0), 0);
+    const calls = total(current, "count") - total(previous, "count");
     if (calls > 0) {
-      state.latencyOverall = ((total(latency, "sum") - total(previous.latency, "sum")) / calls) * 1000;
+      state.latencyOverall = ((total(current, "sum") - total(previous, "sum")) / calls) * 1000;
     }
     state.latency.push(
-      SYSTEMS.map((system) => {
+      systems.map((system) => {
         // A series appears with its first observation: absent before means zero.
-        const a = previous.latency[system].count === null ? { sum: 0, count: 0 } : previous.latency[system];
+        const a = of(previous, system).count === null ? { sum: 0, count: 0 } : of(previous, system);
         const b = latency[system];
         if (b.count === null || b.count <= a.count) return null;
         return ((b.sum - a.sum) / (b.count - a.count)) * 1000;

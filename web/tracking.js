@@ -31,21 +31,16 @@ const POLL_MS = 1000;
 const LIST_POLL_MS = 5000;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15000;
-/** The main line of an order's life; the three systems' steps come first. */
-const MAIN_LINE = [
-  "RECEIVED",
-  "CMS_VALIDATED",
-  "INVENTORY_RESERVED",
-  "ROUTE_OPTIMIZED",
-  "READY_FOR_DELIVERY",
-  "OUT_FOR_DELIVERY",
-  "DELIVERED",
-];
-const SYSTEM_STEPS = [
-  { system: "cms", label: "CMS", name: "Customer verification", done: "CMS_VALIDATED" },
-  { system: "wms", label: "WMS", name: "Inventory reservation", done: "INVENTORY_RESERVED" },
-  { system: "ros", label: "ROS", name: "Route planning", done: "ROUTE_OPTIMIZED" },
-];
+/**
+ * How the page words each back-office system's step and the status its success
+ * reaches. The steps themselves, and their order, come from the order's
+ * `integrationStatus`; a system without words here is shown by its name.
+ */
+const STEP_WORDS = {
+  cms: { label: "CMS", name: "Customer verification", done: "CMS_VALIDATED" },
+  wms: { label: "WMS", name: "Inventory reservation", done: "INVENTORY_RESERVED" },
+  ros: { label: "ROS", name: "Route planning", done: "ROUTE_OPTIMIZED" },
+};
 const STEP_STATE_LABELS = {
   PENDING: "Waiting",
   IN_PROGRESS: "In progress",
@@ -54,8 +49,6 @@ const STEP_STATE_LABELS = {
   COMPENSATED: "Undone",
   SKIPPED: "Not started",
 };
-/** Order statuses a customer may still cancel from. */
-const CANCELLABLE = new Set(["RECEIVED", "CMS_VALIDATED", "INVENTORY_RESERVED", "ROUTE_OPTIMIZED", "READY_FOR_DELIVERY"]);
 
 const state = {
   user: null,
@@ -742,12 +735,34 @@ async function pollSelected() {
   }
 }
 
-/** The three systems' steps as the status endpoint would give them. */
+/** The back-office steps of `order`, in the order they run. */
+function systemSteps(order) {
+  const systems = Object.keys((order && order.integrationStatus) || STEP_WORDS);
+  return systems.map((system) => {
+    const shown = system.toUpperCase();
+    return { system, ...(STEP_WORDS[system] || { label: shown, name: shown, done: null }) };
+  });
+}
+
+/** The main line of an order's life: received, the systems' steps, then delivery. */
+function mainLine(systems) {
+  return ["RECEIVED", ...systems.map((step) => step.done), "READY_FOR_DELIVERY", "OUT_FOR_DELIVERY", "DELIVERED"];
+}
+
+/** Whether a customer may still cancel an order in `status`: until it is out for delivery. */
+function cancellable(systems, status) {
+  const at = mainLine(systems).indexOf(status);
+  return at >= 0 && at <= systems.length + 1;
+}
+
+/** The systems' steps as the status endpoint would give them. */
 function stepsFromDocument(order) {
   const integration = order.integrationStatus || {};
-  const processing = MAIN_LINE.indexOf(order.status) >= 0 && MAIN_LINE.indexOf(order.status) < 4;
+  const systems = systemSteps(order);
+  const at = mainLine(systems).indexOf(order.status);
+  const processing = at >= 0 && at <= systems.length;
   let current = processing;
-  return SYSTEM_STEPS.map((step) => {
+  return systems.map((step) => {
     const raw = integration[step.system] || "PENDING";
     let status = raw === "REFUSED" ? "FAILED" : raw;
     if (status === "PENDING" && current) {
@@ -761,10 +776,11 @@ function stepsFromDocument(order) {
 
 /** The steps to show: derived from the status on the main line (the newest word). */
 function currentSteps(detail, status) {
-  const index = MAIN_LINE.indexOf(status);
+  const systems = systemSteps(detail.order);
+  const index = mainLine(systems).indexOf(status);
   if (index < 0) return detail.steps;
   const events = [...detail.events.values()];
-  return SYSTEM_STEPS.map((step, i) => {
+  return systems.map((step, i) => {
     const status = index > i ? "COMPLETED" : index === i ? "IN_PROGRESS" : "PENDING";
     const done = events.find((e) => e.status === step.done);
     return { step: step.system, name: step.name, status, timestamp: done ? done.timestamp : null, system: step.system };
@@ -859,19 +875,21 @@ function renderDetail() {
     ended && (step.status === "PENDING" || step.status === "IN_PROGRESS") ? { ...step, status: "SKIPPED" } : step,
   );
   const delivery = deliveryStep(status, events);
+  const systems = systemSteps(order);
+  const total = systems.length + 1;
   const completed = steps.filter((s) => s.status === "COMPLETED").length + (delivery.status === "COMPLETED" ? 1 : 0);
-  const percentage = Math.round((completed / 4) * 100);
+  const percentage = Math.round((completed / total) * 100);
   const progress = byId("detail-progress");
   progress.setAttribute("aria-valuenow", String(percentage));
-  progress.setAttribute("aria-valuetext", `${completed} of 4 steps done`);
+  progress.setAttribute("aria-valuetext", `${completed} of ${total} steps done`);
   progress.dataset.state = FINAL_STATUSES.has(status) && status !== "DELIVERED" ? "stopped" : "running";
   byId("detail-progress-bar").style.width = `${percentage}%`;
 
   byId("steps").replaceChildren(
     ...steps.map((step, i) =>
-      renderStep(i + 1, SYSTEM_STEPS[i].system, SYSTEM_STEPS[i].label, SYSTEM_STEPS[i].name, step.status, null, step.timestamp),
+      renderStep(i + 1, systems[i].system, systems[i].label, systems[i].name, step.status, null, step.timestamp),
     ),
-    renderStep(4, "delivery", null, "Delivery", delivery.status, delivery.detail, delivery.timestamp),
+    renderStep(total, "delivery", null, "Delivery", delivery.status, delivery.detail, delivery.timestamp),
   );
 
   const pkg = order.packageDetails || {};
@@ -900,7 +918,7 @@ function renderDetail() {
   if (order.specialInstructions) facts.push(fact("Instructions", order.specialInstructions));
   byId("facts").replaceChildren(...facts.flat());
 
-  byId("cancel-order").hidden = !CANCELLABLE.has(status);
+  byId("cancel-order").hidden = !cancellable(systems, status);
 
   byId("history").replaceChildren(
     ...events.map((event) =>

@@ -16,7 +16,7 @@
 //! resumes the order.
 
 use super::Context;
-use super::orders::OrdersMsg;
+use super::orders::{OrdersMsg, Resting};
 use super::shards::Lease;
 use crate::bus::Acker;
 use crate::bus::{BusError, StepReply};
@@ -158,23 +158,9 @@ impl Actor for OrderActor {
         _: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if state.runner.admitted() {
-            state.context.admission.leave();
-        }
-        state.cancel_timer();
-        if state.fenced() {
-            // The shard moved on: its new owner resumes the order from the store, so
-            // what this actor held has nothing left to do (and the broker no reason
-            // to count a failed delivery).
-            for ack in state.held.drain(..) {
-                ack.ack().await;
-            }
-            return Ok(());
-        }
-        // Anything still held goes back to the broker for another attempt.
-        for ack in state.held.drain(..) {
-            ack.reject("order actor stopped before persisting").await;
-        }
+        // Boxed: the actor's task is as large as its largest await, and a resting
+        // actor should not carry the acknowledgements' futures inline.
+        Box::pin(state.stopped()).await;
         Ok(())
     }
 
@@ -259,6 +245,28 @@ impl OrderState {
         Ok(())
     }
 
+    /// What stopping leaves behind: the admission slot back, the timer cancelled,
+    /// held deliveries settled with the broker.
+    async fn stopped(&mut self) {
+        if self.runner.admitted() {
+            self.context.admission.leave();
+        }
+        self.cancel_timer();
+        if self.fenced() {
+            // The shard moved on: its new owner resumes the order from the store, so
+            // what this actor held has nothing left to do (and the broker no reason
+            // to count a failed delivery).
+            for ack in self.held.drain(..) {
+                ack.ack().await;
+            }
+            return;
+        }
+        // Anything still held goes back to the broker for another attempt.
+        for ack in self.held.drain(..) {
+            ack.reject("order actor stopped before persisting").await;
+        }
+    }
+
     /// Executes one effect; the result, for those that have one, is the runner's
     /// next event.
     async fn execute(
@@ -335,7 +343,8 @@ impl OrderState {
                 myself.send_after(jittered(after), || OrderMsg::OutageOver);
             }
             Effect::Acknowledge => {
-                for ack in self.held.drain(..) {
+                // Taken rather than drained: a resting actor keeps no buffer.
+                for ack in std::mem::take(&mut self.held) {
                     ack.ack().await;
                 }
             }
@@ -347,10 +356,12 @@ impl OrderState {
                 self.span = tracing::Span::none();
             }
             Effect::Passivate { received } => {
-                let _ = self.router.cast(OrdersMsg::Passivate {
-                    order_id: self.runner.order_id().clone(),
-                    received,
-                });
+                let resting = self.resting(myself, received);
+                let _ = self.router.cast(OrdersMsg::Passivate(resting));
+            }
+            Effect::Rest { received } => {
+                let resting = self.resting(myself, received);
+                let _ = self.router.cast(OrdersMsg::Resting(resting));
             }
             Effect::Stop { reason } => myself.stop(reason),
             Effect::Fail(reason) => return Err(Stop::Failed(reason)),
@@ -388,6 +399,14 @@ impl OrderState {
                 events: committed.decision.map(|d| d.events).unwrap_or_default(),
             }),
             Err(error) => error.into_event().map_err(|Fenced| Stop::Fenced),
+        }
+    }
+
+    fn resting(&self, myself: &ActorRef<OrderMsg>, received: u64) -> Resting {
+        Resting {
+            order_id: self.runner.order_id().clone(),
+            actor: myself.get_id(),
+            received,
         }
     }
 

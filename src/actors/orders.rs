@@ -19,7 +19,7 @@ use crate::bus::Acker;
 use crate::bus::OrderCommand;
 use crate::domain::OrderId;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,10 +43,11 @@ pub(crate) enum OrdersMsg {
         /// The `traceparent` the command was posted with.
         trace: Option<String>,
     },
-    Passivate {
-        order_id: OrderId,
-        received: u64,
-    },
+    /// The actor offers to stop: its idle check found its order waiting on nobody.
+    Passivate(Resting),
+    /// The actor's order waits on nobody now; it may be passivated early when more
+    /// actors rest than the router keeps.
+    Resting(Resting),
     /// The live actor of an order, if there is one (for telemetry: the caller asks
     /// the actor itself, so the router never waits on it).
     Inspect(OrderId, RpcReplyPort<Option<ActorRef<OrderMsg>>>),
@@ -57,6 +58,14 @@ pub(crate) enum OrdersMsg {
     },
     /// Live order actors per shard.
     Census(RpcReplyPort<BTreeMap<u32, u64>>),
+}
+
+/// An actor at rest, and how many messages it had seen then: it may be stopped only
+/// while no message routed to it since is on its way.
+pub(crate) struct Resting {
+    pub(crate) order_id: OrderId,
+    pub(crate) actor: ActorId,
+    pub(crate) received: u64,
 }
 
 struct LiveOrder {
@@ -70,6 +79,11 @@ pub(crate) struct OrdersState {
     live: HashMap<OrderId, LiveOrder>,
     by_actor: HashMap<ActorId, OrderId>,
     failures: HashMap<OrderId, u32>,
+    /// Actors that came to rest, longest at rest first; an entry whose actor moved
+    /// on since is dropped when it is reached.
+    resting: VecDeque<Resting>,
+    /// Resting actors kept before the longest at rest are passivated.
+    max_resting: usize,
     mailbox: MailboxGauge,
     family: FamilySize,
 }
@@ -104,12 +118,14 @@ impl Actor for OrdersSupervisor {
             },
         );
         Ok(OrdersState {
-            context: args.context,
             live: HashMap::new(),
             by_actor: HashMap::new(),
             failures: HashMap::new(),
+            resting: VecDeque::new(),
+            max_resting: args.context.settings.orders.max_idle_actors,
             mailbox: args.mailbox,
             family,
+            context: args.context,
         })
     }
 
@@ -142,18 +158,16 @@ impl Actor for OrdersSupervisor {
                 let _ = reply.send(census);
                 Ok(())
             }
-            OrdersMsg::Passivate { order_id, received } => {
-                if state
-                    .live
-                    .get(&order_id)
-                    .is_some_and(|l| l.routed == received)
-                    && let Some(live) = state.live.remove(&order_id)
-                {
-                    // Nothing can be in its mailbox: every message it was sent came
-                    // through here and it has seen them all. Later commands spawn a
-                    // fresh actor.
-                    state.family.left();
-                    live.actor.stop(Some("passivated".into()));
+            OrdersMsg::Passivate(resting) => {
+                state.passivate(resting);
+                Ok(())
+            }
+            OrdersMsg::Resting(resting) => {
+                state.resting.push_back(resting);
+                while state.resting.len() > state.max_resting {
+                    if let Some(longest) = state.resting.pop_front() {
+                        state.passivate(longest);
+                    }
                 }
                 Ok(())
             }
@@ -215,6 +229,27 @@ impl Actor for OrdersSupervisor {
 }
 
 impl OrdersState {
+    /// Stops a resting actor unless a message was routed to it since it came to rest
+    /// (or another actor took its place): nothing can be in its mailbox then, since
+    /// every message it was sent came through here and it has seen them all. Later
+    /// commands spawn a fresh actor.
+    fn passivate(&mut self, resting: Resting) {
+        let Resting {
+            order_id,
+            actor,
+            received,
+        } = resting;
+        if self
+            .live
+            .get(&order_id)
+            .is_some_and(|l| l.actor.get_id() == actor && l.routed == received)
+            && let Some(live) = self.live.remove(&order_id)
+        {
+            self.family.left();
+            live.actor.stop(Some("passivated".into()));
+        }
+    }
+
     /// Drops the entry of an actor that ended, unless a newer actor already took
     /// its place.
     fn forget(&mut self, order_id: &OrderId, actor: ActorId) {

@@ -2,12 +2,13 @@
 //! against the seed expects on `events_exchange`, derived from our order events.
 //!
 //! One catalogue event per order transition, in the seed's envelope
-//! `{"type", "data", "timestamp"}`: RECEIVED gives `ORDER_CREATED`, the three
-//! back-office successes give `cms.success`, `wms.success` and `ros.success`, and
-//! every other status change a generic `order.update`. docs/asyncapi.yaml describes
-//! the same catalogue for consumers.
+//! `{"type", "data", "timestamp"}`: RECEIVED gives `ORDER_CREATED`, each
+//! back-office success its step's event (`cms.success`, `wms.success`,
+//! `ros.success`: `StepSpec::success_event`), and every other status change a
+//! generic `order.update`. docs/asyncapi.yaml describes the same catalogue for
+//! consumers.
 
-use crate::domain::{OrderEvent, OrderStatus};
+use crate::domain::{OrderEvent, OrderStatus, System};
 use chrono::SecondsFormat;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -40,32 +41,24 @@ pub(crate) fn catalogue_event(event: &OrderEvent) -> CatalogueEvent {
     data.insert("orderId".into(), json!(event.order_id));
     data.insert("status".into(), json!(event.status));
     data.insert("message".into(), json!(event.message));
-    let detail = |key: &str| event.data.get(key).cloned().unwrap_or(Value::Null);
-    let (routing_key, kind) = match event.status {
-        OrderStatus::Received => {
+    let (routing_key, kind) = match (event.status, System::reaching(event.status)) {
+        (OrderStatus::Received, _) => {
             data.insert("customer".into(), json!({"id": event.customer_id}));
             ("order.created".to_owned(), "ORDER_CREATED")
         }
-        OrderStatus::CmsValidated => {
-            data.insert("customerData".into(), detail("customerData"));
-            ("cms.success".to_owned(), "cms.success")
-        }
-        OrderStatus::InventoryReserved => {
-            for key in ["inventory", "warehouse", "pickingLocation"] {
-                data.insert(key.into(), detail(key));
+        // A back-office success carries what the system answered (its step's
+        // `success_fields`), null where the answer had no such field.
+        (_, Some(system)) => {
+            let spec = system.spec();
+            for (key, path) in spec.success_fields {
+                let field = path
+                    .iter()
+                    .try_fold(&event.data, |value, name| value.get(name));
+                data.insert((*key).into(), field.cloned().unwrap_or(Value::Null));
             }
-            ("wms.success".to_owned(), "wms.success")
+            (spec.success_event.to_owned(), spec.success_event)
         }
-        OrderStatus::RouteOptimized => {
-            let route = detail("route");
-            // Seed 000 shows both the route object and its eta and distance beside it.
-            for key in ["eta", "distance"] {
-                data.insert(key.into(), route.get(key).cloned().unwrap_or(Value::Null));
-            }
-            data.insert("route".into(), route);
-            ("ros.success".to_owned(), "ros.success")
-        }
-        status => {
+        (status, None) => {
             let details = match &event.data {
                 Value::Null => json!({}),
                 other => other.clone(),

@@ -325,29 +325,74 @@ pub struct Route {
     pub eta: String,
 }
 
-/// Per-system progress, the seed's `integrationStatus {cms, wms, ros}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub(crate) struct IntegrationStatus {
-    pub(crate) cms: StepState,
-    pub(crate) wms: StepState,
-    pub(crate) ros: StepState,
-}
+/// Per-system progress, the seed's `integrationStatus {cms, wms, ros}`: one state
+/// per system of `System::ALL`, written as an object keyed by the systems' names in
+/// that order. Every system must be present when read; other keys are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct IntegrationStatus([StepState; System::ALL.len()]);
 
 impl IntegrationStatus {
     pub(crate) fn get(&self, system: System) -> StepState {
-        match system {
-            System::Cms => self.cms,
-            System::Wms => self.wms,
-            System::Ros => self.ros,
-        }
+        self.0.get(system.index()).copied().unwrap_or_default()
     }
 
     pub(crate) fn set(&mut self, system: System, state: StepState) {
-        match system {
-            System::Cms => self.cms = state,
-            System::Wms => self.wms = state,
-            System::Ros => self.ros = state,
+        if let Some(slot) = self.0.get_mut(system.index()) {
+            *slot = state;
         }
+    }
+}
+
+impl Serialize for IntegrationStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(System::ALL.len()))?;
+        for system in System::ALL {
+            map.serialize_entry(system.as_str(), &self.get(system))?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for IntegrationStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct States;
+        impl<'de> serde::de::Visitor<'de> for States {
+            type Value = IntegrationStatus;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "the state of each of {}", System::names())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut states = IntegrationStatus::default();
+                let mut seen = [false; System::ALL.len()];
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match System::parse(&key) {
+                        Some(system) => {
+                            states.set(system, map.next_value()?);
+                            if let Some(seen) = seen.get_mut(system.index()) {
+                                *seen = true;
+                            }
+                        }
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                match System::ALL
+                    .into_iter()
+                    .find(|s| seen.get(s.index()) != Some(&true))
+                {
+                    Some(missing) => Err(serde::de::Error::missing_field(missing.as_str())),
+                    None => Ok(states),
+                }
+            }
+        }
+        deserializer.deserialize_map(States)
     }
 }
 
@@ -563,5 +608,26 @@ mod tests {
     #[test]
     fn rejects_non_objects() {
         assert_eq!(fields(NewOrder::parse(&json!([1])).unwrap_err()), ["body"]);
+    }
+
+    #[test]
+    fn integration_status_keeps_the_seeds_shape() {
+        let mut states = IntegrationStatus::default();
+        states.set(System::Wms, StepState::Completed);
+        let wire = serde_json::to_string(&states).unwrap();
+        assert_eq!(
+            wire,
+            r#"{"cms":"PENDING","wms":"COMPLETED","ros":"PENDING"}"#
+        );
+        let read: IntegrationStatus = serde_json::from_str(&wire).unwrap();
+        assert_eq!(read, states);
+        let other_keys = r#"{"ros":"FAILED","extra":1,"wms":"PENDING","cms":"COMPLETED"}"#;
+        let read: IntegrationStatus = serde_json::from_str(other_keys).unwrap();
+        assert_eq!(read.get(System::Ros), StepState::Failed);
+        assert_eq!(read.get(System::Cms), StepState::Completed);
+        let error =
+            serde_json::from_str::<IntegrationStatus>(r#"{"cms":"PENDING","wms":"PENDING"}"#)
+                .unwrap_err();
+        assert!(error.to_string().contains("missing field `ros`"), "{error}");
     }
 }

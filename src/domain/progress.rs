@@ -86,7 +86,7 @@ pub(crate) enum StepProgress {
     Compensated,
 }
 
-/// Seed 001's view of progress: the three steps with their state and the time each
+/// Seed 001's view of progress: each system's step with its state and the time it
 /// settled, taken from the event log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -102,23 +102,8 @@ pub(crate) fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> 
     System::ALL
         .into_iter()
         .map(|system| {
-            let (step, name, done_status) = match system {
-                System::Cms => (
-                    "CMS_VERIFICATION",
-                    "Customer Verification",
-                    OrderStatus::CmsValidated,
-                ),
-                System::Wms => (
-                    "WMS_REGISTRATION",
-                    "Inventory Reservation",
-                    OrderStatus::InventoryReserved,
-                ),
-                System::Ros => (
-                    "ROS_OPTIMIZATION",
-                    "Route Optimization",
-                    OrderStatus::RouteOptimized,
-                ),
-            };
+            let spec = system.spec();
+            let ((step, name), (done_status, _)) = (spec.view, spec.reaches);
             let state = order.integration_status.get(system);
             let status = match state {
                 StepState::Pending if current.map(Operation::system) == Some(system) => {

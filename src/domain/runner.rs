@@ -191,6 +191,12 @@ pub(crate) enum Effect {
     Passivate {
         received: u64,
     },
+    /// The order waits on nobody now: tell the router, which passivates the actors
+    /// that have rested longest when more rest than it keeps (bounded memory under
+    /// any order rate), with the same `received` check as [`Effect::Passivate`].
+    Rest {
+        received: u64,
+    },
     /// Stop the actor, handing held deliveries back.
     Stop {
         reason: Option<String>,
@@ -568,6 +574,12 @@ impl Runner {
             None => {
                 self.settled(effects);
                 self.phase = Phase::Idle;
+                // Whatever comes next reads the order again (a command marks it
+                // stale, a reply finds it missing), so a resting actor keeps none.
+                self.order = None;
+                effects.push(Effect::Rest {
+                    received: self.received,
+                });
                 effects.push(Effect::StartTimer {
                     timer: Timer::IdleCheck {
                         generation: self.generation,
@@ -923,6 +935,12 @@ mod tests {
             panic!("no idle check in {effects:?}");
         };
         assert!(effects.contains(&Effect::ProcessingOver) && !runner.admitted());
+        // At rest: the router hears of it, and the actor keeps no copy of the order.
+        assert!(
+            effects.contains(&Effect::Rest { received: 1 }),
+            "{effects:?}"
+        );
+        assert!(runner.order().is_none());
         assert_eq!(
             runner.handle(Event::TimerFired(idle)),
             [Effect::Passivate { received: 1 }]

@@ -27,64 +27,169 @@ pub enum System {
     Ros,
 }
 
+/// A back-office system's step in the journey: everything the domain and the wire
+/// formats say about it, one row per system in `System::spec`. The typed parts it
+/// names (the `Operation` and `OrderStatus` variants) and what a success records on
+/// the order (`settle_forward`) stay typed; everything else reads the row.
+#[derive(Debug)]
+pub(crate) struct StepSpec {
+    /// Its wire name: `integrationStatus` key, queue and metric label, URL segment.
+    pub(crate) name: &'static str,
+    /// The call that does the step, and its name in idempotency keys and logs.
+    pub(crate) forward: (Operation, &'static str),
+    /// The call that undoes it, its name, and what the customer reads when the undo
+    /// could not be done (see `refusal`).
+    pub(crate) compensation: (Operation, &'static str, &'static str),
+    /// The status its success announces, and the event's message.
+    pub(crate) reaches: (OrderStatus, &'static str),
+    /// The step's id and name in seed 001's status view.
+    pub(crate) view: (&'static str, &'static str),
+    /// Seed 000's catalogue event for its success (also its routing key), and the
+    /// fields it carries: each a name and its path in the success event's data.
+    pub(crate) success_event: &'static str,
+    pub(crate) success_fields: &'static [(&'static str, &'static [&'static str])],
+    /// What the customer reads when this system says no. Customer-visible reasons
+    /// are these fixed domain words: what the remote system said, and every error on
+    /// the way (addresses, OS errors, parser messages), goes to the logs with the
+    /// order id instead, for it can be internal or even hostile.
+    refusal: &'static str,
+    /// What the customer reads when the retry budget ran out without an answer.
+    no_answer: &'static str,
+    /// Whether its forward call changes the remote system (customer validation only
+    /// reads), so that one whose outcome we never learned must be undone.
+    pub(crate) forward_has_effect: bool,
+}
+
 impl System {
+    /// Every system, in the order the journey runs them (CMS -> WMS -> ROS), which
+    /// is also their order of declaration (see `index`).
     pub const ALL: [System; 3] = [System::Cms, System::Wms, System::Ros];
 
-    pub fn as_str(self) -> &'static str {
+    /// The system's place in `ALL`, for tables with one entry per system.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// This system's step in the journey: one row per system, and everything the
+    /// domain and the wire formats say about it. The rest of the crate reads it.
+    pub(crate) fn spec(self) -> &'static StepSpec {
         match self {
-            Self::Cms => "cms",
-            Self::Wms => "wms",
-            Self::Ros => "ros",
+            Self::Cms => &StepSpec {
+                name: "cms",
+                forward: (Operation::ValidateCustomer, "cms.validate"),
+                compensation: (
+                    Operation::CancelCustomerOrder,
+                    "cms.cancel",
+                    "the order could not be withdrawn from the customer records",
+                ),
+                reaches: (OrderStatus::CmsValidated, "Customer validated successfully"),
+                view: ("CMS_VERIFICATION", "Customer Verification"),
+                success_event: "cms.success",
+                success_fields: &[("customerData", &["customerData"])],
+                refusal: "the customer could not be validated",
+                no_answer: "the customer records system did not answer in time",
+                forward_has_effect: false,
+            },
+            Self::Wms => &StepSpec {
+                name: "wms",
+                forward: (Operation::ReserveInventory, "wms.reserve"),
+                compensation: (
+                    Operation::ReleaseInventory,
+                    "wms.release",
+                    "the reserved stock could not be released",
+                ),
+                reaches: (
+                    OrderStatus::InventoryReserved,
+                    "Inventory reserved successfully",
+                ),
+                view: ("WMS_REGISTRATION", "Inventory Reservation"),
+                success_event: "wms.success",
+                success_fields: &[
+                    ("inventory", &["inventory"]),
+                    ("warehouse", &["warehouse"]),
+                    ("pickingLocation", &["pickingLocation"]),
+                ],
+                refusal: "the warehouse has no stock for the package",
+                no_answer: "the warehouse did not answer in time",
+                forward_has_effect: true,
+            },
+            Self::Ros => &StepSpec {
+                name: "ros",
+                forward: (Operation::OptimizeRoute, "ros.optimize"),
+                compensation: (
+                    Operation::CancelRoute,
+                    "ros.cancel",
+                    "the planned route could not be cancelled",
+                ),
+                reaches: (OrderStatus::RouteOptimized, "Route optimized successfully"),
+                view: ("ROS_OPTIMIZATION", "Route Optimization"),
+                success_event: "ros.success",
+                // Seed 000 shows both the route object and its eta and distance beside it.
+                success_fields: &[
+                    ("eta", &["route", "eta"]),
+                    ("distance", &["route", "distance"]),
+                    ("route", &["route"]),
+                ],
+                refusal: "no route could be planned for the delivery",
+                no_answer: "the route service did not answer in time",
+                forward_has_effect: true,
+            },
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.spec().name
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == raw)
     }
 
-    fn forward(self) -> Operation {
-        match self {
-            Self::Cms => Operation::ValidateCustomer,
-            Self::Wms => Operation::ReserveInventory,
-            Self::Ros => Operation::OptimizeRoute,
+    /// The wire names of every system, for messages: `cms, wms or ros`.
+    pub(crate) fn names() -> String {
+        let names: Vec<_> = Self::ALL.into_iter().map(Self::as_str).collect();
+        match names.split_last() {
+            Some((last, [])) => (*last).to_owned(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
         }
+    }
+
+    /// The system whose success announces `status`, if any.
+    pub(crate) fn reaching(status: OrderStatus) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.spec().reaches.0 == status)
+    }
+
+    fn forward(self) -> Operation {
+        self.spec().forward.0
     }
 
     fn compensation(self) -> Operation {
-        match self {
-            Self::Cms => Operation::CancelCustomerOrder,
-            Self::Wms => Operation::ReleaseInventory,
-            Self::Ros => Operation::CancelRoute,
-        }
+        self.spec().compensation.0
     }
 
-    /// What the customer reads when this system says no. Customer-visible reasons
-    /// are these fixed domain words: what the remote system said, and every error on
-    /// the way (addresses, OS errors, parser messages), goes to the logs with the
-    /// order id instead, for it can be internal or even hostile.
     fn refusal(self) -> &'static str {
-        match self {
-            Self::Cms => "the customer could not be validated",
-            Self::Wms => "the warehouse has no stock for the package",
-            Self::Ros => "no route could be planned for the delivery",
-        }
+        self.spec().refusal
     }
 
-    /// What the customer reads when the retry budget ran out without an answer.
     fn no_answer(self) -> &'static str {
-        match self {
-            Self::Cms => "the customer records system did not answer in time",
-            Self::Wms => "the warehouse did not answer in time",
-            Self::Ros => "the route service did not answer in time",
-        }
+        self.spec().no_answer
     }
 
-    /// Whether a forward call whose outcome we never learned may have changed the
-    /// remote system. Customer validation only reads.
     fn uncertain_call_may_have_effect(self) -> bool {
-        !matches!(self, Self::Cms)
+        self.spec().forward_has_effect
     }
 }
+
+// `ALL` lists the systems in their order of declaration, so `System::index` is
+// their place in it.
+const _: () = {
+    let mut i = 0;
+    while i < System::ALL.len() {
+        assert!(System::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 /// One call to an external system: the three forward steps and their undos.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,6 +204,7 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// The system this operation calls; its row (`System::spec`) says the rest.
     pub(crate) fn system(self) -> System {
         match self {
             Self::ValidateCustomer | Self::CancelCustomerOrder => System::Cms,
@@ -108,34 +214,24 @@ impl Operation {
     }
 
     pub(crate) fn is_compensation(self) -> bool {
-        matches!(
-            self,
-            Self::CancelRoute | Self::ReleaseInventory | Self::CancelCustomerOrder
-        )
+        self.system().compensation() == self
     }
 
     pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::ValidateCustomer => "cms.validate",
-            Self::ReserveInventory => "wms.reserve",
-            Self::OptimizeRoute => "ros.optimize",
-            Self::CancelRoute => "ros.cancel",
-            Self::ReleaseInventory => "wms.release",
-            Self::CancelCustomerOrder => "cms.cancel",
+        let spec = self.system().spec();
+        if self.is_compensation() {
+            spec.compensation.1
+        } else {
+            spec.forward.1
         }
     }
 
     /// What the customer reads when this undo could not be done (see `System::refusal`).
     fn undo_failure(self) -> &'static str {
-        match self {
-            Self::CancelRoute => "the planned route could not be cancelled",
-            Self::ReleaseInventory => "the reserved stock could not be released",
-            Self::CancelCustomerOrder => {
-                "the order could not be withdrawn from the customer records"
-            }
-            Self::ValidateCustomer | Self::ReserveInventory | Self::OptimizeRoute => {
-                "a step could not be undone"
-            }
+        if self.is_compensation() {
+            self.system().spec().compensation.2
+        } else {
+            "a step could not be undone"
         }
     }
 
@@ -394,12 +490,9 @@ fn settle_forward(
     outcome: OperationOutcome,
 ) -> Result<(), SagaRejection> {
     let system = op.system();
-    match (op, outcome) {
+    // What the success records on the order, and what its event carries.
+    let data = match (op, outcome) {
         (Operation::ValidateCustomer, OperationOutcome::CustomerValidated(profile)) => {
-            draft
-                .order
-                .integration_status
-                .set(system, StepState::Completed);
             let data = update::payload(&CustomerValidated {
                 customer_data: CustomerData {
                     id: &draft.order.customer_id,
@@ -408,46 +501,21 @@ fn settle_forward(
                 },
             });
             draft.order.customer = Some(profile);
-            draft.announce(
-                OrderStatus::CmsValidated,
-                "Customer validated successfully",
-                data,
-            );
+            data
         }
         (Operation::ReserveInventory, OperationOutcome::InventoryReserved(reservation)) => {
-            draft
-                .order
-                .integration_status
-                .set(system, StepState::Completed);
             let data = update::payload(&InventoryReserved {
                 inventory: "RESERVED",
                 warehouse: &reservation.warehouse,
                 picking_location: reservation.picking_location.as_deref(),
             });
             draft.order.warehouse = Some(reservation);
-            draft.announce(
-                OrderStatus::InventoryReserved,
-                "Inventory reserved successfully",
-                data,
-            );
+            data
         }
         (Operation::OptimizeRoute, OperationOutcome::RouteOptimized(route)) => {
-            draft
-                .order
-                .integration_status
-                .set(system, StepState::Completed);
             let data = update::payload(&RouteOptimized { route: &route });
             draft.order.route = Some(route);
-            draft.announce(
-                OrderStatus::RouteOptimized,
-                "Route optimized successfully",
-                data,
-            );
-            draft.announce(
-                OrderStatus::ReadyForDelivery,
-                "Order ready for delivery",
-                Value::Null,
-            );
+            data
         }
         (_, OperationOutcome::Refused { .. }) => {
             draft
@@ -455,6 +523,7 @@ fn settle_forward(
                 .integration_status
                 .set(system, StepState::Refused);
             draft.begin_compensation(OrderStatus::Failed, system.refusal().to_owned());
+            return Ok(());
         }
         (_, OperationOutcome::Exhausted { .. }) => {
             draft
@@ -462,8 +531,23 @@ fn settle_forward(
                 .integration_status
                 .set(system, StepState::Failed);
             draft.begin_compensation(OrderStatus::Failed, system.no_answer().to_owned());
+            return Ok(());
         }
         _ => return Err(SagaRejection::Stale),
+    };
+    draft
+        .order
+        .integration_status
+        .set(system, StepState::Completed);
+    let (status, message) = system.spec().reaches;
+    draft.announce(status, message, data);
+    // The last step done, the order waits for its driver.
+    if next_operation(&draft.order).is_none() {
+        draft.announce(
+            OrderStatus::ReadyForDelivery,
+            "Order ready for delivery",
+            Value::Null,
+        );
     }
     Ok(())
 }
@@ -610,8 +694,14 @@ mod tests {
             d.order.failure_reason.as_deref(),
             Some("no route could be planned for the delivery")
         );
-        assert_eq!(d.order.integration_status.wms, StepState::Compensated);
-        assert_eq!(d.order.integration_status.ros, StepState::Refused);
+        assert_eq!(
+            d.order.integration_status.get(System::Wms),
+            StepState::Compensated
+        );
+        assert_eq!(
+            d.order.integration_status.get(System::Ros),
+            StepState::Refused
+        );
     }
 
     #[test]
@@ -844,5 +934,26 @@ mod tests {
                 Err(SagaRejection::Conflict(_))
             ));
         }
+    }
+
+    #[test]
+    fn each_system_declares_one_step_of_its_own() {
+        let mut names = std::collections::HashSet::new();
+        let mut statuses = std::collections::HashSet::new();
+        for system in System::ALL {
+            let spec = system.spec();
+            assert!(names.insert(spec.name), "{} twice", spec.name);
+            assert!(statuses.insert(spec.reaches.0), "{} twice", spec.reaches.0);
+            assert_eq!(System::parse(spec.name), Some(system));
+            assert_eq!(serde_json::to_value(system).unwrap(), spec.name);
+            let (forward, compensation) = (spec.forward.0, spec.compensation.0);
+            assert_eq!((forward.system(), compensation.system()), (system, system));
+            assert!(!forward.is_compensation() && compensation.is_compensation());
+            assert_eq!(forward.name(), spec.forward.1);
+            assert_eq!(compensation.name(), spec.compensation.1);
+            assert_eq!(System::reaching(spec.reaches.0), Some(system));
+            assert!(spec.reaches.0.is_processing());
+        }
+        assert_eq!(System::names(), "cms, wms or ros");
     }
 }

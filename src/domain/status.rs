@@ -1,5 +1,6 @@
 //! The order status line of DESIGN section 4, with its wire names.
 
+use super::saga::System;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -59,14 +60,7 @@ impl OrderStatus {
     /// Orders still being driven through the back-office systems. They hold an
     /// admission slot and are resumed after a crash.
     pub(crate) fn is_processing(self) -> bool {
-        matches!(
-            self,
-            Self::Received
-                | Self::CmsValidated
-                | Self::InventoryReserved
-                | Self::RouteOptimized
-                | Self::Compensating
-        )
+        matches!(self, Self::Received | Self::Compensating) || System::reaching(self).is_some()
     }
 
     /// The statuses a driver reports (`POST /api/orders/{id}/delivery`): the parcel

@@ -41,7 +41,10 @@ pub(crate) async fn recover(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let system = System::parse(&service).ok_or_else(|| {
-        ApiError::NotFound(format!("no service {service:?}; expected cms, wms or ros"))
+        ApiError::NotFound(format!(
+            "no service {service:?}; expected {}",
+            System::names()
+        ))
     })?;
     let health = ask(state.app.control.recover(system))
         .await?

@@ -11,9 +11,17 @@ pub(crate) mod simulator;
 pub use client::RosClient;
 pub use simulator::RosSimulator;
 
-use crate::domain::{Location, OrderId, Route, Waypoint};
+use super::{BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at};
+use crate::domain::{Location, OrderId, Route, System, Waypoint};
+use crate::protocols::simulator::KnobSettings;
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// The body of `POST /api/routes/optimize`: the order's locations as the client sent
 /// them (seed 000 6.3). Our client always names the order; seed 000's adapter does
@@ -75,6 +83,71 @@ pub fn read_route(body: &[u8]) -> Result<Route, String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ErrorBody {
     pub(crate) error: String,
+}
+
+/// Where the optimiser is when nothing says otherwise (seed 000 section 11's port).
+const DEFAULT_URL: &str = "http://127.0.0.1:4001";
+
+/// The ROS's keys of `[ros]` (see config/default.toml).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RosSettings {
+    #[serde(default)]
+    url: Option<String>,
+}
+
+impl RosSettings {
+    fn read(settings: &ProtocolSettings) -> Result<Self, String> {
+        read_settings(System::Ros, settings)
+    }
+
+    fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or(DEFAULT_URL)
+    }
+}
+
+/// The ROS's entry in `protocols::BACK_OFFICE`.
+pub(crate) struct Registration;
+
+#[async_trait]
+impl BackOffice for Registration {
+    fn system(&self) -> System {
+        System::Ros
+    }
+
+    fn label(&self) -> &'static str {
+        "ROS REST"
+    }
+
+    fn check(&self, settings: &ProtocolSettings) -> Result<(), String> {
+        RosSettings::read(settings).map(drop)
+    }
+
+    async fn client(
+        &self,
+        settings: &ProtocolSettings,
+        timeout: Duration,
+    ) -> anyhow::Result<Arc<dyn SystemClient>> {
+        let settings = RosSettings::read(settings).map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(RosClient::new(settings.url(), timeout)?))
+    }
+
+    fn target(&self, settings: &ProtocolSettings) -> String {
+        RosSettings::read(settings).map_or_else(|e| e, |s| s.url().to_owned())
+    }
+
+    fn stand_in(&self, settings: &mut ProtocolSettings, address: &str) -> bool {
+        stand_in_at(settings, "url", address)
+    }
+
+    fn simulate(&self, listener: TcpListener, shutdown: CancellationToken) -> Simulation {
+        let simulator = RosSimulator::new(KnobSettings::default());
+        Simulation::of(simulator, |s| s.serve(listener, shutdown))
+    }
+
+    fn simulator_address(&self, listening: SocketAddr) -> String {
+        format!("http://{listening}")
+    }
 }
 
 #[cfg(test)]
