@@ -270,7 +270,13 @@ pub(crate) async fn bench(
     settle(args.idle_secs, &shutdown).await?;
     let at_half = read_memory(memory_source, &http, &base).await;
     fleet
-        .open(&ws_url, &sources, &accounts, half..args.sessions, concurrency)
+        .open(
+            &ws_url,
+            &sources,
+            &accounts,
+            half..args.sessions,
+            concurrency,
+        )
         .await?;
     let connect_secs = started.elapsed().as_secs_f64();
     settle(args.idle_secs, &shutdown).await?;
@@ -509,12 +515,12 @@ pub(crate) async fn open_session(url: String, route: Option<Route>) -> Result<Ws
         }
     };
     let (mut ws, _) = connected.map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(response) => {
-                format!("HTTP {}", response.status())
-            }
-            tokio_tungstenite::tungstenite::Error::Io(io) => format!("{:?}", io.kind()),
-            other => other.to_string(),
-        })?;
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            format!("HTTP {}", response.status())
+        }
+        tokio_tungstenite::tungstenite::Error::Io(io) => format!("{:?}", io.kind()),
+        other => other.to_string(),
+    })?;
     let subscribe = json!({"type": "subscribe", "orderId": "*"}).to_string();
     ws.send(Message::text(subscribe))
         .await

@@ -437,7 +437,7 @@ fn error_frame(code: &str, message: &str, order_id: Option<&str>) -> Value {
 impl Session {
     /// Registers the session with the notifier; gives the socket back if the
     /// notifier is gone (the node is shutting down).
-    fn open(socket: WebSocket, context: SessionContext) -> Result<Self, WebSocket> {
+    fn open(socket: WebSocket, context: SessionContext) -> Result<Self, Box<WebSocket>> {
         let SessionContext {
             viewer,
             expires_at,
@@ -448,12 +448,12 @@ impl Session {
             settings,
         } = context;
         let cut = tracking.shutdown.child_token();
-        let Some((registration, updates)) =
-            tracking
-                .notifier
-                .open(viewer.clone(), settings.websocket.session_buffer, cut.clone())
-        else {
-            return Err(socket);
+        let Some((registration, updates)) = tracking.notifier.open(
+            viewer.clone(),
+            settings.websocket.session_buffer,
+            cut.clone(),
+        ) else {
+            return Err(Box::new(socket));
         };
         Ok(Self {
             socket,
@@ -713,8 +713,7 @@ impl Session {
         // Follow first, read the log second, as for one order.
         if !self.everything {
             self.everything = true;
-            self.notifier
-                .follow(self.id, Topic::Everything);
+            self.notifier.follow(self.id, Topic::Everything);
         }
         self.send_json(&json!({"type": "subscribed", "orderId": "*"}))
             .await?;
@@ -874,8 +873,7 @@ impl Session {
     async fn unsubscribe(&mut self, raw_id: &str) -> Result<(), Ending> {
         if raw_id == "*" {
             if std::mem::take(&mut self.everything) {
-                self.notifier
-                    .unfollow(self.id, Topic::Everything);
+                self.notifier.unfollow(self.id, Topic::Everything);
             }
             self.everything_sent.clear();
         } else if let Some(order_id) = OrderId::parse(raw_id) {
