@@ -448,8 +448,13 @@ impl Settings {
             let section = &self.system(back_office.system()).protocol;
             back_office.check(section).map_err(ConfigError::Invalid)?;
         }
-        if self.orders.max_in_flight == 0 || self.circuit.failure_threshold == 0 {
-            return invalid("orders.max_in_flight and circuit.failure_threshold must be positive");
+        if self.orders.max_in_flight == 0
+            || self.orders.max_idle_actors == 0
+            || self.circuit.failure_threshold == 0
+        {
+            return invalid(
+                "orders.max_in_flight, orders.max_idle_actors and circuit.failure_threshold must be positive",
+            );
         }
         let id = &self.cluster.node_id;
         if id.len() > MAX_NODE_ID_LEN || !id.bytes().all(node_id_byte) {

@@ -157,6 +157,13 @@ enum Item {
         order_id: OrderId,
         token: u64,
     },
+    /// The router hears that an actor rests and passivates it as though more rest
+    /// than it keeps, if no message reached it since.
+    Rested {
+        order_id: OrderId,
+        token: u64,
+        received: u64,
+    },
     Crash,
     MoveShard(u64),
     Cancel(OrderId),
@@ -226,6 +233,23 @@ impl Sim {
         self.queue.push(Reverse((self.now + after, id)));
         self.items.insert(id, item);
         id
+    }
+
+    /// The router's passivation check: the actor (of incarnation `token`, when the
+    /// request may be late) has seen every message routed to it.
+    fn passivate(&mut self, order_id: &OrderId, token: Option<u64>, received: u64) {
+        let Some(actor) = self.actors.get(order_id) else {
+            return;
+        };
+        if token.is_some_and(|token| token != actor.incarnation) || actor.routed != received {
+            return;
+        }
+        assert!(
+            actor.held.is_empty(),
+            "seed {}: passivated holding deliveries",
+            self.seed
+        );
+        self.actors.remove(order_id);
     }
 
     fn saw(&mut self, what: &'static str) {
@@ -340,6 +364,11 @@ impl Sim {
                     self.run_actor(&order_id, Event::TimerFired(timer));
                 }
             }
+            Item::Rested {
+                order_id,
+                token,
+                received,
+            } => self.passivate(&order_id, Some(token), received),
             Item::OutageOver { order_id, token } => {
                 let current = self
                     .actors
@@ -537,19 +566,26 @@ impl Sim {
                 self.actors.get_mut(order_id)?.held.clear();
                 None
             }
-            // The router passivates some resting actors early (as when more rest
-            // than it keeps), others wait for their idle check.
-            Effect::Rest { .. } if !self.router_rng.random_bool(0.3) => None,
-            Effect::Passivate { received } | Effect::Rest { received } => {
-                let actor = &self.actors[order_id];
-                if actor.routed == received {
-                    assert!(
-                        actor.held.is_empty(),
-                        "seed {}: passivated holding deliveries",
-                        self.seed
+            // Some resting actors are passivated early (as when more rest than the
+            // router keeps), a moment later; others wait for their idle check.
+            Effect::Rest { received } => {
+                if self.router_rng.random_bool(0.3) {
+                    let token = self.actors[order_id].incarnation;
+                    let after = self.router_rng.random_range(0..ms(50));
+                    let order_id = order_id.clone();
+                    self.at(
+                        after,
+                        Item::Rested {
+                            order_id,
+                            token,
+                            received,
+                        },
                     );
-                    self.actors.remove(order_id);
                 }
+                None
+            }
+            Effect::Passivate { received } => {
+                self.passivate(order_id, None, received);
                 None
             }
             Effect::Stop { .. } => {
