@@ -39,7 +39,6 @@ const MAX_SESSIONS: u32 = 1_000_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Registrations hash passwords with argon2id (tens of MiB each on the node).
 /// Order placements waiting for an answer at once.
 const PLACEMENT_CONCURRENCY: usize = 256;
 /// After the last order, updates are awaited until none arrives for this long.
