@@ -55,9 +55,12 @@ pub(crate) type OrderCounts = (
 /// Dead letters waiting per queue, and when they were counted.
 pub(crate) type DeadLetterDepths = (tokio::time::Instant, Vec<(String, u64)>);
 
-/// The handlers' state: the application plus what only the HTTP layer needs.
+/// The handlers' state: the application plus what only the HTTP layer needs, behind
+/// one `Arc` because axum clones the state for every request.
 #[derive(Clone)]
-pub(crate) struct ApiState {
+pub(crate) struct ApiState(Arc<ApiShared>);
+
+pub(crate) struct ApiShared {
     pub(crate) app: AppState,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) limits: Arc<Limits>,
@@ -73,14 +76,22 @@ impl ApiState {
     pub fn new(app: AppState) -> Self {
         let sessions = app.sessions.clone();
         let limits = Arc::new(Limits::new(&app.settings));
-        Self {
+        Self(Arc::new(ApiShared {
             app,
             sessions,
             limits,
             ws_sessions: Arc::default(),
             order_counts: Arc::default(),
             dead_letter_depths: Arc::default(),
-        }
+        }))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+
+    fn deref(&self) -> &ApiShared {
+        &self.0
     }
 }
 

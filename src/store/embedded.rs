@@ -503,9 +503,9 @@ impl Writer {
         }
         match apply_batch(db, batch) {
             Ok(results) => {
-                self.remember(batch, &results, taken);
-                for (request, result) in batch.drain(..).zip(results) {
-                    let _ = request.reply.send(result);
+                let replies = self.remember(batch.drain(..).zip(results), taken);
+                for (reply, result) in replies {
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
@@ -520,58 +520,61 @@ impl Writer {
         }
     }
 
-    /// Puts the committed versions of the batch's orders in the cache: new orders,
-    /// and changed ones whose log was cached whole before.
+    /// Moves the committed versions of the batch's orders into the cache (new
+    /// orders, and changed ones whose log was cached whole before) and hands back
+    /// each caller's answer.
     fn remember(
         &self,
-        batch: &[Request],
-        results: &[Result<Done, StoreError>],
+        committed: impl Iterator<Item = (Request, Result<Done, StoreError>)>,
         mut taken: HashMap<String, Recent>,
-    ) {
+    ) -> Vec<(
+        oneshot::Sender<Result<Done, StoreError>>,
+        Result<Done, StoreError>,
+    )> {
+        let mut replies = Vec::with_capacity(committed.size_hint().0);
         let mut recent = lock(&self.recent);
-        for (request, result) in batch.iter().zip(results) {
-            if !matches!(result, Ok(Done::Written)) {
-                continue;
-            }
-            match &request.write {
-                Write::CreateOrder {
-                    order, recent: new, ..
-                } => {
-                    let (placed, first) = new.as_ref();
-                    let entry = Recent {
-                        order: placed.clone(),
-                        events: vec![first.clone()],
-                    };
-                    recent.put(&order.order_id, entry);
-                }
-                Write::Apply {
-                    order, recent: new, ..
-                } => {
-                    // An earlier write of this batch to the same order put it back.
-                    let entry = taken
-                        .remove(&order.order_id)
-                        .or_else(|| recent.entries.remove(&order.order_id));
-                    let Some(mut entry) = entry else {
-                        continue;
-                    };
-                    let (changed, events) = new.as_ref();
-                    let continues = events
-                        .first()
-                        .is_none_or(|first| first.seq == entry.order.seq + 1);
-                    if !continues {
-                        continue;
+        for (request, result) in committed {
+            if matches!(result, Ok(Done::Written)) {
+                match request.write {
+                    Write::CreateOrder {
+                        order, recent: new, ..
+                    } => {
+                        let (placed, first) = *new;
+                        let entry = Recent {
+                            order: placed,
+                            events: vec![first],
+                        };
+                        recent.put(&order.order_id, entry);
                     }
-                    entry.order = changed.clone();
-                    entry.events.extend(events.iter().cloned());
-                    recent.put(&order.order_id, entry);
+                    Write::Apply {
+                        order, recent: new, ..
+                    } => {
+                        // An earlier write of this batch to the same order put it back.
+                        let entry = taken
+                            .remove(&order.order_id)
+                            .or_else(|| recent.entries.remove(&order.order_id));
+                        if let Some(mut entry) = entry {
+                            let (changed, events) = *new;
+                            let continues = events
+                                .first()
+                                .is_none_or(|first| first.seq == entry.order.seq + 1);
+                            if continues {
+                                entry.order = changed;
+                                entry.events.extend(events);
+                                recent.put(&order.order_id, entry);
+                            }
+                        }
+                    }
+                    Write::InsertUser { .. }
+                    | Write::PutDriver { .. }
+                    | Write::InsertSession { .. }
+                    | Write::RotateSession { .. }
+                    | Write::RevokeSessions { .. } => {}
                 }
-                Write::InsertUser { .. }
-                | Write::PutDriver { .. }
-                | Write::InsertSession { .. }
-                | Write::RotateSession { .. }
-                | Write::RevokeSessions { .. } => {}
             }
+            replies.push((request.reply, result));
         }
+        replies
     }
 }
 
