@@ -11,6 +11,11 @@ spyne_version="2.14.0"
 lxml_version="5.3.0"
 pytz_version="2024.2"
 
+# Tests that need spyne run this at the same time: one installs, the others wait.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+
 # Not `grep -q`: it would close the pipe early, pip would die of SIGPIPE, and pipefail
 # would take that for a missing install.
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/pip" show spyne 2>/dev/null | grep "^Version: $spyne_version$" >/dev/null; then
