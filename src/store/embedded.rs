@@ -252,9 +252,12 @@ enum Done {
     KeyReused,
 }
 
+/// Where the writer sends a caller its answer.
+type Reply = oneshot::Sender<Result<Done, StoreError>>;
+
 struct Request {
     write: Write,
-    reply: oneshot::Sender<Result<Done, StoreError>>,
+    reply: Reply,
 }
 
 /// An order as last committed, with its whole event log.
@@ -541,10 +544,7 @@ impl Writer {
         &self,
         committed: impl Iterator<Item = (Request, Result<Done, StoreError>)>,
         mut taken: HashMap<String, Recent>,
-    ) -> Vec<(
-        oneshot::Sender<Result<Done, StoreError>>,
-        Result<Done, StoreError>,
-    )> {
+    ) -> Vec<(Reply, Result<Done, StoreError>)> {
         let mut replies = Vec::with_capacity(committed.size_hint().0);
         let mut recent = lock(&self.recent);
         for (request, result) in committed {
