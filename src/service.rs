@@ -25,6 +25,10 @@ pub(crate) use visibility::Viewer;
 
 /// Most times a request re-reads and re-decides after losing a compare-and-set race.
 const MAX_CAS_ATTEMPTS: usize = 8;
+
+/// Fresh ids drawn for a new order whose id another order already has.
+const ID_DRAWS: usize = 3;
+
 /// Orders of each kind in a driver's work list (ready for pickup, carrying).
 pub(crate) const DRIVER_WORK_LIMIT: usize = 100;
 
@@ -161,8 +165,22 @@ impl OrderService {
             });
         }
         let now = Utc::now();
-        let (order, event) = Order::receive(OrderId::generate(now), customer.clone(), request, now);
-        match self.store.create_order(&order, &event, idempotency).await? {
+        let (mut order, mut event) =
+            Order::receive(OrderId::generate(now), customer.clone(), request, now);
+        let mut collisions = 0;
+        let intake = loop {
+            match self.store.create_order(&order, &event, idempotency).await {
+                // Another order of the same millisecond drew the same random part
+                // (40 bits): draw again.
+                Err(StoreError::VersionConflict { expected: 0 }) if collisions < ID_DRAWS => {
+                    collisions += 1;
+                    order.order_id = OrderId::generate(now);
+                    event.order_id = order.order_id.clone();
+                }
+                other => break other?,
+            }
+        };
+        match intake {
             Intake::KeyReused => Err(ServiceError::KeyReused),
             Intake::Replayed(existing) => Ok(Placed {
                 order: *existing,
