@@ -276,10 +276,11 @@ struct RecentOrders {
 
 impl RecentOrders {
     fn new(capacity: usize) -> Self {
+        // Sized once: the cache fills to `capacity` and stays there.
         Self {
             capacity,
-            entries: HashMap::new(),
-            arrivals: VecDeque::new(),
+            entries: HashMap::with_capacity(capacity),
+            arrivals: VecDeque::with_capacity(capacity),
         }
     }
 
@@ -507,7 +508,7 @@ impl Writer {
     /// lost.
     fn commit_batch(&self, db: &Database, batch: &mut Vec<Request>) {
         // Orders this batch writes leave the cache until their new version is known.
-        let mut taken: HashMap<String, Recent> = HashMap::new();
+        let mut taken: HashMap<String, Recent> = HashMap::with_capacity(batch.len());
         {
             let mut recent = lock(&self.recent);
             for request in batch.iter() {
