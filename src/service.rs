@@ -263,9 +263,10 @@ impl OrderService {
         viewer: &Viewer,
         id: &OrderId,
     ) -> Result<(Order, Vec<OrderEvent>), ServiceError> {
-        let order = self.find(viewer, id).await?;
-        let events = self.store.events(id, 0, usize::MAX).await?;
-        Ok((order, events))
+        match self.store.order_with_log(id).await? {
+            Some((order, events)) if viewer.may(Action::Own, &order) => Ok((order, events)),
+            _ => Err(ServiceError::NotFound),
+        }
     }
 
     pub(crate) async fn list(

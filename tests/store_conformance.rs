@@ -417,10 +417,18 @@ async fn created_order_reads_back_with_its_first_event(store: SharedStore) {
     );
     assert_eq!(
         store.events(&order.order_id, 0, 10).await.expect("events"),
-        vec![event]
+        vec![event.clone()]
+    );
+    assert_eq!(
+        store.order_with_log(&order.order_id).await.expect("read"),
+        Some((order.clone(), vec![event]))
     );
     let (unknown, _) = new_order(&customer());
     assert_eq!(store.order(&unknown.order_id).await.expect("read"), None);
+    assert_eq!(
+        store.order_with_log(&unknown.order_id).await.expect("read"),
+        None
+    );
     assert!(
         store
             .events(&unknown.order_id, 0, 10)
@@ -580,6 +588,10 @@ async fn events_are_appended_in_order_without_gaps(store: SharedStore) {
         .await
         .expect("events");
     assert_eq!(seqs(&log), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        store.order_with_log(&order.order_id).await.expect("read"),
+        Some((order.clone(), log.clone()))
+    );
     let statuses: Vec<_> = log.iter().map(|e| e.status).collect();
     assert_eq!(
         statuses,
@@ -1137,12 +1149,21 @@ mod embedded_only {
                 assert_eq!(log.len() as u64, order.seq);
                 let tail = store.events(&order.order_id, 1, 1).await.expect("tail");
                 assert_eq!(tail, log[1..2].to_vec());
+                let together = store.order_with_log(&order.order_id).await.expect("read");
+                assert_eq!(together, Some((order.clone(), log)));
             }
         }
         let reopened = open(dir.path());
         for order in &expected {
             let read = reopened.order(&order.order_id).await.expect("read");
             assert_eq!(read.as_ref(), Some(order));
+            let (read, log) = reopened
+                .order_with_log(&order.order_id)
+                .await
+                .expect("read")
+                .expect("the order is on file");
+            assert_eq!(&read, order);
+            assert_eq!(seqs(&log), (1..=order.seq).collect::<Vec<_>>());
         }
     }
 

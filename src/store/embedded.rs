@@ -19,12 +19,16 @@
 //! 3,000 a second the company comes within a millisecond.
 //!
 //! The orders written last (`[store] cached_orders` of them) are kept in memory with
-//! their whole event log, exactly as committed: the order actor reloading the order it
-//! was woken for and clients polling a journey's status read them without touching a
-//! page or parsing a document. Only the writer thread changes the cache: it takes an
-//! order out before committing a write to it and puts the new version back after the
-//! commit, so a reader sees either the cache or the file, never a version older than
-//! one it could have read before.
+//! their whole event log, decoded, and the document they are stored as: the order
+//! actor reloading the order it was woken for and clients polling a journey's status
+//! get them without parsing a document. Every read still looks the order up in its own
+//! snapshot of the file and takes the cached copy only if the snapshot holds the very
+//! document it was decoded from, so the cache can never show a version the file does
+//! not: neither an uncommitted one nor one older than a reader saw before. Only the
+//! writer thread changes the cache, after each commit; until then readers of an order
+//! in the batch find its cached copy one version behind their snapshot and decode the
+//! file, and readers of an order whose commit is still in flight are served the
+//! cached copy of the version the file still holds.
 //!
 //! Lookups by key run on the calling task: served from redb's page cache (or the OS's)
 //! they take microseconds, less than handing them to another thread. Listings and
@@ -260,10 +264,14 @@ struct Request {
     reply: Reply,
 }
 
-/// An order as last committed, with its whole event log.
+/// An order as last committed, with its whole event log and the document it is
+/// stored as.
 struct Recent {
     order: Order,
     events: Vec<OrderEvent>,
+    /// What the orders table holds for this version: a reader uses the decoded copy
+    /// only when its snapshot of the file holds exactly these bytes.
+    document: Vec<u8>,
 }
 
 /// The orders written last, oldest evicted first (see the module documentation).
@@ -281,6 +289,25 @@ impl RecentOrders {
             capacity,
             entries: HashMap::with_capacity(capacity),
             arrivals: VecDeque::with_capacity(capacity),
+        }
+    }
+
+    /// Brings a cached order to the version just committed, or drops it if its
+    /// cached log does not end where the new events begin (it cannot be completed).
+    /// It keeps its place in the eviction order: orders leave oldest intake first.
+    fn advance(&mut self, stored: OrderRecord, (order, events): (Order, Vec<OrderEvent>)) {
+        let Some(entry) = self.entries.get_mut(&stored.order_id) else {
+            return;
+        };
+        let continues = events
+            .first()
+            .is_none_or(|first| first.seq == entry.order.seq + 1);
+        if continues {
+            entry.order = order;
+            entry.events.extend(events);
+            entry.document = stored.document;
+        } else {
+            self.entries.remove(&stored.order_id);
         }
     }
 
@@ -419,8 +446,32 @@ impl EmbeddedStore {
         read(&txn)
     }
 
-    fn cached<T>(&self, id: &OrderId, read: impl FnOnce(&Recent) -> T) -> Option<T> {
-        lock(&self.recent).entries.get(id.as_str()).map(read)
+    /// An order as this reader's snapshot of the file holds it: taken from the cache
+    /// of recent orders when the snapshot holds the very document the cached copy was
+    /// decoded from, else decoded by `from_file` (given the snapshot and the document).
+    /// `None` if there is no such order.
+    fn read_order<T>(
+        &self,
+        id: &OrderId,
+        cached: impl FnOnce(&Recent) -> T,
+        from_file: impl FnOnce(&ReadTransaction, &[u8]) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        self.lookup(|txn| {
+            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+            let Some(stored) = orders.get(id.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let document = stored.value();
+            let hit = lock(&self.recent)
+                .entries
+                .get(id.as_str())
+                .filter(|recent| recent.document == document)
+                .map(cached);
+            match hit {
+                Some(found) => Ok(Some(found)),
+                None => from_file(txn, document).map(Some),
+            }
+        })
     }
 }
 
@@ -435,6 +486,25 @@ impl Drop for EmbeddedStore {
             let _ = writer_gone.recv_timeout(SHUTDOWN_WAIT);
         }
     }
+}
+
+/// Up to `limit` events of an order's log from `seq` `from` on, in order.
+fn logged_events(
+    txn: &ReadTransaction,
+    id: &OrderId,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<OrderEvent>, StoreError> {
+    let events = txn.open_table(EVENTS).map_err(unavailable)?;
+    let range = events
+        .range::<(&str, u64)>((id.as_str(), from)..=(id.as_str(), u64::MAX))
+        .map_err(unavailable)?;
+    let mut found = Vec::new();
+    for entry in range.take(limit) {
+        let (_, document) = entry.map_err(unavailable)?;
+        found.push(decode(document.value())?);
+    }
+    Ok(found)
 }
 
 fn create_tables(db: &Database) -> Result<(), Fatal> {
@@ -507,21 +577,9 @@ impl Writer {
     /// only after the commit, so no caller hears `Ok` for a write that could still be
     /// lost.
     fn commit_batch(&self, db: &Database, batch: &mut Vec<Request>) {
-        // Orders this batch writes leave the cache until their new version is known.
-        let mut taken: HashMap<String, Recent> = HashMap::with_capacity(batch.len());
-        {
-            let mut recent = lock(&self.recent);
-            for request in batch.iter() {
-                if let Write::Apply { order, .. } = &request.write {
-                    if let Some(entry) = recent.entries.remove(&order.order_id) {
-                        taken.insert(order.order_id.clone(), entry);
-                    }
-                }
-            }
-        }
         match apply_batch(db, batch) {
             Ok(results) => {
-                let replies = self.remember(batch.drain(..).zip(results), taken);
+                let replies = self.remember(batch.drain(..).zip(results));
                 for (reply, result) in replies {
                     let _ = reply.send(result);
                 }
@@ -540,11 +598,11 @@ impl Writer {
 
     /// Moves the committed versions of the batch's orders into the cache (new
     /// orders, and changed ones whose log was cached whole before) and hands back
-    /// each caller's answer.
+    /// each caller's answer. Until then readers of a changed order find the cached
+    /// copy older than their snapshot and decode the file.
     fn remember(
         &self,
         committed: impl Iterator<Item = (Request, Result<Done, StoreError>)>,
-        mut taken: HashMap<String, Recent>,
     ) -> Vec<(Reply, Result<Done, StoreError>)> {
         let mut replies = Vec::with_capacity(committed.size_hint().0);
         let mut recent = lock(&self.recent);
@@ -558,28 +616,13 @@ impl Writer {
                         let entry = Recent {
                             order: placed,
                             events: vec![first],
+                            document: order.document,
                         };
                         recent.put(&order.order_id, entry);
                     }
                     Write::Apply {
                         order, recent: new, ..
-                    } => {
-                        // An earlier write of this batch to the same order put it back.
-                        let entry = taken
-                            .remove(&order.order_id)
-                            .or_else(|| recent.entries.remove(&order.order_id));
-                        if let Some(mut entry) = entry {
-                            let (changed, events) = *new;
-                            let continues = events
-                                .first()
-                                .is_none_or(|first| first.seq == entry.order.seq + 1);
-                            if continues {
-                                entry.order = changed;
-                                entry.events.extend(events);
-                                recent.put(&order.order_id, entry);
-                            }
-                        }
-                    }
+                    } => recent.advance(order, *new),
                     Write::InsertUser { .. }
                     | Write::PutDriver { .. }
                     | Write::InsertSession { .. }
@@ -1072,16 +1115,22 @@ impl OrderStore for EmbeddedStore {
     }
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
-        if let Some(order) = self.cached(id, |recent| recent.order.clone()) {
-            return Ok(Some(order));
-        }
-        self.lookup(|txn| {
-            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-            match orders.get(id.as_str()).map_err(unavailable)? {
-                Some(document) => decode(document.value()).map(Some),
-                None => Ok(None),
-            }
-        })
+        self.read_order(
+            id,
+            |recent| recent.order.clone(),
+            |_, document| decode(document),
+        )
+    }
+
+    async fn order_with_log(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<(Order, Vec<OrderEvent>)>, StoreError> {
+        self.read_order(
+            id,
+            |recent| (recent.order.clone(), recent.events.clone()),
+            |txn, document| Ok((decode(document)?, logged_events(txn, id, 0, usize::MAX)?)),
+        )
     }
 
     async fn orders(&self, query: &OrderQuery) -> Result<OrderPage, StoreError> {
@@ -1112,30 +1161,20 @@ impl OrderStore for EmbeddedStore {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let cached = self.cached(id, |recent| {
-            recent
-                .events
-                .iter()
-                .filter(|e| e.seq >= from)
-                .take(limit)
-                .cloned()
-                .collect()
-        });
-        if let Some(events) = cached {
-            return Ok(events);
-        }
-        self.lookup(|txn| {
-            let events = txn.open_table(EVENTS).map_err(unavailable)?;
-            let range = events
-                .range::<(&str, u64)>((id.as_str(), from)..=(id.as_str(), u64::MAX))
-                .map_err(unavailable)?;
-            let mut found = Vec::new();
-            for entry in range.take(limit) {
-                let (_, document) = entry.map_err(unavailable)?;
-                found.push(decode(document.value())?);
-            }
-            Ok(found)
-        })
+        let found = self.read_order(
+            id,
+            |recent| {
+                recent
+                    .events
+                    .iter()
+                    .filter(|e| e.seq >= from)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            },
+            |txn, _| logged_events(txn, id, from, limit),
+        )?;
+        Ok(found.unwrap_or_default())
     }
 
     async fn unfinished_orders(

@@ -106,6 +106,13 @@ pub trait OrderStore: Send + Sync + 'static {
     ) -> Result<Intake, StoreError>;
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
+
+    /// The order with its whole event log, read together: what a status or detail
+    /// view shows, in one store read instead of two (and one consistent snapshot).
+    async fn order_with_log(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<(Order, Vec<OrderEvent>)>, StoreError>;
     async fn orders(&self, query: &OrderQuery) -> Result<OrderPage, StoreError>;
 
     /// Compare-and-set: succeeds only if the stored version is `order.version - 1`;

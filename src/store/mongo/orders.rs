@@ -16,6 +16,35 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
 
+/// Takes the event log out of an order document: up to `limit` events with `seq >
+/// after`, in order.
+fn take_log(
+    document: &mut Document,
+    id: &OrderId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<OrderEvent>, StoreError> {
+    let Some(Bson::Array(log)) = document.remove(EVENTS_FIELD) else {
+        return Err(StoreError::Corrupt(format!("order {id} has no event log")));
+    };
+    let mut events = Vec::new();
+    for entry in log {
+        if events.len() >= limit {
+            break;
+        }
+        let Bson::Document(entry) = entry else {
+            return Err(StoreError::Corrupt(format!(
+                "order {id}: an event is not a document"
+            )));
+        };
+        let event: OrderEvent = decode(entry, EVENT_DATES)?;
+        if event.seq > after {
+            events.push(event);
+        }
+    }
+    Ok(events)
+}
+
 impl MongoStore {
     /// What an intake refused by a unique index means. Either the key was used
     /// before (its order exists: no order is ever deleted) or, far less likely, the
@@ -171,6 +200,26 @@ impl OrderStore for MongoStore {
             .transpose()
     }
 
+    async fn order_with_log(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<(Order, Vec<OrderEvent>)>, StoreError> {
+        self.bounded(async {
+            let found = self
+                .orders
+                .find_one(doc! { "orderId": id.as_str() })
+                .projection(doc! { "_id": 0, IDEMPOTENCY_FIELD: 0, FINGERPRINT_FIELD: 0 })
+                .await
+                .map_err(failure)?;
+            let Some(mut found) = found else {
+                return Ok(None);
+            };
+            let events = take_log(&mut found, id, 0, usize::MAX)?;
+            Ok(Some((decode(found, ORDER_DATES)?, events)))
+        })
+        .await
+    }
+
     async fn orders(&self, query: &OrderQuery) -> Result<OrderPage, StoreError> {
         let limit = query.limit;
         if limit == 0 {
@@ -239,31 +288,10 @@ impl OrderStore for MongoStore {
                 .projection(doc! { "_id": 0, EVENTS_FIELD: 1 })
                 .await
                 .map_err(failure)?;
-            let Some(mut found) = found else {
-                return Ok(Vec::new());
-            };
-            let log = match found.remove(EVENTS_FIELD) {
-                Some(Bson::Array(log)) => log,
-                _ => {
-                    return Err(StoreError::Corrupt(format!("order {id} has no event log")));
-                }
-            };
-            let mut events = Vec::new();
-            for entry in log {
-                if events.len() >= limit {
-                    break;
-                }
-                let Bson::Document(entry) = entry else {
-                    return Err(StoreError::Corrupt(format!(
-                        "order {id}: an event is not a document"
-                    )));
-                };
-                let event: OrderEvent = decode(entry, EVENT_DATES)?;
-                if event.seq > after {
-                    events.push(event);
-                }
+            match found {
+                Some(mut found) => take_log(&mut found, id, after, limit),
+                None => Ok(Vec::new()),
             }
-            Ok(events)
         })
         .await
     }
