@@ -45,6 +45,9 @@ const REGISTRATION_HASHES: usize = 1;
 const GENERATED_PASSWORD_LEN: usize = 20;
 /// Cached session checks kept before the cache is emptied (bounded memory).
 const MAX_CACHED_SESSIONS: usize = 100_000;
+/// Verified access tokens kept before that cache is emptied: about half a kilobyte
+/// each with their claims, so at most a few megabytes.
+const MAX_VERIFIED_TOKENS: usize = 10_000;
 
 static LOGIN_SLOTS: OnceLock<Semaphore> = OnceLock::new();
 static REGISTRATION_SLOTS: Semaphore = Semaphore::const_new(REGISTRATION_HASHES);
@@ -116,6 +119,15 @@ impl TokenKeys {
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
         }
+    }
+
+    /// Whether claims that passed [`TokenKeys::verify`] are still within their
+    /// lifetime: the one check of `verify` whose answer changes as time passes (`nbf`
+    /// and `iat`, once passed, stay passed). Same rule as the verification's: expired
+    /// once `exp` is more than the leeway behind `now`.
+    fn unexpired(&self, claims: &Claims, now: DateTime<Utc>) -> bool {
+        let now = u64::try_from(now.timestamp()).unwrap_or(0);
+        claims.exp.saturating_add(self.leeway) >= now
     }
 
     /// Seconds an access token lives.
@@ -257,6 +269,12 @@ pub(crate) struct Sessions {
     session_ttl: chrono::Duration,
     cache_for: Duration,
     checked: DashMap<String, (Instant, SessionCheck)>,
+    /// Access tokens verified before, by their exact text, with their claims. A
+    /// client sends the same token with every request (a tracking page polling a
+    /// status many times a minute), and checking its signature and parsing its claims
+    /// again each time cost more than reading the status. Only tokens that passed
+    /// [`TokenKeys::verify`] get in; a hit is checked again for expiry only.
+    verified: DashMap<String, Claims>,
 }
 
 impl Sessions {
@@ -268,6 +286,7 @@ impl Sessions {
             session_ttl: chrono::Duration::try_hours(hours).unwrap_or(chrono::Duration::MAX),
             cache_for: Duration::from_millis(auth.session_cache_ms),
             checked: DashMap::new(),
+            verified: DashMap::new(),
         }
     }
 
@@ -409,7 +428,7 @@ impl Sessions {
     /// exists; the role is the user record's, not the token's.
     pub(crate) async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let now = Utc::now();
-        let claims = self.keys.verify(token, now)?;
+        let claims = self.verified_claims(token, now)?;
         let (user_id, email, role) = self
             .check_session(&claims.sid)
             .await?
@@ -426,6 +445,24 @@ impl Sessions {
             session_id: claims.sid,
             expires_at,
         })
+    }
+
+    /// The claims of a valid access token, verified once per token (see `verified`).
+    fn verified_claims(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, AuthError> {
+        if let Some(claims) = self.verified.get(token) {
+            if self.keys.unexpired(&claims, now) {
+                return Ok(claims.clone());
+            }
+            drop(claims);
+            self.verified.remove(token);
+            return Err(AuthError::InvalidToken);
+        }
+        let claims = self.keys.verify(token, now)?;
+        if self.verified.len() >= MAX_VERIFIED_TOKENS {
+            self.verified.clear();
+        }
+        self.verified.insert(token.to_owned(), claims.clone());
+        Ok(claims)
     }
 
     async fn check_session(&self, sid: &str) -> Result<SessionCheck, AuthError> {
@@ -809,6 +846,8 @@ mod tests {
         assert!(sessions.authenticate(&third.access_token).await.is_err());
 
         let other = sessions.start(client.clone()).await.unwrap();
+        assert!(sessions.authenticate(&other.access_token).await.is_ok());
+        // Known as verified now: revoking its session must still end it.
         sessions
             .revoke(&other.refresh_token[..other.refresh_token.find('.').unwrap()])
             .await
@@ -818,6 +857,50 @@ mod tests {
         assert_eq!(sessions.revoke_user(&client.id).await.unwrap(), 1);
         assert!(sessions.authenticate(&last.access_token).await.is_err());
         assert!(sessions.refresh(&last.refresh_token).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_token_verified_once_still_expires_and_a_forgery_never_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn UserStore> =
+            Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let settings = auth("a-secret-of-16-bytes");
+        let sessions = Sessions::new(store, &settings);
+        let now = Utc::now();
+        let token = sessions
+            .keys
+            .issue(&user(Role::Client), "ses_1", now)
+            .unwrap();
+        let claims = sessions.verified_claims(&token, now).unwrap();
+        assert_eq!(sessions.verified_claims(&token, now).unwrap(), claims);
+
+        let ttl = chrono::Duration::seconds(i64::try_from(settings.access_token_ttl_secs).unwrap());
+        let leeway = chrono::Duration::seconds(i64::try_from(settings.leeway_secs).unwrap());
+        let last_good = now + ttl + leeway;
+        assert!(sessions.verified_claims(&token, last_good).is_ok());
+        let later = last_good + chrono::Duration::seconds(1);
+        assert!(matches!(
+            sessions.verified_claims(&token, later),
+            Err(AuthError::InvalidToken)
+        ));
+        assert!(
+            sessions.verified.get(&token).is_none(),
+            "an expired token leaves the cache"
+        );
+
+        // Only what passed verification is remembered: a tampered copy of a known
+        // token fails every time.
+        let known = sessions
+            .keys
+            .issue(&user(Role::Admin), "ses_2", now)
+            .unwrap();
+        sessions.verified_claims(&known, now).unwrap();
+        let mut tampered = known.clone();
+        tampered.push('x');
+        for _ in 0..2 {
+            assert!(sessions.verified_claims(&tampered, now).is_err());
+        }
+        assert!(sessions.verified.get(&tampered).is_none());
     }
 
     #[tokio::test]

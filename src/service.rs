@@ -11,7 +11,9 @@ use crate::domain::{
     NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId,
     ValidationErrors,
 };
-use crate::store::{IdempotencyKey, Intake, OrderPage, OrderQuery, SharedStore, StoreError};
+use crate::store::{
+    EventLog, IdempotencyKey, Intake, OrderPage, OrderQuery, SharedStore, StoreError,
+};
 use chrono::Utc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -262,7 +264,7 @@ impl OrderService {
         &self,
         viewer: &Viewer,
         id: &OrderId,
-    ) -> Result<(Order, Vec<OrderEvent>), ServiceError> {
+    ) -> Result<(Order, EventLog), ServiceError> {
         match self.store.order_with_log(id).await? {
             Some((order, events)) if viewer.may(Action::Own, &order) => Ok((order, events)),
             _ => Err(ServiceError::NotFound),

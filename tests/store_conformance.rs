@@ -421,7 +421,7 @@ async fn created_order_reads_back_with_its_first_event(store: SharedStore) {
     );
     assert_eq!(
         store.order_with_log(&order.order_id).await.expect("read"),
-        Some((order.clone(), vec![event]))
+        Some((order.clone(), Arc::new(vec![event])))
     );
     let (unknown, _) = new_order(&customer());
     assert_eq!(store.order(&unknown.order_id).await.expect("read"), None);
@@ -590,7 +590,7 @@ async fn events_are_appended_in_order_without_gaps(store: SharedStore) {
     assert_eq!(seqs(&log), vec![1, 2, 3, 4, 5]);
     assert_eq!(
         store.order_with_log(&order.order_id).await.expect("read"),
-        Some((order.clone(), log.clone()))
+        Some((order.clone(), Arc::new(log.clone())))
     );
     let statuses: Vec<_> = log.iter().map(|e| e.status).collect();
     assert_eq!(
@@ -1150,7 +1150,7 @@ mod embedded_only {
                 let tail = store.events(&order.order_id, 1, 1).await.expect("tail");
                 assert_eq!(tail, log[1..2].to_vec());
                 let together = store.order_with_log(&order.order_id).await.expect("read");
-                assert_eq!(together, Some((order.clone(), log)));
+                assert_eq!(together, Some((order.clone(), Arc::new(log))));
             }
         }
         let reopened = open(dir.path());

@@ -226,7 +226,7 @@ pub(crate) async fn detail(
     let mut document =
         serde_json::to_value(&order).map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Value::Object(fields) = &mut document {
-        fields.insert("history".into(), json!(events));
+        fields.insert("history".into(), json!(events.as_slice()));
     }
     Ok(axum::Json(document).into_response())
 }

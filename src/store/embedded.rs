@@ -37,8 +37,8 @@
 
 use super::contract::{self, Expected};
 use super::{
-    DriverLocation, DriverStore, IdempotencyKey, Intake, OrderPage, OrderQuery, OrderStore,
-    StoreError, StoreHealth, UserStore,
+    DriverLocation, DriverStore, EventLog, IdempotencyKey, Intake, OrderPage, OrderQuery,
+    OrderStore, StoreError, StoreHealth, UserStore,
 };
 use crate::domain::{Email, LoginSession, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
 use async_trait::async_trait;
@@ -268,7 +268,9 @@ struct Request {
 /// stored as.
 struct Recent {
     order: Order,
-    events: Vec<OrderEvent>,
+    /// Shared with the readers of the log, copied only if one still holds it when
+    /// the order changes.
+    events: EventLog,
     /// What the orders table holds for this version: a reader uses the decoded copy
     /// only when its snapshot of the file holds exactly these bytes.
     document: Vec<u8>,
@@ -304,7 +306,7 @@ impl RecentOrders {
             .is_none_or(|first| first.seq == entry.order.seq + 1);
         if continues {
             entry.order = order;
-            entry.events.extend(events);
+            Arc::make_mut(&mut entry.events).extend(events);
             entry.document = stored.document;
         } else {
             self.entries.remove(&stored.order_id);
@@ -615,7 +617,7 @@ impl Writer {
                         let (placed, first) = *new;
                         let entry = Recent {
                             order: placed,
-                            events: vec![first],
+                            events: Arc::new(vec![first]),
                             document: order.document,
                         };
                         recent.put(&order.order_id, entry);
@@ -1122,14 +1124,14 @@ impl OrderStore for EmbeddedStore {
         )
     }
 
-    async fn order_with_log(
-        &self,
-        id: &OrderId,
-    ) -> Result<Option<(Order, Vec<OrderEvent>)>, StoreError> {
+    async fn order_with_log(&self, id: &OrderId) -> Result<Option<(Order, EventLog)>, StoreError> {
         self.read_order(
             id,
-            |recent| (recent.order.clone(), recent.events.clone()),
-            |txn, document| Ok((decode(document)?, logged_events(txn, id, 0, usize::MAX)?)),
+            |recent| (recent.order.clone(), Arc::clone(&recent.events)),
+            |txn, document| {
+                let log = logged_events(txn, id, 0, usize::MAX)?;
+                Ok((decode(document)?, Arc::new(log)))
+            },
         )
     }
 

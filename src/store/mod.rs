@@ -92,6 +92,9 @@ pub struct DriverLocation {
 
 /// Orders and their event logs: intake, the compare-and-set every transition goes
 /// through, listings, and the sweeps that find work to resume.
+/// An order's whole event log as a store hands it out for reading.
+pub type EventLog = Arc<Vec<OrderEvent>>;
+
 #[async_trait]
 pub trait OrderStore: Send + Sync + 'static {
     /// Persists a new order with its first event, atomically. With an idempotency key
@@ -109,10 +112,8 @@ pub trait OrderStore: Send + Sync + 'static {
 
     /// The order with its whole event log, read together: what a status or detail
     /// view shows, in one store read instead of two (and one consistent snapshot).
-    async fn order_with_log(
-        &self,
-        id: &OrderId,
-    ) -> Result<Option<(Order, Vec<OrderEvent>)>, StoreError>;
+    /// The log is shared, not copied, where the store holds it in memory.
+    async fn order_with_log(&self, id: &OrderId) -> Result<Option<(Order, EventLog)>, StoreError>;
     async fn orders(&self, query: &OrderQuery) -> Result<OrderPage, StoreError>;
 
     /// Compare-and-set: succeeds only if the stored version is `order.version - 1`;

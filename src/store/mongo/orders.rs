@@ -10,11 +10,14 @@ use super::encoding::{
 use super::{MongoStore, corrupt, failure};
 use crate::domain::{Order, OrderEvent, OrderId, OrderStatus, UserId};
 use crate::store::contract::{self, Expected};
-use crate::store::{IdempotencyKey, Intake, OrderPage, OrderQuery, OrderStore, StoreError};
+use crate::store::{
+    EventLog, IdempotencyKey, Intake, OrderPage, OrderQuery, OrderStore, StoreError,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
+use std::sync::Arc;
 
 /// Takes the event log out of an order document: up to `limit` events with `seq >
 /// after`, in order.
@@ -200,10 +203,7 @@ impl OrderStore for MongoStore {
             .transpose()
     }
 
-    async fn order_with_log(
-        &self,
-        id: &OrderId,
-    ) -> Result<Option<(Order, Vec<OrderEvent>)>, StoreError> {
+    async fn order_with_log(&self, id: &OrderId) -> Result<Option<(Order, EventLog)>, StoreError> {
         self.bounded(async {
             let found = self
                 .orders
@@ -215,7 +215,7 @@ impl OrderStore for MongoStore {
                 return Ok(None);
             };
             let events = take_log(&mut found, id, 0, usize::MAX)?;
-            Ok(Some((decode(found, ORDER_DATES)?, events)))
+            Ok(Some((decode(found, ORDER_DATES)?, Arc::new(events))))
         })
         .await
     }
