@@ -346,14 +346,19 @@ async fn reads_racing_transitions_see_whole_versions_that_never_go_back(store: S
         assert!(reader.await.expect("the reader ran to the end") > 0);
     }
     for order in &finished {
-        let (read, log) = store
-            .order_with_log(&order.order_id)
-            .await
-            .expect("read")
-            .expect("the order exists");
-        assert_eq!(&read, order);
-        assert_eq!(seqs(&log), (1..=order.seq).collect::<Vec<_>>());
+        reads_back_whole(&store, order).await;
     }
+}
+
+/// `order` is what the store holds, with its whole log (seq 1 to the order's).
+async fn reads_back_whole(store: &SharedStore, order: &Order) {
+    let (read, log) = store
+        .order_with_log(&order.order_id)
+        .await
+        .expect("read")
+        .expect("the order is in the store");
+    assert_eq!(&read, order);
+    assert_eq!(seqs(&log), (1..=order.seq).collect::<Vec<_>>());
 }
 
 /// Refresh-token families: one rotation wins among concurrent ones; a revoked
@@ -1223,13 +1228,7 @@ mod embedded_only {
         for order in &expected {
             let read = reopened.order(&order.order_id).await.expect("read");
             assert_eq!(read.as_ref(), Some(order));
-            let (read, log) = reopened
-                .order_with_log(&order.order_id)
-                .await
-                .expect("read")
-                .expect("the order is on file");
-            assert_eq!(&read, order);
-            assert_eq!(seqs(&log), (1..=order.seq).collect::<Vec<_>>());
+            reads_back_whole(&reopened, order).await;
         }
     }
 
