@@ -450,9 +450,10 @@ impl Sim {
                 .map(Some)
                 .map_err(|_| SimError::Rejected)
         };
-        let committed = futures::executor::block_on(commit_with_retry(store, "sim", order, decide));
+        let committed =
+            futures::executor::block_on(commit_with_retry(store, "sim", &order, decide));
         if let Ok(committed) = committed
-            && committed.decision.is_some_and(|d| d.next.is_some())
+            && committed.next.is_some()
         {
             self.send_later(order_id.clone(), Event::Woken);
         }
@@ -504,7 +505,7 @@ impl Sim {
                 Err(_) => Event::Unavailable,
             }),
             Effect::Persist { operation, outcome } => {
-                let order = self.actors[order_id].runner.order()?.clone();
+                let order = self.actors[order_id].runner.order()?;
                 let decide = |order: &Order| {
                     let input = SagaInput::Outcome(operation, outcome.clone());
                     Ok::<_, SimError>(saga::decide(order, input, now()).ok())
@@ -514,7 +515,7 @@ impl Sim {
                 Some(match committed {
                     Ok(c) => Event::Persisted {
                         order: c.order,
-                        events: c.decision.map(|d| d.events).unwrap_or_default(),
+                        events: c.events,
                     },
                     Err(SimError::Store(StoreError::Unavailable(_))) => Event::Unavailable,
                     Err(error) => Event::Failed(error.to_string()),

@@ -8,13 +8,14 @@
 use crate::bus::{OrderCommand, SharedBus};
 use crate::domain::saga::{self, SagaRejection};
 use crate::domain::{
-    NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId,
-    ValidationErrors,
+    NewOrder, Operation, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput,
+    UserId, ValidationErrors,
 };
 use crate::store::{
     EventLog, IdempotencyKey, Intake, OrderPage, OrderQuery, SharedStore, StoreError,
 };
 use chrono::Utc;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -194,7 +195,7 @@ impl OrderService {
                     &order,
                     std::slice::from_ref(&event),
                 );
-                self.announce(&[event]).await;
+                announce(&self.bus, vec![event]).await;
                 // The order is durable: it is accepted even if its actor cannot be
                 // woken now; the resume sweep picks it up when the bus is back.
                 if let Err(e) = self.wake(&order.order_id).await {
@@ -387,12 +388,10 @@ impl OrderService {
                     }
                 })
         };
-        let committed = commit_with_retry(self.store.as_ref(), &self.node, order, decide).await?;
-        if let Some(decision) = &committed.decision {
-            announce(&self.bus, &decision.events).await;
-            if decision.next.is_some() {
-                self.wake(id).await?;
-            }
+        let committed = commit_with_retry(self.store.as_ref(), &self.node, &order, decide).await?;
+        announce(&self.bus, committed.events).await;
+        if committed.next.is_some() {
+            self.wake(id).await?;
         }
         Ok(committed.order)
     }
@@ -404,10 +403,6 @@ impl OrderService {
             })
             .await?;
         Ok(())
-    }
-
-    async fn announce(&self, events: &[OrderEvent]) {
-        announce(&self.bus, events).await;
     }
 }
 
@@ -431,12 +426,29 @@ impl<S: crate::store::Store + ?Sized> OrderWrites for S {
     }
 }
 
-/// What a commit came to: the order as stored now, and the decision written (none
-/// when `decide` found nothing to do on the order as it stands).
+/// What a commit came to: the order as stored now, the events written with it and
+/// the step it takes next (neither when `decide` found nothing to do on the order as
+/// it stands).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Committed {
     pub(crate) order: Order,
-    pub(crate) decision: Option<SagaDecision>,
+    pub(crate) events: Vec<OrderEvent>,
+    pub(crate) next: Option<Operation>,
+}
+
+impl From<SagaDecision> for Committed {
+    fn from(decision: SagaDecision) -> Self {
+        let SagaDecision {
+            order,
+            events,
+            next,
+        } = decision;
+        Self {
+            order,
+            events,
+            next,
+        }
+    }
 }
 
 /// Another writer kept winning the compare-and-set race.
@@ -450,45 +462,47 @@ pub(crate) struct KeptChanging(pub OrderId);
 /// the HTTP commands (cancel, assign, delivery) alike. `decide` sees every version
 /// read, so it re-checks whatever it depends on (who may act, the actor's lease).
 /// Events are not announced here: the caller announces them once this returns.
+/// `order` is only borrowed: the first decision is made on the caller's copy, and an
+/// order is read again only when another writer got there first.
 pub(crate) async fn commit_with_retry<E>(
     store: &(impl OrderWrites + ?Sized),
     node: &str,
-    mut order: Order,
+    order: &Order,
     mut decide: impl FnMut(&Order) -> Result<Option<SagaDecision>, E>,
 ) -> Result<Committed, E>
 where
     E: From<StoreError> + From<KeptChanging>,
 {
+    let mut current = Cow::Borrowed(order);
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some(decision) = decide(&order)? else {
+        let Some(decision) = decide(&current)? else {
             return Ok(Committed {
-                order,
-                decision: None,
+                order: current.into_owned(),
+                events: Vec::new(),
+                next: None,
             });
         };
         match store.write(&decision.order, &decision.events).await {
             Ok(()) => {
                 crate::observability::order_transitions(node, &decision.order, &decision.events);
-                return Ok(Committed {
-                    order: decision.order.clone(),
-                    decision: Some(decision),
-                });
+                return Ok(decision.into());
             }
             Err(StoreError::VersionConflict { .. }) => {
-                let id = order.order_id.clone();
-                order = store.current(&id).await?.ok_or(StoreError::NotFound(id))?;
+                let id = current.order_id.clone();
+                current = Cow::Owned(store.current(&id).await?.ok_or(StoreError::NotFound(id))?);
             }
             Err(error) => return Err(error.into()),
         }
     }
-    Err(KeptChanging(order.order_id).into())
+    Err(KeptChanging(current.order_id.clone()).into())
 }
 
 /// Best effort: a lost announcement is recovered by subscribers from the event log.
-pub(crate) async fn announce(bus: &SharedBus, events: &[OrderEvent]) {
+pub(crate) async fn announce(bus: &SharedBus, events: Vec<OrderEvent>) {
     for event in events {
-        if let Err(e) = bus.publish_update(event.clone()).await {
-            tracing::warn!(order_id = %event.order_id, error = %e, "order update not announced");
+        let order_id = event.order_id.clone();
+        if let Err(e) = bus.publish_update(event).await {
+            tracing::warn!(%order_id, error = %e, "order update not announced");
         }
     }
 }

@@ -291,7 +291,7 @@ impl OrderState {
             Effect::Persist { operation, outcome } => {
                 return Ok(Some(self.persist(operation, outcome).await?));
             }
-            Effect::Announce(events) => announce(&self.context.bus, &events).await,
+            Effect::Announce(events) => announce(&self.context.bus, events).await,
             Effect::Send(request) => {
                 if self.fenced() {
                     return Err(Stop::Fenced);
@@ -376,7 +376,7 @@ impl OrderState {
         operation: Operation,
         outcome: OperationOutcome,
     ) -> Result<Event, Stop> {
-        let Some(order) = self.runner.order().cloned() else {
+        let Some(order) = self.runner.order() else {
             return Ok(Event::Unavailable);
         };
         if let OperationOutcome::Exhausted { reason } = &outcome {
@@ -396,7 +396,7 @@ impl OrderState {
         match commit_with_retry(context.store.as_ref(), &context.node_id, order, decide).await {
             Ok(committed) => Ok(Event::Persisted {
                 order: committed.order,
-                events: committed.decision.map(|d| d.events).unwrap_or_default(),
+                events: committed.events,
             }),
             Err(error) => error.into_event().map_err(|Fenced| Stop::Fenced),
         }

@@ -10,7 +10,7 @@ use crate::domain::{OrderEvent, System};
 use async_trait::async_trait;
 use futures::StreamExt;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 
@@ -68,7 +68,9 @@ pub(crate) struct LocalBus {
     /// One step queue per system of `System::ALL`.
     steps: HashMap<System, Queue<StepRequest>>,
     orders: Queue<OrderCommand>,
-    updates: broadcast::Sender<OrderEvent>,
+    /// Shared rather than copied: a broadcast receiver clones what it takes, and with
+    /// the usual single subscriber the last reference moves out instead.
+    updates: broadcast::Sender<Arc<OrderEvent>>,
     cluster: broadcast::Sender<ClusterMessage>,
     shards: u32,
 }
@@ -110,7 +112,7 @@ impl Bus for LocalBus {
 
     async fn publish_update(&self, event: OrderEvent) -> Result<(), BusError> {
         // No subscriber is not an error: nobody is watching.
-        let _ = self.updates.send(event);
+        let _ = self.updates.send(Arc::new(event));
         Ok(())
     }
 
@@ -176,7 +178,7 @@ impl Bus for LocalBus {
         // `seq` and replay it from the event log.
         Ok(BroadcastStream::new(self.updates.subscribe())
             .filter_map(|update| futures::future::ready(update.ok()))
-            .map(Delivery::unacknowledged)
+            .map(|update| Delivery::unacknowledged(Arc::unwrap_or_clone(update)))
             .boxed())
     }
 
