@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bus;
 pub mod config;
 pub mod domain;
+mod fifo_map;
 pub mod http;
 #[cfg(test)]
 mod journey_simulation;

@@ -3,14 +3,17 @@
 //! they applied, keyed by idempotency key, so tests can prove nothing happened twice.
 //! `control_router` exposes both over HTTP for out-of-process simulators.
 
+use crate::fifo_map::FifoMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -86,20 +89,107 @@ impl SimulatorKnobs {
     }
 }
 
+/// How many effects a simulator remembers: the answers to their idempotency keys and
+/// what they left behind (reservations held, routes planned, orders cancelled). Like
+/// a real system's idempotency window, a replay of an older key is applied again (and
+/// counted as a new effect). Without a bound the three in-process simulators grew by
+/// about 1 KB per order, for good; with it they stay near 16 MB in all.
+pub(crate) const REMEMBERED_EFFECTS: usize = 16_384;
+
 /// Effects a simulator applied, by idempotency key. A replayed request finds its key
 /// here and gets the recorded answer without a second effect.
 #[derive(Debug, Default)]
 pub(crate) struct EffectLedger {
-    entries: RwLock<HashMap<String, LedgerEntry>>,
+    state: Mutex<Ledger>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct LedgerEntry {
-    /// The answer given the first time, replayed verbatim.
-    pub(crate) answer: String,
-    /// How many times the request was seen; effects happened once regardless.
-    pub(crate) requests: u64,
+#[derive(Debug)]
+struct Ledger {
+    /// The answer given the first time, replayed verbatim, for the latest keys.
+    answers: FifoMap<String, String>,
+    /// Effects applied, ever.
+    effects: usize,
+    /// Requests answered from `answers`, ever.
+    replays: u64,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self {
+            answers: FifoMap::new(REMEMBERED_EFFECTS),
+            effects: 0,
+            replays: 0,
+        }
+    }
+}
+
+impl EffectLedger {
+    fn state(&self) -> MutexGuard<'_, Ledger> {
+        // Plain counters and answers: a panic elsewhere cannot leave them half-changed.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns the recorded answer for `key`, or applies `effect` once and records
+    /// its answer. `effect` runs under the ledger lock, so two concurrent requests
+    /// with one key cannot both apply it.
+    pub(crate) fn once(&self, key: &str, effect: impl FnOnce() -> String) -> String {
+        let mut state = self.state();
+        if let Some(answer) = state.answers.get(key) {
+            let answer = answer.clone();
+            state.replays += 1;
+            return answer;
+        }
+        let answer = effect();
+        state.effects += 1;
+        state.answers.insert(key.to_owned(), answer.clone());
+        answer
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.state().answers.contains_key(key)
+    }
+
+    pub(crate) fn summary(&self, active: HashMap<String, usize>) -> LedgerSummary {
+        let state = self.state();
+        LedgerSummary {
+            effects: state.effects,
+            replays: state.replays,
+            active,
+        }
+    }
+}
+
+/// What a simulator's effects left behind, by key, for its latest
+/// [`REMEMBERED_EFFECTS`] effects: the oldest is forgotten first.
+#[derive(Debug)]
+pub(crate) struct Remembered<K, V>(Mutex<FifoMap<K, V>>);
+
+impl<K: Hash + Eq + Clone, V> Default for Remembered<K, V> {
+    fn default() -> Self {
+        Self(Mutex::new(FifoMap::new(REMEMBERED_EFFECTS)))
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Remembered<K, V> {
+    fn entries(&self) -> MutexGuard<'_, FifoMap<K, V>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn insert(&self, key: K, value: V) {
+        self.entries().insert(key, value);
+    }
+
+    pub(crate) fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries().remove(key)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries().len()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -109,46 +199,6 @@ pub struct LedgerSummary {
     pub replays: u64,
     /// Live effects per kind, e.g. reservations held or routes planned.
     pub active: HashMap<String, usize>,
-}
-
-impl EffectLedger {
-    /// Returns the recorded answer for `key`, or applies `effect` once and records
-    /// its answer. `effect` runs under the ledger lock, so two concurrent requests
-    /// with one key cannot both apply it.
-    pub(crate) fn once(&self, key: &str, effect: impl FnOnce() -> String) -> String {
-        let Ok(mut entries) = self.entries.write() else {
-            return effect();
-        };
-        if let Some(entry) = entries.get_mut(key) {
-            entry.requests += 1;
-            return entry.answer.clone();
-        }
-        let answer = effect();
-        entries.insert(
-            key.to_owned(),
-            LedgerEntry {
-                answer: answer.clone(),
-                requests: 1,
-            },
-        );
-        answer
-    }
-
-    pub(crate) fn contains(&self, key: &str) -> bool {
-        self.entries.read().is_ok_and(|e| e.contains_key(key))
-    }
-
-    pub(crate) fn summary(&self, active: HashMap<String, usize>) -> LedgerSummary {
-        let entries = self.entries.read();
-        let (effects, replays) = entries
-            .map(|e| (e.len(), e.values().map(|x| x.requests - 1).sum()))
-            .unwrap_or_default();
-        LedgerSummary {
-            effects,
-            replays,
-            active,
-        }
-    }
 }
 
 /// A simulator as the control API sees it.
@@ -269,6 +319,27 @@ mod tests {
         );
         let summary = ledger.summary(HashMap::new());
         assert_eq!((summary.effects, summary.replays), (1, 1));
+    }
+
+    #[test]
+    fn a_key_older_than_the_ledger_remembers_is_applied_again() {
+        let ledger = EffectLedger::default();
+        for i in 0..=REMEMBERED_EFFECTS {
+            ledger.once(&format!("ORD-{i}:wms.reserve"), || "ACK".into());
+        }
+        let mut applied = 0;
+        for key in ["ORD-1:wms.reserve", "ORD-0:wms.reserve"] {
+            ledger.once(key, || {
+                applied += 1;
+                "ACK".into()
+            });
+        }
+        // ORD-1, the oldest still remembered, is a replay; ORD-0 was forgotten.
+        let summary = ledger.summary(HashMap::new());
+        assert_eq!(
+            (applied, summary.effects, summary.replays),
+            (1, REMEMBERED_EFFECTS + 2, 1)
+        );
     }
 
     #[tokio::test]

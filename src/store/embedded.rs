@@ -41,6 +41,7 @@ use super::{
     OrderStore, StoreError, StoreHealth, UserStore,
 };
 use crate::domain::{Email, LoginSession, Order, OrderEvent, OrderId, OrderStatus, User, UserId};
+use crate::fifo_map::FifoMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redb::{
@@ -48,7 +49,7 @@ use redb::{
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::Path;
 use std::sync::Arc;
@@ -278,19 +279,14 @@ struct Recent {
 
 /// The orders written last, oldest evicted first (see the module documentation).
 struct RecentOrders {
-    capacity: usize,
-    entries: HashMap<String, Recent>,
-    /// Ids in the order they were cached; may name orders no longer cached.
-    arrivals: VecDeque<String>,
+    entries: FifoMap<String, Recent>,
 }
 
 impl RecentOrders {
     fn new(capacity: usize) -> Self {
         // Sized once: the cache fills to `capacity` and stays there.
         Self {
-            capacity,
-            entries: HashMap::with_capacity(capacity),
-            arrivals: VecDeque::with_capacity(capacity),
+            entries: FifoMap::preallocated(capacity),
         }
     }
 
@@ -298,7 +294,7 @@ impl RecentOrders {
     /// cached log does not end where the new events begin (it cannot be completed).
     /// It keeps its place in the eviction order: orders leave oldest intake first.
     fn advance(&mut self, stored: OrderRecord, (order, events): (Order, Vec<OrderEvent>)) {
-        let Some(entry) = self.entries.get_mut(&stored.order_id) else {
+        let Some(entry) = self.entries.get_mut(stored.order_id.as_str()) else {
             return;
         };
         let continues = events
@@ -309,25 +305,12 @@ impl RecentOrders {
             Arc::make_mut(&mut entry.events).extend(events);
             entry.document = stored.document;
         } else {
-            self.entries.remove(&stored.order_id);
+            self.entries.remove(stored.order_id.as_str());
         }
     }
 
     fn put(&mut self, id: &str, recent: Recent) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.entries.insert(id.to_owned(), recent).is_none() {
-            self.arrivals.push_back(id.to_owned());
-        }
-        while self.entries.len() > self.capacity || self.arrivals.len() > 2 * self.capacity {
-            let Some(oldest) = self.arrivals.pop_front() else {
-                break;
-            };
-            if self.entries.len() > self.capacity {
-                self.entries.remove(&oldest);
-            }
-        }
+        self.entries.insert(id.to_owned(), recent);
     }
 }
 

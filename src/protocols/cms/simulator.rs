@@ -8,7 +8,8 @@ use super::codec::{
 };
 use crate::domain::Operation;
 use crate::protocols::simulator::{
-    ControlledSimulator, EffectLedger, KnobSettings, LedgerSummary, SimulatorKnobs, Verdict,
+    ControlledSimulator, EffectLedger, KnobSettings, LedgerSummary, Remembered, SimulatorKnobs,
+    Verdict,
 };
 use axum::Router;
 use axum::body::Body;
@@ -16,8 +17,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +30,7 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct CmsSimulator {
     knobs: SimulatorKnobs,
     ledger: EffectLedger,
-    cancelled_orders: Mutex<HashSet<String>>,
+    cancelled_orders: Remembered<String, ()>,
 }
 
 impl CmsSimulator {
@@ -83,10 +84,7 @@ impl CmsSimulator {
             .filter(|k| !k.trim().is_empty())
             .unwrap_or_else(|| format!("{order_id}:{}", Operation::CancelCustomerOrder.name()));
         let answer = self.ledger.once(&key, || {
-            self.cancelled_orders
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(order_id);
+            self.cancelled_orders.insert(order_id, ());
             encode_reply(&CmsReply::Cancellation { cancelled: true })
         });
         soap(StatusCode::OK, answer)
@@ -99,11 +97,7 @@ impl ControlledSimulator for CmsSimulator {
     }
 
     fn summary(&self) -> LedgerSummary {
-        let cancelled = self
-            .cancelled_orders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let cancelled = self.cancelled_orders.len();
         self.ledger
             .summary(HashMap::from([("cancelledOrders".to_owned(), cancelled)]))
     }
@@ -292,6 +286,7 @@ fn wsdl(location: &str) -> String {
 mod tests {
     use super::*;
     use quick_xml::events::Event;
+    use std::collections::HashSet;
 
     /// Every element and attribute of the WSDL, to prove it is well-formed XML and
     /// that a hostile Host header cannot break out of the location attribute.

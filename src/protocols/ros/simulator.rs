@@ -6,7 +6,8 @@
 use super::{ErrorBody, OptimizeRequest};
 use crate::domain::{Location, Operation, Route, Waypoint};
 use crate::protocols::simulator::{
-    ControlledSimulator, EffectLedger, KnobSettings, LedgerSummary, SimulatorKnobs, Verdict,
+    ControlledSimulator, EffectLedger, KnobSettings, LedgerSummary, Remembered, SimulatorKnobs,
+    Verdict,
 };
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -17,7 +18,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +35,7 @@ pub struct RosSimulator {
     knobs: SimulatorKnobs,
     ledger: EffectLedger,
     /// Planned routes not yet cancelled, by route id.
-    routes: Mutex<HashMap<String, Route>>,
+    routes: Remembered<String, Route>,
 }
 
 impl RosSimulator {
@@ -65,7 +66,7 @@ impl RosSimulator {
 
     /// Routes planned and not cancelled.
     pub(crate) fn routes(&self) -> usize {
-        self.routes.lock().map(|r| r.len()).unwrap_or_default()
+        self.routes.len()
     }
 }
 
@@ -123,8 +124,8 @@ async fn optimize(
     let body = sim.ledger.once(&key, || {
         let route = plan(&request.pickup, &request.delivery, Utc::now());
         let body = serde_json::to_string(&route).unwrap_or_default();
-        if let (Ok(mut routes), Some(id)) = (sim.routes.lock(), route.route_id.clone()) {
-            routes.insert(id, route);
+        if let Some(id) = route.route_id.clone() {
+            sim.routes.insert(id, route);
         }
         body
     });
@@ -146,7 +147,7 @@ async fn cancel(State(sim): State<Arc<RosSimulator>>, Path(route_id): Path<Strin
     }
     let key = format!("{route_id}:ros.cancel");
     let outcome = sim.ledger.once(&key, || {
-        let removed = sim.routes.lock().ok().and_then(|mut r| r.remove(&route_id));
+        let removed = sim.routes.remove(&route_id);
         if removed.is_some() {
             "deleted"
         } else {

@@ -10,13 +10,14 @@
 use super::codec::{Reply, Request, ServerCodec};
 use crate::domain::{Operation, OrderId, Reservation};
 use crate::protocols::simulator::{
-    ControlledSimulator, EffectLedger, KnobSettings, LedgerSummary, SimulatorKnobs, Verdict,
+    ControlledSimulator, EffectLedger, KnobSettings, LedgerSummary, Remembered, SimulatorKnobs,
+    Verdict,
 };
 use crate::protocols::wms::codec::Line;
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -36,7 +37,7 @@ pub struct WmsSimulator {
     knobs: SimulatorKnobs,
     ledger: EffectLedger,
     /// Reservations held, by order id.
-    held: Mutex<HashMap<OrderId, Reservation>>,
+    held: Remembered<OrderId, Reservation>,
     max_connections: usize,
 }
 
@@ -51,7 +52,7 @@ impl WmsSimulator {
         Self {
             knobs: SimulatorKnobs::new(settings),
             ledger: EffectLedger::default(),
-            held: Mutex::new(HashMap::new()),
+            held: Remembered::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
@@ -169,9 +170,7 @@ impl WmsSimulator {
                         warehouse: reservation.warehouse.clone(),
                         picking_location: reservation.picking_location.clone(),
                     };
-                    if let Ok(mut held) = self.held.lock() {
-                        held.insert(order_id.clone(), reservation);
-                    }
+                    self.held.insert(order_id.clone(), reservation);
                     render(&reply)
                 });
                 recorded(&line)
@@ -183,7 +182,7 @@ impl WmsSimulator {
                 }
                 let key = Operation::ReleaseInventory.idempotency_key(&order_id);
                 let line = self.ledger.once(&key, || {
-                    let released = self.held.lock().ok().and_then(|mut h| h.remove(&order_id));
+                    let released = self.held.remove(&order_id);
                     let warehouse = released
                         .map(|r| r.warehouse)
                         .unwrap_or_else(|| reservation_for(&order_id).warehouse);
@@ -196,7 +195,7 @@ impl WmsSimulator {
 
     /// Reservations currently held.
     pub fn reservations(&self) -> usize {
-        self.held.lock().map(|h| h.len()).unwrap_or_default()
+        self.held.len()
     }
 }
 
