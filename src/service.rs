@@ -8,8 +8,8 @@
 use crate::bus::{OrderCommand, SharedBus};
 use crate::domain::saga::{self, SagaRejection};
 use crate::domain::{
-    NewOrder, Operation, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput,
-    UserId, ValidationErrors,
+    NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId,
+    ValidationErrors,
 };
 use crate::store::{
     EventLog, IdempotencyKey, Intake, OrderPage, OrderQuery, SharedStore, StoreError,
@@ -426,31 +426,6 @@ impl<S: crate::store::Store + ?Sized> OrderWrites for S {
     }
 }
 
-/// What a commit came to: the order as stored now, the events written with it and
-/// the step it takes next (neither when `decide` found nothing to do on the order as
-/// it stands).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Committed {
-    pub(crate) order: Order,
-    pub(crate) events: Vec<OrderEvent>,
-    pub(crate) next: Option<Operation>,
-}
-
-impl From<SagaDecision> for Committed {
-    fn from(decision: SagaDecision) -> Self {
-        let SagaDecision {
-            order,
-            events,
-            next,
-        } = decision;
-        Self {
-            order,
-            events,
-            next,
-        }
-    }
-}
-
 /// Another writer kept winning the compare-and-set race.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("order {0} kept changing under us")]
@@ -462,6 +437,8 @@ pub(crate) struct KeptChanging(pub OrderId);
 /// the HTTP commands (cancel, assign, delivery) alike. `decide` sees every version
 /// read, so it re-checks whatever it depends on (who may act, the actor's lease).
 /// Events are not announced here: the caller announces them once this returns.
+/// The result is the decision written, or, when `decide` found nothing to do on the
+/// order as it stands, that order with no events and no next step.
 /// `order` is only borrowed: the first decision is made on the caller's copy, and an
 /// order is read again only when another writer got there first.
 pub(crate) async fn commit_with_retry<E>(
@@ -469,14 +446,14 @@ pub(crate) async fn commit_with_retry<E>(
     node: &str,
     order: &Order,
     mut decide: impl FnMut(&Order) -> Result<Option<SagaDecision>, E>,
-) -> Result<Committed, E>
+) -> Result<SagaDecision, E>
 where
     E: From<StoreError> + From<KeptChanging>,
 {
     let mut current = Cow::Borrowed(order);
     for _ in 0..MAX_CAS_ATTEMPTS {
         let Some(decision) = decide(&current)? else {
-            return Ok(Committed {
+            return Ok(SagaDecision {
                 order: current.into_owned(),
                 events: Vec::new(),
                 next: None,
@@ -485,7 +462,7 @@ where
         match store.write(&decision.order, &decision.events).await {
             Ok(()) => {
                 crate::observability::order_transitions(node, &decision.order, &decision.events);
-                return Ok(decision.into());
+                return Ok(decision);
             }
             Err(StoreError::VersionConflict { .. }) => {
                 let id = current.order_id.clone();
@@ -498,9 +475,12 @@ where
 }
 
 /// Best effort: a lost announcement is recovered by subscribers from the event log.
+/// The events are one order's, moved to the bus without a copy.
 pub(crate) async fn announce(bus: &SharedBus, events: Vec<OrderEvent>) {
+    let Some(order_id) = events.first().map(|e| e.order_id.clone()) else {
+        return;
+    };
     for event in events {
-        let order_id = event.order_id.clone();
         if let Err(e) = bus.publish_update(event).await {
             tracing::warn!(%order_id, error = %e, "order update not announced");
         }
