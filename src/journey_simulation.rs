@@ -28,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SHARDS: u64 = 8;
@@ -51,11 +51,14 @@ fn policy() -> RunnerPolicy {
     }
 }
 
+/// An order as stored, with its event log (after the intake event).
+type Stored = (Arc<Order>, Vec<Arc<OrderEvent>>);
+
 /// The store: orders with their event logs, compare-and-set on the version, and
 /// outage windows.
 #[derive(Default)]
 struct SimStore {
-    orders: Mutex<BTreeMap<OrderId, (Order, Vec<OrderEvent>)>>,
+    orders: Mutex<BTreeMap<OrderId, Stored>>,
     down_until: Mutex<Micros>,
     now: Mutex<Micros>,
     /// Writes refused because another writer got there first.
@@ -74,12 +77,16 @@ impl SimStore {
 
 #[async_trait::async_trait]
 impl OrderWrites for SimStore {
-    async fn current(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+    async fn current(&self, id: &OrderId) -> Result<Option<Arc<Order>>, StoreError> {
         self.up()?;
-        Ok(lock(&self.orders).get(id).map(|(o, _)| o.clone()))
+        Ok(lock(&self.orders).get(id).map(|(o, _)| Arc::clone(o)))
     }
 
-    async fn write(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        order: &Arc<Order>,
+        events: &[Arc<OrderEvent>],
+    ) -> Result<(), StoreError> {
         let store = self;
         store.up()?;
         let mut orders = lock(&store.orders);
@@ -109,7 +116,7 @@ impl OrderWrites for SimStore {
             );
         }
         assert_eq!(order.seq, stored.seq + events.len() as u64, "seed {seed}");
-        *stored = order.clone();
+        *stored = Arc::clone(order);
         log.extend_from_slice(events);
         Ok(())
     }
@@ -291,7 +298,7 @@ impl Sim {
         let order = received(&format!("ORD-SIM-{n:07}"));
         let id = order.order_id.clone();
         let log = vec![];
-        lock(&self.store.orders).insert(id.clone(), (order, log));
+        lock(&self.store.orders).insert(id.clone(), (Arc::new(order), log));
         self.send_later(id.clone(), Event::Woken);
         if self.rng.random_bool(0.1) {
             let after = self.rng.random_range(0..ms(500));

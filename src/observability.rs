@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use opentelemetry_otlp::ExporterBuildError;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::Arc;
 
 /// The W3C trace context header, on bus messages as an AMQP header of this name.
 pub(crate) const TRACEPARENT: &str = "traceparent";
@@ -331,7 +332,7 @@ pub(crate) fn adopt(span: &tracing::Span, traceparent: &str) {
 
 /// Logs each status an order reached (one INFO line per transition, with the step
 /// it waits on next) and feeds the transition and journey metrics.
-pub(crate) fn order_transitions(node: &str, order: &Order, events: &[OrderEvent]) {
+pub(crate) fn order_transitions(node: &str, order: &Order, events: &[Arc<OrderEvent>]) {
     let step = saga::next_operation(order).map_or("none", |op| op.name());
     for event in events {
         tracing::info!(

@@ -15,7 +15,6 @@ use crate::store::{
     EventLog, IdempotencyKey, Intake, OrderPage, OrderQuery, SharedStore, StoreError,
 };
 use chrono::Utc;
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -190,6 +189,7 @@ impl OrderService {
                 replayed: true,
             }),
             Intake::Created => {
+                let event = Arc::new(event);
                 crate::observability::order_transitions(
                     &self.node,
                     &order,
@@ -209,7 +209,11 @@ impl OrderService {
         }
     }
 
-    pub(crate) async fn find(&self, viewer: &Viewer, id: &OrderId) -> Result<Order, ServiceError> {
+    pub(crate) async fn find(
+        &self,
+        viewer: &Viewer,
+        id: &OrderId,
+    ) -> Result<Arc<Order>, ServiceError> {
         self.load(viewer, Action::Own, id).await
     }
 
@@ -218,7 +222,7 @@ impl OrderService {
         viewer: &Viewer,
         action: Action,
         id: &OrderId,
-    ) -> Result<Order, ServiceError> {
+    ) -> Result<Arc<Order>, ServiceError> {
         match self.store.order(id).await? {
             Some(order) if viewer.may(action, &order) => Ok(order),
             _ => Err(ServiceError::NotFound),
@@ -231,7 +235,7 @@ impl OrderService {
         &self,
         viewer: &Viewer,
         id: &OrderId,
-    ) -> Result<Option<Order>, ServiceError> {
+    ) -> Result<Option<Arc<Order>>, ServiceError> {
         match self.find(viewer, id).await {
             Ok(order) => Ok(Some(order)),
             Err(ServiceError::NotFound) => Ok(None),
@@ -246,7 +250,7 @@ impl OrderService {
         id: &OrderId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<OrderEvent>, ServiceError> {
+    ) -> Result<Vec<Arc<OrderEvent>>, ServiceError> {
         Ok(self.store.events(id, after, limit).await?)
     }
 
@@ -265,7 +269,7 @@ impl OrderService {
         &self,
         viewer: &Viewer,
         id: &OrderId,
-    ) -> Result<(Order, EventLog), ServiceError> {
+    ) -> Result<(Arc<Order>, EventLog), ServiceError> {
         match self.store.order_with_log(id).await? {
             Some((order, events)) if viewer.may(Action::Own, &order) => Ok((order, events)),
             _ => Err(ServiceError::NotFound),
@@ -287,7 +291,7 @@ impl OrderService {
         &self,
         viewer: &Viewer,
         id: &OrderId,
-    ) -> Result<Order, ServiceError> {
+    ) -> Result<Arc<Order>, ServiceError> {
         self.change(viewer, Action::Own, id, |_| Some(SagaInput::Cancel))
             .await
     }
@@ -298,7 +302,7 @@ impl OrderService {
         viewer: &Viewer,
         id: &OrderId,
         status: OrderStatus,
-    ) -> Result<Order, ServiceError> {
+    ) -> Result<Arc<Order>, ServiceError> {
         if !status.is_delivery_report() {
             return Err(ServiceError::Conflict(
                 "status must be OUT_FOR_DELIVERY or DELIVERED".into(),
@@ -320,7 +324,7 @@ impl OrderService {
         viewer: &Viewer,
         id: &OrderId,
         driver: &UserId,
-    ) -> Result<Order, ServiceError> {
+    ) -> Result<Arc<Order>, ServiceError> {
         let is_driver = self
             .store
             .user_by_id(driver)
@@ -370,7 +374,7 @@ impl OrderService {
         action: Action,
         id: &OrderId,
         input: impl Fn(&Order) -> Option<SagaInput>,
-    ) -> Result<Order, ServiceError> {
+    ) -> Result<Arc<Order>, ServiceError> {
         let order = self.load(viewer, action, id).await?;
         let decide = |order: &Order| {
             if !viewer.may(action, order) {
@@ -411,17 +415,22 @@ impl OrderService {
 /// stored order is no longer the one decided on).
 #[async_trait::async_trait]
 pub(crate) trait OrderWrites: Send + Sync {
-    async fn current(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
-    async fn write(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError>;
+    async fn current(&self, id: &OrderId) -> Result<Option<Arc<Order>>, StoreError>;
+    async fn write(&self, order: &Arc<Order>, events: &[Arc<OrderEvent>])
+    -> Result<(), StoreError>;
 }
 
 #[async_trait::async_trait]
 impl<S: crate::store::Store + ?Sized> OrderWrites for S {
-    async fn current(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+    async fn current(&self, id: &OrderId) -> Result<Option<Arc<Order>>, StoreError> {
         self.order(id).await
     }
 
-    async fn write(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        order: &Arc<Order>,
+        events: &[Arc<OrderEvent>],
+    ) -> Result<(), StoreError> {
         self.apply(order, events).await
     }
 }
@@ -439,34 +448,35 @@ pub(crate) struct KeptChanging(pub OrderId);
 /// Events are not announced here: the caller announces them once this returns.
 /// The result is the decision written, or, when `decide` found nothing to do on the
 /// order as it stands, that order with no events and no next step.
-/// `order` is only borrowed: the first decision is made on the caller's copy, and an
-/// order is read again only when another writer got there first.
+/// `order` is shared, not copied: the first decision is made on the caller's version,
+/// and an order is read again only when another writer got there first.
 pub(crate) async fn commit_with_retry<E>(
     store: &(impl OrderWrites + ?Sized),
     node: &str,
-    order: &Order,
+    order: &Arc<Order>,
     mut decide: impl FnMut(&Order) -> Result<Option<SagaDecision>, E>,
-) -> Result<SagaDecision, E>
+) -> Result<Committed, E>
 where
     E: From<StoreError> + From<KeptChanging>,
 {
-    let mut current = Cow::Borrowed(order);
+    let mut current = Arc::clone(order);
     for _ in 0..MAX_CAS_ATTEMPTS {
         let Some(decision) = decide(&current)? else {
-            return Ok(SagaDecision {
-                order: current.into_owned(),
+            return Ok(Committed {
+                order: current,
                 events: Vec::new(),
                 next: None,
             });
         };
-        match store.write(&decision.order, &decision.events).await {
+        let committed = Committed::from(decision);
+        match store.write(&committed.order, &committed.events).await {
             Ok(()) => {
-                crate::observability::order_transitions(node, &decision.order, &decision.events);
-                return Ok(decision);
+                crate::observability::order_transitions(node, &committed.order, &committed.events);
+                return Ok(committed);
             }
             Err(StoreError::VersionConflict { .. }) => {
                 let id = current.order_id.clone();
-                current = Cow::Owned(store.current(&id).await?.ok_or(StoreError::NotFound(id))?);
+                current = store.current(&id).await?.ok_or(StoreError::NotFound(id))?;
             }
             Err(error) => return Err(error.into()),
         }
@@ -474,9 +484,29 @@ where
     Err(KeptChanging(current.order_id.clone()).into())
 }
 
+/// A [`SagaDecision`] as written: the order and its events shared from then on by
+/// whoever holds them (the order's actor, a store that keeps recent orders in memory,
+/// the bus and the WebSocket sessions it reaches), never copied.
+pub(crate) struct Committed {
+    pub(crate) order: Arc<Order>,
+    pub(crate) events: Vec<Arc<OrderEvent>>,
+    /// The call the order now waits on, if any.
+    pub(crate) next: Option<crate::domain::Operation>,
+}
+
+impl From<SagaDecision> for Committed {
+    fn from(decision: SagaDecision) -> Self {
+        Self {
+            order: Arc::new(decision.order),
+            events: decision.events.into_iter().map(Arc::new).collect(),
+            next: decision.next,
+        }
+    }
+}
+
 /// Best effort: a lost announcement is recovered by subscribers from the event log.
-/// The events are one order's, moved to the bus without a copy.
-pub(crate) async fn announce(bus: &SharedBus, events: Vec<OrderEvent>) {
+/// The events are one order's, handed to the bus without a copy.
+pub(crate) async fn announce(bus: &SharedBus, events: Vec<Arc<OrderEvent>>) {
     let Some(order_id) = events.first().map(|e| e.order_id.clone()) else {
         return;
     };

@@ -16,6 +16,7 @@ use serde_json::json;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swiftlogistics::bus::amqp::{AmqpBus, DELIVERY_RETRIES};
 use swiftlogistics::bus::{
@@ -415,7 +416,7 @@ async fn the_seed_event_catalogue_is_published_beside_our_updates() {
         ),
     ];
     for (seq, (status, _, _)) in journey.iter().enumerate() {
-        bus.publish_update(update(&order, seq as u64 + 1, *status))
+        bus.publish_update(Arc::new(update(&order, seq as u64 + 1, *status)))
             .await
             .expect("publish");
     }
@@ -769,7 +770,10 @@ async fn every_subscriber_on_every_node_sees_every_update_in_order() {
         update(&order, 3, OrderStatus::InventoryReserved),
     ];
     for event in &updates {
-        node_b.publish_update(event.clone()).await.expect("publish");
+        node_b
+            .publish_update(Arc::new(event.clone()))
+            .await
+            .expect("publish");
     }
     for inbox in &mut inboxes {
         for expected in &updates {
@@ -813,7 +817,7 @@ async fn a_publish_returns_only_once_the_broker_has_taken_the_message() {
     assert!(matches!(refused, Err(BusError::Rejected(_))), "{refused:?}");
 
     // An update with nobody subscribed is fine.
-    bus.publish_update(update(&new_order(), 1, OrderStatus::Received))
+    bus.publish_update(Arc::new(update(&new_order(), 1, OrderStatus::Received)))
         .await
         .expect("unrouted updates are not errors");
 }
@@ -941,7 +945,7 @@ async fn inboxes_and_publishing_come_back_after_the_broker_is_killed() {
     let order = new_order();
     let deadline = Instant::now() + WAIT;
     loop {
-        bus.publish_update(update(&order, 2, OrderStatus::CmsValidated))
+        bus.publish_update(Arc::new(update(&order, 2, OrderStatus::CmsValidated)))
             .await
             .expect("publish update");
         if let Ok(Some(delivery)) =

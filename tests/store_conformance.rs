@@ -248,11 +248,16 @@ async fn place(store: &SharedStore, customer: &UserId) -> Order {
 }
 
 async fn advance(store: &SharedStore, decision: SagaDecision) -> Order {
-    store
-        .apply(&decision.order, &decision.events)
-        .await
-        .expect("apply");
+    write(store, &decision).await.expect("apply");
     decision.order
+}
+
+/// Writes a decision as the runtime does: the order and its events shared.
+async fn write(store: &SharedStore, decision: &SagaDecision) -> Result<(), StoreError> {
+    let events: Vec<Arc<OrderEvent>> = decision.events.iter().cloned().map(Arc::new).collect();
+    store
+        .apply(&Arc::new(decision.order.clone()), &events)
+        .await
 }
 
 fn query(customer: Option<&UserId>, status: Option<OrderStatus>, limit: usize) -> OrderQuery {
@@ -284,7 +289,7 @@ fn ids(orders: &[Order]) -> Vec<OrderId> {
     orders.iter().map(|o| o.order_id.clone()).collect()
 }
 
-fn seqs(events: &[OrderEvent]) -> Vec<u64> {
+fn seqs(events: &[Arc<OrderEvent>]) -> Vec<u64> {
     events.iter().map(|e| e.seq).collect()
 }
 
@@ -357,7 +362,7 @@ async fn reads_back_whole(store: &SharedStore, order: &Order) {
         .await
         .expect("read")
         .expect("the order is in the store");
-    assert_eq!(&read, order);
+    assert_eq!(&*read, order);
     assert_eq!(seqs(&log), (1..=order.seq).collect::<Vec<_>>());
 }
 
@@ -484,15 +489,15 @@ async fn created_order_reads_back_with_its_first_event(store: SharedStore) {
     );
     assert_eq!(
         store.order(&order.order_id).await.expect("read"),
-        Some(order.clone())
+        Some(Arc::new(order.clone()))
     );
     assert_eq!(
         store.events(&order.order_id, 0, 10).await.expect("events"),
-        vec![event.clone()]
+        vec![Arc::new(event.clone())]
     );
     assert_eq!(
         store.order_with_log(&order.order_id).await.expect("read"),
-        Some((order.clone(), Arc::new(vec![event])))
+        Some((Arc::new(order.clone()), Arc::new(vec![Arc::new(event)])))
     );
     let (unknown, _) = new_order(&customer());
     assert_eq!(store.order(&unknown.order_id).await.expect("read"), None);
@@ -607,7 +612,7 @@ async fn concurrent_compare_and_set_has_exactly_one_winner(store: SharedStore) {
     let contenders = [validated(&order), refused(&order)];
     let attempts = contenders.iter().cloned().map(|decision| {
         let store = Arc::clone(&store);
-        tokio::spawn(async move { store.apply(&decision.order, &decision.events).await })
+        tokio::spawn(async move { write(&store, &decision).await })
     });
     let results: Vec<_> = join_all(attempts)
         .await
@@ -624,23 +629,29 @@ async fn concurrent_compare_and_set_has_exactly_one_winner(store: SharedStore) {
     let winner = &contenders[winners[0]];
     assert_eq!(
         store.order(&order.order_id).await.expect("read"),
-        Some(winner.order.clone())
+        Some(Arc::new(winner.order.clone()))
     );
     let log = store.events(&order.order_id, 1, 100).await.expect("events");
     assert_eq!(
-        log, winner.events,
+        log,
+        winner
+            .events
+            .iter()
+            .cloned()
+            .map(Arc::new)
+            .collect::<Vec<_>>(),
         "only the winner's events are in the log"
     );
 
     // Replaying the same change again is stale.
     assert!(matches!(
-        store.apply(&winner.order, &winner.events).await,
+        write(&store, winner).await,
         Err(StoreError::VersionConflict { expected: 1 })
     ));
     let (never_stored, _) = new_order(&customer());
     let ghost = validated(&never_stored);
     assert!(matches!(
-        store.apply(&ghost.order, &ghost.events).await,
+        write(&store, &ghost).await,
         Err(StoreError::NotFound(id)) if id == never_stored.order_id
     ));
 }
@@ -661,7 +672,7 @@ async fn events_are_appended_in_order_without_gaps(store: SharedStore) {
     assert_eq!(seqs(&log), vec![1, 2, 3, 4, 5]);
     assert_eq!(
         store.order_with_log(&order.order_id).await.expect("read"),
-        Some((order.clone(), Arc::new(log.clone())))
+        Some((Arc::new(order.clone()), Arc::new(log.clone())))
     );
     let statuses: Vec<_> = log.iter().map(|e| e.status).collect();
     assert_eq!(
@@ -706,12 +717,12 @@ async fn events_are_appended_in_order_without_gaps(store: SharedStore) {
         event.seq += 1;
     }
     assert!(matches!(
-        store.apply(&gap.order, &gap.events).await,
+        write(&store, &gap).await,
         Err(StoreError::Corrupt(_))
     ));
     assert_eq!(
         store.order(&order.order_id).await.expect("read"),
-        Some(order.clone())
+        Some(Arc::new(order.clone()))
     );
     assert_eq!(
         seqs(&store.events(&order.order_id, 0, 100).await.expect("events")),
@@ -1121,7 +1132,7 @@ async fn conflicts_in_a_burst_do_not_fail_their_neighbours(store: SharedStore) {
         [validated(order), refused(order)].map(|decision| {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                let result = store.apply(&decision.order, &decision.events).await;
+                let result = write(&store, &decision).await;
                 (decision, result)
             })
         })
@@ -1138,7 +1149,7 @@ async fn conflicts_in_a_burst_do_not_fail_their_neighbours(store: SharedStore) {
             match result {
                 Ok(()) => assert_eq!(
                     store.order(&decision.order.order_id).await.expect("read"),
-                    Some(decision.order.clone())
+                    Some(Arc::new(decision.order.clone()))
                 ),
                 Err(e) => assert!(
                     matches!(e, StoreError::VersionConflict { expected: 1 }),
@@ -1208,26 +1219,26 @@ mod embedded_only {
                 let order = advance(&store, validated(&placed)).await;
                 // A writer that lost the race changes neither the file nor the cache.
                 let stale = validated(&placed);
-                let lost = store.apply(&stale.order, &stale.events).await;
+                let lost = write(&store, &stale).await;
                 assert!(lost.is_err(), "{lost:?}");
                 let order = advance(&store, reserved(&order)).await;
                 expected.push(order);
             }
             for order in &expected {
                 let read = store.order(&order.order_id).await.expect("read");
-                assert_eq!(read.as_ref(), Some(order));
+                assert_eq!(read.as_deref(), Some(order));
                 let log = store.events(&order.order_id, 0, 100).await.expect("log");
                 assert_eq!(log.len() as u64, order.seq);
                 let tail = store.events(&order.order_id, 1, 1).await.expect("tail");
                 assert_eq!(tail, log[1..2].to_vec());
                 let together = store.order_with_log(&order.order_id).await.expect("read");
-                assert_eq!(together, Some((order.clone(), Arc::new(log))));
+                assert_eq!(together, Some((Arc::new(order.clone()), Arc::new(log))));
             }
         }
         let reopened = open(dir.path());
         for order in &expected {
             let read = reopened.order(&order.order_id).await.expect("read");
-            assert_eq!(read.as_ref(), Some(order));
+            assert_eq!(read.as_deref(), Some(order));
             reads_back_whole(&reopened, order).await;
         }
     }
@@ -1268,7 +1279,7 @@ mod embedded_only {
         );
         assert_eq!(
             store.order(&validated_order.order_id).await.expect("read"),
-            Some(validated_order.clone())
+            Some(Arc::new(validated_order.clone()))
         );
         assert_eq!(
             seqs(
@@ -1451,7 +1462,7 @@ mod embedded_only {
         let applies = stream::iter(decisions)
             .map(|decision| {
                 let store = Arc::clone(&store);
-                tokio::spawn(async move { store.apply(&decision.order, &decision.events).await })
+                tokio::spawn(async move { write(&store, &decision).await })
             })
             .buffer_unordered(IN_FLIGHT);
         for result in applies.collect::<Vec<_>>().await {
@@ -1549,14 +1560,20 @@ mod mongo_only {
         let mut flagged = order.clone();
         flagged.version += 1;
         flagged.failure_reason = Some("warehouse on fire".into());
-        store.apply(&flagged, &[]).await.expect("set the field");
+        store
+            .apply(&Arc::new(flagged.clone()), &[])
+            .await
+            .expect("set the field");
         let mut cleared = flagged.clone();
         cleared.version += 1;
         cleared.failure_reason = None;
-        store.apply(&cleared, &[]).await.expect("drop the field");
+        store
+            .apply(&Arc::new(cleared.clone()), &[])
+            .await
+            .expect("drop the field");
         assert_eq!(
             store.order(&order.order_id).await.expect("read"),
-            Some(cleared)
+            Some(Arc::new(cleared))
         );
     }
 

@@ -460,7 +460,7 @@ enum Skip {
 /// One store read: is the parked request's order still waiting on it?
 async fn still_wanted(context: &Context, request: &StepRequest) -> Result<(), Skip> {
     match context.store.order(&request.order_id).await {
-        Ok(order) => parked::verdict(request, order.as_ref()).map_err(Skip::Moot),
+        Ok(order) => parked::verdict(request, order.as_deref()).map_err(Skip::Moot),
         Err(error) => {
             tracing::warn!(order_id = %request.order_id, operation = request.operation.name(),
                 %error, "cannot check a parked request against its order");

@@ -57,13 +57,13 @@ pub(crate) enum Topic {
 /// others, so an update costs one rendering however many sessions follow it.
 #[derive(Debug)]
 pub(crate) struct Update {
-    pub(crate) event: OrderEvent,
+    pub(crate) event: Arc<OrderEvent>,
     /// The rendering, once made (`None` if it failed).
     pub(crate) rendered: OnceLock<Option<Bytes>>,
 }
 
 impl Update {
-    pub fn new(event: OrderEvent) -> Self {
+    pub fn new(event: Arc<OrderEvent>) -> Self {
         Self {
             event,
             rendered: OnceLock::new(),
@@ -89,7 +89,7 @@ pub(crate) enum NotifierMsg {
     Close {
         session: SessionId,
     },
-    Publish(OrderEvent),
+    Publish(Arc<OrderEvent>),
 }
 
 /// How the rest of the node talks to the notifier. Every message is counted in the
@@ -133,7 +133,7 @@ impl Notifier {
     }
 
     /// Hands an update to the notifier; false once the notifier is gone.
-    pub(crate) fn publish(&self, event: OrderEvent) -> bool {
+    pub(crate) fn publish(&self, event: Arc<OrderEvent>) -> bool {
         self.send(NotifierMsg::Publish(event))
     }
 
@@ -280,7 +280,7 @@ impl Actor for NotifierActor {
             NotifierMsg::Close { session } => {
                 state.remove(session);
             }
-            NotifierMsg::Publish(event) => state.publish(&event),
+            NotifierMsg::Publish(event) => state.publish(event),
         }
         Ok(())
     }
@@ -387,12 +387,12 @@ impl NotifierState {
         audience
     }
 
-    fn publish(&mut self, event: &OrderEvent) {
-        let audience = self.audience(event);
+    fn publish(&mut self, event: Arc<OrderEvent>) {
+        let audience = self.audience(&event);
         if audience.is_empty() {
             return;
         }
-        let update = Arc::new(Update::new(event.clone()));
+        let update = Arc::new(Update::new(event));
         let mut delivered = 0u64;
         let mut cut_off = Vec::new();
         for session in audience {
@@ -400,7 +400,7 @@ impl NotifierState {
                 continue;
             };
             // The second fence: subscriptions were checked when they were made.
-            if !entry.viewer.may_see(&event.customer_id) {
+            if !entry.viewer.may_see(&update.event.customer_id) {
                 continue;
             }
             match entry.outbox.try_send(update.clone()) {
@@ -441,7 +441,7 @@ fn unindex<K: std::hash::Hash + Eq>(
 pub(crate) fn spawn_update_bridge(
     notifier: Notifier,
     bridge: MailboxGauge,
-    mut inbox: Inbox<OrderEvent>,
+    mut inbox: Inbox<Arc<OrderEvent>>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -523,7 +523,7 @@ mod tests {
         updates: &mut outbox::Receiver<Arc<Update>>,
         marker_customer: &str,
     ) -> Vec<(String, u64)> {
-        assert!(n.publish(event("ORD-MARK", marker_customer, 1)));
+        assert!(n.publish(Arc::new(event("ORD-MARK", marker_customer, 1))));
         let mut seen = Vec::new();
         loop {
             let update = next(updates).await;
@@ -555,9 +555,9 @@ mod tests {
         // check still delivers nothing.
         n.follow(alice_reg.id, Topic::Order(OrderId::parse("ORD-B").unwrap()));
 
-        n.publish(event("ORD-A", "usr_alice", 1));
-        n.publish(event("ORD-B", "usr_bob", 1));
-        n.publish(event("ORD-A", "usr_alice", 2));
+        n.publish(Arc::new(event("ORD-A", "usr_alice", 1)));
+        n.publish(Arc::new(event("ORD-B", "usr_bob", 1)));
+        n.publish(Arc::new(event("ORD-A", "usr_alice", 2)));
         let owned = |order: &str, seq| (order.to_owned(), seq);
         assert_eq!(
             until_marker(&n, &mut admin_updates, "usr_bob").await,
@@ -587,7 +587,7 @@ mod tests {
         n.follow(slow.id, Topic::Everything);
         n.follow(fast.id, Topic::Everything);
         for seq in 1..=10 {
-            n.publish(event("ORD-A", "usr_alice", seq));
+            n.publish(Arc::new(event("ORD-A", "usr_alice", seq)));
         }
         for seq in 1..=10 {
             assert_eq!(next(&mut fast_updates).await.event.seq, seq);
@@ -615,10 +615,10 @@ mod tests {
         n.follow(admin.id, Topic::Everything);
         let order = Topic::Order(OrderId::parse("ORD-A").unwrap());
         n.follow(alice.id, order.clone());
-        n.publish(event("ORD-A", "usr_alice", 1));
+        n.publish(Arc::new(event("ORD-A", "usr_alice", 1)));
         assert_eq!(next(&mut alice_updates).await.event.seq, 1);
         n.unfollow(alice.id, order);
-        n.publish(event("ORD-A", "usr_alice", 2));
+        n.publish(Arc::new(event("ORD-A", "usr_alice", 2)));
         drop(alice);
         until_marker(&n, &mut admin_updates, "usr_admin").await;
         // Alice's outbox got nothing more, and closing dropped the notifier's sender.

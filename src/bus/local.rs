@@ -110,9 +110,9 @@ impl Bus for LocalBus {
         self.orders.send(command).await
     }
 
-    async fn publish_update(&self, event: OrderEvent) -> Result<(), BusError> {
+    async fn publish_update(&self, event: Arc<OrderEvent>) -> Result<(), BusError> {
         // No subscriber is not an error: nobody is watching.
-        let _ = self.updates.send(Arc::new(event));
+        let _ = self.updates.send(event);
         Ok(())
     }
 
@@ -173,12 +173,12 @@ impl Bus for LocalBus {
             .boxed())
     }
 
-    async fn order_updates(&self) -> Result<Inbox<OrderEvent>, BusError> {
+    async fn order_updates(&self) -> Result<Inbox<Arc<OrderEvent>>, BusError> {
         // A subscriber that lagged skips what it missed; sessions notice the gap in
         // `seq` and replay it from the event log.
         Ok(BroadcastStream::new(self.updates.subscribe())
             .filter_map(|update| futures::future::ready(update.ok()))
-            .map(|update| Delivery::unacknowledged(Arc::unwrap_or_clone(update)))
+            .map(Delivery::unacknowledged)
             .boxed())
     }
 

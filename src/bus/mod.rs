@@ -151,6 +151,16 @@ impl<T> Delivery<T> {
     pub async fn ack(self) -> Result<(), BusError> {
         Acker::from(self.ack).try_ack().await
     }
+
+    /// The same delivery (acknowledged as the original would be) of another form of
+    /// its message.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Delivery<U> {
+        Delivery {
+            message: f(self.message),
+            ack: self.ack,
+            envelope: self.envelope,
+        }
+    }
 }
 
 pub type Inbox<T> = BoxStream<'static, Delivery<T>>;
@@ -241,7 +251,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), BusError>;
     async fn send_step(&self, request: StepRequest) -> Result<(), BusError>;
     async fn send_to_order(&self, command: OrderCommand) -> Result<(), BusError>;
-    async fn publish_update(&self, event: OrderEvent) -> Result<(), BusError>;
+    async fn publish_update(&self, event: Arc<OrderEvent>) -> Result<(), BusError>;
 
     /// Step requests for one external system; adapters on every node share them.
     async fn step_requests(&self, system: System) -> Result<Inbox<StepRequest>, BusError>;
@@ -265,7 +275,7 @@ pub trait Bus: Send + Sync + 'static {
     /// What the nodes broadcast, from now on.
     async fn cluster_messages(&self) -> Result<Inbox<ClusterMessage>, BusError>;
     /// Every order update, whichever node made it.
-    async fn order_updates(&self) -> Result<Inbox<OrderEvent>, BusError>;
+    async fn order_updates(&self) -> Result<Inbox<Arc<OrderEvent>>, BusError>;
 
     /// Up to `limit` dead letters across every dead-letter queue, left in place.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError>;

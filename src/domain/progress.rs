@@ -8,6 +8,7 @@ use super::saga::{Operation, StepState, System, next_operation};
 use super::status::OrderStatus;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::borrow::Borrow;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -52,7 +53,7 @@ fn current_stage(order: &Order) -> String {
     }
 }
 
-pub(crate) fn status_view(order: &Order, events: &[OrderEvent]) -> StatusView {
+pub(crate) fn status_view(order: &Order, events: &[impl Borrow<OrderEvent>]) -> StatusView {
     let total = System::ALL.len();
     let completed = System::ALL
         .into_iter()
@@ -97,7 +98,7 @@ pub(crate) struct StepView {
     pub(crate) timestamp: Option<DateTime<Utc>>,
 }
 
-pub(crate) fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> {
+pub(crate) fn step_views(order: &Order, events: &[impl Borrow<OrderEvent>]) -> Vec<StepView> {
     let current = next_operation(order).filter(|op| !op.is_compensation());
     System::ALL
         .into_iter()
@@ -116,7 +117,8 @@ pub(crate) fn step_views(order: &Order, events: &[OrderEvent]) -> Vec<StepView> 
             };
             let timestamp = events
                 .iter()
-                .find(|e| e.status == done_status)
+                .map(Borrow::borrow)
+                .find(|e: &&OrderEvent| e.status == done_status)
                 .map(|e| e.timestamp);
             StepView {
                 step,

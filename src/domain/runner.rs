@@ -19,6 +19,7 @@ use super::backoff;
 use super::saga::{self, Operation, OperationOutcome};
 use super::{Order, OrderEvent, OrderId};
 use crate::domain::{StepReply, StepRequest};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why no reply counts as a transient failure of the step.
@@ -132,12 +133,12 @@ pub(crate) enum Event {
     /// The backoff after a store or bus outage is over.
     OutageOver,
     /// Result of [`Effect::Load`].
-    Loaded(Option<Order>),
+    Loaded(Option<Arc<Order>>),
     /// Result of [`Effect::Persist`]: the order as stored now, and the events that
     /// were committed (none when the outcome turned out stale on a fresher order).
     Persisted {
-        order: Order,
-        events: Vec<OrderEvent>,
+        order: Arc<Order>,
+        events: Vec<Arc<OrderEvent>>,
     },
     /// Result of [`Effect::Send`].
     Sent,
@@ -160,7 +161,7 @@ pub(crate) enum Effect {
         outcome: OperationOutcome,
     },
     /// Publish committed events to subscribers.
-    Announce(Vec<OrderEvent>),
+    Announce(Vec<Arc<OrderEvent>>),
     /// Hand a step request to the bus; answer with [`Event::Sent`].
     Send(Box<StepRequest>),
     /// The step in flight is over (`failure` says why when it failed).
@@ -237,7 +238,8 @@ pub(crate) struct Runner {
     /// The shard ownership this runner works under.
     epoch: u64,
     policy: RunnerPolicy,
-    order: Option<Order>,
+    /// The order as last read or committed, shared with the store's cache.
+    order: Option<Arc<Order>>,
     phase: Phase,
     /// The order must be read before anything else is done.
     stale: bool,
@@ -283,7 +285,7 @@ impl Runner {
         &self.phase
     }
 
-    pub fn order(&self) -> Option<&Order> {
+    pub fn order(&self) -> Option<&Arc<Order>> {
         self.order.as_ref()
     }
 
@@ -435,7 +437,7 @@ impl Runner {
     }
 
     fn next_operation(&self) -> Option<Operation> {
-        self.order.as_ref().and_then(saga::next_operation)
+        self.order.as_deref().and_then(saga::next_operation)
     }
 
     fn is_quiet(&self) -> bool {
@@ -651,7 +653,7 @@ mod tests {
     fn sent(order: &Order) -> Runner {
         let mut runner = Runner::new(order.order_id.clone(), EPOCH, policy());
         assert_eq!(runner.handle(Event::Woken), [Effect::Load]);
-        runner.handle(Event::Loaded(Some(order.clone())));
+        runner.handle(Event::Loaded(Some(Arc::new(order.clone()))));
         runner.handle(Event::Sent);
         runner
     }
@@ -689,8 +691,8 @@ mod tests {
     fn persisted(order: &Order, operation: Operation, outcome: OperationOutcome) -> Event {
         let decision = decide(order, SagaInput::Outcome(operation, outcome), now()).unwrap();
         Event::Persisted {
-            order: decision.order,
-            events: decision.events,
+            order: Arc::new(decision.order),
+            events: decision.events.into_iter().map(Arc::new).collect(),
         }
     }
 
@@ -699,7 +701,7 @@ mod tests {
         let order = received("ORD-1");
         let mut runner = Runner::new(order.order_id.clone(), EPOCH, policy());
         assert_eq!(runner.handle(Event::Woken), [Effect::Load]);
-        let effects = runner.handle(Event::Loaded(Some(order)));
+        let effects = runner.handle(Event::Loaded(Some(Arc::new(order))));
         assert_eq!(effects[0], Effect::Admit);
         assert_eq!(sends(&effects), [(Operation::ValidateCustomer, 1)]);
         assert!(
@@ -849,7 +851,7 @@ mod tests {
         // Cancelled over HTTP while the reservation is out.
         let cancelled = decide(&validated, SagaInput::Cancel, now()).unwrap().order;
         assert_eq!(runner.handle(Event::Woken), [Effect::Load]);
-        let effects = runner.handle(Event::Loaded(Some(cancelled.clone())));
+        let effects = runner.handle(Event::Loaded(Some(Arc::new(cancelled.clone()))));
         assert!(sends(&effects).is_empty(), "the reservation is still out");
         // The reservation took effect: it is undone, not persisted as a success.
         let effects = runner.handle(settled(Operation::ReserveInventory, 1));
@@ -867,7 +869,7 @@ mod tests {
         // Someone cancelled first: the outcome was stale on the stored order.
         let cancelled = decide(&order, SagaInput::Cancel, now()).unwrap().order;
         let effects = runner.handle(Event::Persisted {
-            order: cancelled.clone(),
+            order: Arc::new(cancelled.clone()),
             events: Vec::new(),
         });
         assert!(!effects.iter().any(|e| matches!(e, Effect::Announce(_))));
@@ -903,7 +905,7 @@ mod tests {
             }]
         );
         runner.handle(Event::OutageOver);
-        let effects = runner.handle(Event::Loaded(Some(order.clone())));
+        let effects = runner.handle(Event::Loaded(Some(Arc::new(order.clone()))));
         assert!(matches!(effects.last(), Some(Effect::Persist { .. })));
         let effects = runner.handle(persisted(&order, op, success(op)));
         assert_eq!(sends(&effects), [(Operation::ReserveInventory, 2)]);
@@ -926,7 +928,7 @@ mod tests {
         assert_eq!(order.status, OrderStatus::ReadyForDelivery);
         let mut runner = Runner::new(order.order_id.clone(), EPOCH, policy());
         runner.handle(Event::Woken);
-        let effects = runner.handle(Event::Loaded(Some(order.clone())));
+        let effects = runner.handle(Event::Loaded(Some(Arc::new(order.clone()))));
         let Some(Effect::StartTimer {
             timer: idle @ Timer::IdleCheck { .. },
             ..
@@ -947,7 +949,7 @@ mod tests {
         );
         // A message after the check was set: the check is moot, a new one is set.
         runner.handle(Event::Woken);
-        runner.handle(Event::Loaded(Some(order)));
+        runner.handle(Event::Loaded(Some(Arc::new(order))));
         assert!(runner.handle(Event::TimerFired(idle)).is_empty());
     }
 
@@ -960,7 +962,7 @@ mod tests {
         let cancelled = decide(&order, SagaInput::Cancel, now()).unwrap().order;
         assert_eq!(cancelled.status, OrderStatus::Cancelled);
         runner.handle(Event::Woken);
-        let effects = runner.handle(Event::Loaded(Some(cancelled)));
+        let effects = runner.handle(Event::Loaded(Some(Arc::new(cancelled))));
         assert!(effects.contains(&Effect::LeaveAdmission));
         assert!(effects.contains(&Effect::Acknowledge));
         assert_eq!(effects.last(), Some(&Effect::Stop { reason: None }));

@@ -739,7 +739,8 @@ impl Session {
             }
             let frame = update_frame(&event).map_err(|_| Ending::ReplayFailed)?;
             self.send(Message::Text(frame)).await?;
-            self.everything_sent.insert(event.order_id, event.seq);
+            self.everything_sent
+                .insert(event.order_id.clone(), event.seq);
         }
         Ok(())
     }
@@ -750,7 +751,7 @@ impl Session {
     async fn logged_since(
         &mut self,
         from: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<crate::domain::OrderEvent>, String> {
+    ) -> Result<Vec<Arc<crate::domain::OrderEvent>>, String> {
         let unavailable = || "the missed updates cannot be read now; subscribe again".to_owned();
         // What the notifier lets through "*": the orders the viewer may see.
         let mut query = crate::store::OrderQuery {
@@ -894,7 +895,7 @@ impl Session {
 
     /// The order if it exists and the viewer may see it. (`&mut self`: a shared
     /// reference to the socket would make the future not `Send`.)
-    async fn load(&mut self, order_id: &OrderId) -> Result<Option<Order>, ()> {
+    async fn load(&mut self, order_id: &OrderId) -> Result<Option<Arc<Order>>, ()> {
         match tokio::time::timeout(
             STORE_TIMEOUT,
             self.orders.find_visible(&self.viewer, order_id),
@@ -1094,7 +1095,7 @@ mod tests {
 
     #[test]
     fn a_live_update_is_rendered_once_for_every_session() {
-        let update = Update::new(event("ORD-1", "usr_a", 3));
+        let update = Update::new(Arc::new(event("ORD-1", "usr_a", 3)));
         let first = shared_frame(&update).unwrap();
         assert!(update.rendered.get().is_some());
         assert_eq!(shared_frame(&update).unwrap(), first);

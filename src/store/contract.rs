@@ -6,6 +6,7 @@
 
 use super::{OrderCursor, OrderPage, StoreError};
 use crate::domain::{Order, OrderEvent, OrderId};
+use std::borrow::Borrow;
 
 /// A new order must come with its own first event, at the order's seq.
 pub(crate) fn check_intake(order: &Order, first_event: &OrderEvent) -> Result<(), StoreError> {
@@ -30,26 +31,30 @@ pub(crate) struct Expected {
 impl Expected {
     /// Checks an update on its own (before any IO): a version past the first, events
     /// of this order only, consecutive and ending at the order's seq.
-    pub(crate) fn of_update(order: &Order, events: &[OrderEvent]) -> Result<Self, StoreError> {
+    pub(crate) fn of_update(
+        order: &Order,
+        events: &[impl Borrow<OrderEvent>],
+    ) -> Result<Self, StoreError> {
         let Some(version) = order.version.checked_sub(1) else {
             return Err(StoreError::Corrupt(format!(
                 "order {}: an update carries version 1 or more",
                 order.order_id
             )));
         };
-        let consecutive = events
-            .windows(2)
-            .all(|w| w[0].seq.checked_add(1) == Some(w[1].seq));
-        let ends_at_order = events.last().is_none_or(|e| e.seq == order.seq);
-        let same_order = events.iter().all(|e| e.order_id == order.order_id);
+        let seqs = || events.iter().map(|e| e.borrow().seq);
+        let consecutive = seqs()
+            .zip(seqs().skip(1))
+            .all(|(seq, next)| seq.checked_add(1) == Some(next));
+        let ends_at_order = seqs().last().is_none_or(|seq| seq == order.seq);
+        let same_order = events.iter().all(|e| e.borrow().order_id == order.order_id);
         if !(consecutive && ends_at_order && same_order) {
             return Err(StoreError::Corrupt(format!(
                 "order {}: events must be its own, consecutive and end at seq {}",
                 order.order_id, order.seq
             )));
         }
-        let log_end = match events.first() {
-            Some(first) => first.seq.checked_sub(1).ok_or_else(|| {
+        let log_end = match seqs().next() {
+            Some(first) => first.checked_sub(1).ok_or_else(|| {
                 StoreError::Corrupt(format!("order {}: event seqs start at 1", order.order_id))
             })?,
             None => order.seq,
@@ -167,7 +172,12 @@ pub(crate) mod tests {
             }
         );
         // Without events the log must already end where the order says.
-        assert_eq!(Expected::of_update(&order, &[]).unwrap().log_end, order.seq);
+        assert_eq!(
+            Expected::of_update(&order, &[] as &[OrderEvent])
+                .unwrap()
+                .log_end,
+            order.seq
+        );
     }
 
     #[test]

@@ -209,7 +209,7 @@ enum Write {
         /// The key and the fingerprint of its request.
         idempotency: Option<(String, String)>,
         /// The same, for the cache.
-        recent: Box<(Order, OrderEvent)>,
+        recent: (Arc<Order>, Arc<OrderEvent>),
     },
     Apply {
         order: OrderRecord,
@@ -218,8 +218,8 @@ enum Write {
         /// `(seq, document)`, already checked to be consecutive and to end at
         /// `order.seq`.
         events: Vec<(u64, Vec<u8>)>,
-        /// The same, for the cache.
-        recent: Box<(Order, Vec<OrderEvent>)>,
+        /// The same, shared with the caller, for the cache.
+        recent: (Arc<Order>, Vec<Arc<OrderEvent>>),
     },
     PutDriver {
         driver_id: String,
@@ -268,7 +268,8 @@ struct Request {
 /// An order as last committed, with its whole event log and the document it is
 /// stored as.
 struct Recent {
-    order: Order,
+    /// Shared with the order's actor, which committed it.
+    order: Arc<Order>,
     /// Shared with the readers of the log, copied only if one still holds it when
     /// the order changes.
     events: EventLog,
@@ -293,7 +294,11 @@ impl RecentOrders {
     /// Brings a cached order to the version just committed, or drops it if its
     /// cached log does not end where the new events begin (it cannot be completed).
     /// It keeps its place in the eviction order: orders leave oldest intake first.
-    fn advance(&mut self, stored: OrderRecord, (order, events): (Order, Vec<OrderEvent>)) {
+    fn advance(
+        &mut self,
+        stored: OrderRecord,
+        (order, events): (Arc<Order>, Vec<Arc<OrderEvent>>),
+    ) {
         let Some(entry) = self.entries.get_mut(stored.order_id.as_str()) else {
             return;
         };
@@ -479,7 +484,7 @@ fn logged_events(
     id: &OrderId,
     from: u64,
     limit: usize,
-) -> Result<Vec<OrderEvent>, StoreError> {
+) -> Result<Vec<Arc<OrderEvent>>, StoreError> {
     let events = txn.open_table(EVENTS).map_err(unavailable)?;
     let range = events
         .range::<(&str, u64)>((id.as_str(), from)..=(id.as_str(), u64::MAX))
@@ -487,7 +492,7 @@ fn logged_events(
     let mut found = Vec::new();
     for entry in range.take(limit) {
         let (_, document) = entry.map_err(unavailable)?;
-        found.push(decode(document.value())?);
+        found.push(Arc::new(decode(document.value())?));
     }
     Ok(found)
 }
@@ -597,7 +602,7 @@ impl Writer {
                     Write::CreateOrder {
                         order, recent: new, ..
                     } => {
-                        let (placed, first) = *new;
+                        let (placed, first) = new;
                         let entry = Recent {
                             order: placed,
                             events: Arc::new(vec![first]),
@@ -607,7 +612,7 @@ impl Writer {
                     }
                     Write::Apply {
                         order, recent: new, ..
-                    } => recent.advance(order, *new),
+                    } => recent.advance(order, new),
                     Write::InsertUser { .. }
                     | Write::PutDriver { .. }
                     | Write::InsertSession { .. }
@@ -1088,7 +1093,7 @@ impl OrderStore for EmbeddedStore {
             order: OrderRecord::new(order)?,
             first_event: encode(first_event)?,
             idempotency: idempotency.map(|i| (i.key.to_owned(), i.fingerprint.to_owned())),
-            recent: Box::new((order.clone(), first_event.clone())),
+            recent: (Arc::new(order.clone()), Arc::new(first_event.clone())),
         };
         match self.write(write).await? {
             Done::KeyReused => Ok(Intake::KeyReused),
@@ -1099,21 +1104,24 @@ impl OrderStore for EmbeddedStore {
         }
     }
 
-    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+    async fn order(&self, id: &OrderId) -> Result<Option<Arc<Order>>, StoreError> {
         self.read_order(
             id,
-            |recent| recent.order.clone(),
-            |_, document| decode(document),
+            |recent| Arc::clone(&recent.order),
+            |_, document| decode(document).map(Arc::new),
         )
     }
 
-    async fn order_with_log(&self, id: &OrderId) -> Result<Option<(Order, EventLog)>, StoreError> {
+    async fn order_with_log(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<(Arc<Order>, EventLog)>, StoreError> {
         self.read_order(
             id,
-            |recent| (recent.order.clone(), Arc::clone(&recent.events)),
+            |recent| (Arc::clone(&recent.order), Arc::clone(&recent.events)),
             |txn, document| {
                 let log = logged_events(txn, id, 0, usize::MAX)?;
-                Ok((decode(document)?, Arc::new(log)))
+                Ok((Arc::new(decode(document)?), Arc::new(log)))
             },
         )
     }
@@ -1123,16 +1131,20 @@ impl OrderStore for EmbeddedStore {
         self.read(move |txn| list_orders(txn, &query)).await
     }
 
-    async fn apply(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError> {
+    async fn apply(
+        &self,
+        order: &Arc<Order>,
+        events: &[Arc<OrderEvent>],
+    ) -> Result<(), StoreError> {
         let expected = Expected::of_update(order, events)?;
         let write = Write::Apply {
             order: OrderRecord::new(order)?,
             expected,
             events: events
                 .iter()
-                .map(|e| Ok((e.seq, encode(e)?)))
+                .map(|e| Ok((e.seq, encode(&**e)?)))
                 .collect::<Result<_, StoreError>>()?,
-            recent: Box::new((order.clone(), events.to_vec())),
+            recent: (Arc::clone(order), events.to_vec()),
         };
         self.write(write).await.map(|_| ())
     }
@@ -1142,7 +1154,7 @@ impl OrderStore for EmbeddedStore {
         id: &OrderId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<OrderEvent>, StoreError> {
+    ) -> Result<Vec<Arc<OrderEvent>>, StoreError> {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
@@ -1154,7 +1166,7 @@ impl OrderStore for EmbeddedStore {
                     .iter()
                     .filter(|e| e.seq >= from)
                     .take(limit)
-                    .cloned()
+                    .map(Arc::clone)
                     .collect()
             },
             |txn, _| logged_events(txn, id, from, limit),

@@ -92,8 +92,10 @@ pub struct DriverLocation {
 
 /// Orders and their event logs: intake, the compare-and-set every transition goes
 /// through, listings, and the sweeps that find work to resume.
-/// An order's whole event log as a store hands it out for reading.
-pub type EventLog = Arc<Vec<OrderEvent>>;
+/// An order's whole event log as a store hands it out for reading. Each event is
+/// shared with the store's cache and the bus that announced it, so the log grows
+/// and is handed out without copying an event.
+pub type EventLog = Arc<Vec<Arc<OrderEvent>>>;
 
 #[async_trait]
 pub trait OrderStore: Send + Sync + 'static {
@@ -108,17 +110,23 @@ pub trait OrderStore: Send + Sync + 'static {
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Intake, StoreError>;
 
-    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
+    /// The order as stored; shared, not copied, where the store holds it in memory.
+    async fn order(&self, id: &OrderId) -> Result<Option<Arc<Order>>, StoreError>;
 
     /// The order with its whole event log, read together: what a status or detail
     /// view shows, in one store read instead of two (and one consistent snapshot).
     /// The log is shared, not copied, where the store holds it in memory.
-    async fn order_with_log(&self, id: &OrderId) -> Result<Option<(Order, EventLog)>, StoreError>;
+    async fn order_with_log(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<(Arc<Order>, EventLog)>, StoreError>;
     async fn orders(&self, query: &OrderQuery) -> Result<OrderPage, StoreError>;
 
     /// Compare-and-set: succeeds only if the stored version is `order.version - 1`;
     /// writes the order and appends `events` (whose seqs continue the log) together.
-    async fn apply(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError>;
+    /// Both are shared: a store that keeps recent orders in memory keeps these.
+    async fn apply(&self, order: &Arc<Order>, events: &[Arc<OrderEvent>])
+    -> Result<(), StoreError>;
 
     /// The order's events with `seq > after`, in order, at most `limit`.
     async fn events(
@@ -126,7 +134,7 @@ pub trait OrderStore: Send + Sync + 'static {
         id: &OrderId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<OrderEvent>, StoreError>;
+    ) -> Result<Vec<Arc<OrderEvent>>, StoreError>;
 
     /// Orders still being processed (see `OrderStatus::is_processing`): resumed after
     /// a restart or a shard take-over. With `unchanged_since`, only those whose last

@@ -207,7 +207,7 @@ impl Bus for AmqpBus {
     /// To the nodes' notifiers and, as seed 000's catalogue event, to
     /// `events_exchange`; both after the transition is persisted (callers announce
     /// only durable events), both confirmed before the next event of the order goes.
-    async fn publish_update(&self, event: OrderEvent) -> Result<(), BusError> {
+    async fn publish_update(&self, event: Arc<OrderEvent>) -> Result<(), BusError> {
         let names = self.link.names();
         let seed = catalogue_event(&event);
         let properties = persistent_json()
@@ -216,7 +216,7 @@ impl Bus for AmqpBus {
         let routing_key = update_routing_key(&event);
         // Not mandatory: an update nobody subscribes to is nobody's loss.
         let (ours, theirs) = tokio::join!(
-            self.publish(&names.updates_exchange, &routing_key, &event, false),
+            self.publish(&names.updates_exchange, &routing_key, &*event, false),
             self.publish_with(
                 &names.events_exchange,
                 &seed.routing_key,
@@ -335,7 +335,7 @@ impl Bus for AmqpBus {
         self.private_inbox(queue).await
     }
 
-    async fn order_updates(&self) -> Result<Inbox<OrderEvent>, BusError> {
+    async fn order_updates(&self) -> Result<Inbox<Arc<OrderEvent>>, BusError> {
         let subscription = self.update_subscriptions.fetch_add(1, Ordering::Relaxed);
         let names = self.link.names();
         let queue = PrivateQueue {
@@ -344,7 +344,8 @@ impl Bus for AmqpBus {
             binding: "order.#".into(),
             message_ttl_ms: None,
         };
-        self.private_inbox(queue).await
+        let updates = self.private_inbox::<OrderEvent>(queue).await?;
+        Ok(updates.map(|update| update.map(Arc::new)).boxed())
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError> {

@@ -9,6 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use mongodb::bson::{self, Bson, Document, doc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The embedded event log inside an order document.
 pub(super) const EVENTS_FIELD: &str = "events";
@@ -87,8 +88,8 @@ pub(super) fn decode<T: DeserializeOwned>(
     bson::from_document(document).map_err(corrupt)
 }
 
-pub(super) fn encode_events(events: &[OrderEvent]) -> Result<Vec<Document>, StoreError> {
-    events.iter().map(|e| encode(e, EVENT_DATES)).collect()
+pub(super) fn encode_events(events: &[Arc<OrderEvent>]) -> Result<Vec<Document>, StoreError> {
+    events.iter().map(|e| encode(&**e, EVENT_DATES)).collect()
 }
 
 /// Reads an order document without its log and key (which `Order` does not carry).

@@ -26,7 +26,7 @@ fn take_log(
     id: &OrderId,
     after: u64,
     limit: usize,
-) -> Result<Vec<OrderEvent>, StoreError> {
+) -> Result<Vec<Arc<OrderEvent>>, StoreError> {
     let Some(Bson::Array(log)) = document.remove(EVENTS_FIELD) else {
         return Err(StoreError::Corrupt(format!("order {id} has no event log")));
     };
@@ -42,7 +42,7 @@ fn take_log(
         };
         let event: OrderEvent = decode(entry, EVENT_DATES)?;
         if event.seq > after {
-            events.push(event);
+            events.push(Arc::new(event));
         }
     }
     Ok(events)
@@ -90,7 +90,7 @@ impl MongoStore {
         &self,
         order: &Order,
         expected: Expected,
-        events: &[OrderEvent],
+        events: &[Arc<OrderEvent>],
     ) -> Result<(), StoreError> {
         let id = order.order_id.as_str();
         let filter = doc! {
@@ -196,14 +196,17 @@ impl OrderStore for MongoStore {
         .await
     }
 
-    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+    async fn order(&self, id: &OrderId) -> Result<Option<Arc<Order>>, StoreError> {
         self.bounded(self.batches.reads.submit(id.as_str().to_owned()))
             .await?
-            .map(|document| decode(document, ORDER_DATES))
+            .map(|document| decode(document, ORDER_DATES).map(Arc::new))
             .transpose()
     }
 
-    async fn order_with_log(&self, id: &OrderId) -> Result<Option<(Order, EventLog)>, StoreError> {
+    async fn order_with_log(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<(Arc<Order>, EventLog)>, StoreError> {
         self.bounded(async {
             let found = self
                 .orders
@@ -215,7 +218,10 @@ impl OrderStore for MongoStore {
                 return Ok(None);
             };
             let events = take_log(&mut found, id, 0, usize::MAX)?;
-            Ok(Some((decode(found, ORDER_DATES)?, Arc::new(events))))
+            Ok(Some((
+                Arc::new(decode(found, ORDER_DATES)?),
+                Arc::new(events),
+            )))
         })
         .await
     }
@@ -269,7 +275,11 @@ impl OrderStore for MongoStore {
         Ok(contract::page(orders, more))
     }
 
-    async fn apply(&self, order: &Order, events: &[OrderEvent]) -> Result<(), StoreError> {
+    async fn apply(
+        &self,
+        order: &Arc<Order>,
+        events: &[Arc<OrderEvent>],
+    ) -> Result<(), StoreError> {
         let expected = Expected::of_update(order, events)?;
         self.bounded(self.compare_and_set(order, expected, events))
             .await
@@ -280,7 +290,7 @@ impl OrderStore for MongoStore {
         id: &OrderId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<OrderEvent>, StoreError> {
+    ) -> Result<Vec<Arc<OrderEvent>>, StoreError> {
         self.bounded(async {
             let found = self
                 .orders
