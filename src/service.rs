@@ -505,14 +505,12 @@ impl From<SagaDecision> for Committed {
 }
 
 /// Best effort: a lost announcement is recovered by subscribers from the event log.
-/// The events are one order's, handed to the bus without a copy.
+/// The events are handed to the bus without a copy.
 pub(crate) async fn announce(bus: &SharedBus, events: Vec<Arc<OrderEvent>>) {
-    let Some(order_id) = events.first().map(|e| e.order_id.clone()) else {
-        return;
-    };
     for event in events {
-        if let Err(e) = bus.publish_update(event).await {
-            tracing::warn!(%order_id, error = %e, "order update not announced");
+        let shared = Arc::clone(&event);
+        if let Err(e) = bus.publish_update(shared).await {
+            tracing::warn!(order_id = %event.order_id, error = %e, "order update not announced");
         }
     }
 }
