@@ -121,7 +121,7 @@ impl Admission {
 }
 
 pub(crate) struct Placed {
-    pub(crate) order: Order,
+    pub(crate) order: Arc<Order>,
     /// True when an earlier request with the same idempotency key made this order.
     pub(crate) replayed: bool,
 }
@@ -167,8 +167,9 @@ impl OrderService {
             });
         }
         let now = Utc::now();
-        let (mut order, mut event) =
-            Order::receive(OrderId::generate(now), customer.clone(), request, now);
+        let (order, event) = Order::receive(OrderId::generate(now), customer.clone(), request, now);
+        // Shared from here on: with the store's cache, the bus and the caller.
+        let (mut order, mut event) = (Arc::new(order), Arc::new(event));
         let mut collisions = 0;
         let intake = loop {
             match self.store.create_order(&order, &event, idempotency).await {
@@ -176,8 +177,9 @@ impl OrderService {
                 // (40 bits): draw again.
                 Err(StoreError::VersionConflict { expected: 0 }) if collisions < ID_DRAWS => {
                     collisions += 1;
-                    order.order_id = OrderId::generate(now);
-                    event.order_id = order.order_id.clone();
+                    let drawn = OrderId::generate(now);
+                    Arc::make_mut(&mut event).order_id = drawn.clone();
+                    Arc::make_mut(&mut order).order_id = drawn;
                 }
                 other => break other?,
             }
@@ -185,11 +187,10 @@ impl OrderService {
         match intake {
             Intake::KeyReused => Err(ServiceError::KeyReused),
             Intake::Replayed(existing) => Ok(Placed {
-                order: *existing,
+                order: Arc::new(*existing),
                 replayed: true,
             }),
             Intake::Created => {
-                let event = Arc::new(event);
                 crate::observability::order_transitions(
                     &self.node,
                     &order,

@@ -240,7 +240,7 @@ fn routed(order: &Order) -> SagaDecision {
 async fn place(store: &SharedStore, customer: &UserId) -> Order {
     let (order, event) = new_order(customer);
     let intake = store
-        .create_order(&order, &event, None)
+        .create_order(&Arc::new(order.clone()), &Arc::new(event.clone()), None)
         .await
         .expect("create");
     assert_eq!(intake, Intake::Created);
@@ -482,7 +482,7 @@ async fn created_order_reads_back_with_its_first_event(store: SharedStore) {
     let (order, event) = new_order(&customer());
     assert_eq!(
         store
-            .create_order(&order, &event, None)
+            .create_order(&Arc::new(order.clone()), &Arc::new(event.clone()), None)
             .await
             .expect("create"),
         Intake::Created
@@ -518,14 +518,22 @@ async fn idempotency_key_replays_the_first_order(store: SharedStore) {
     let jane = customer();
     let (first, first_event) = new_order(&jane);
     let created = store
-        .create_order(&first, &first_event, key("key-1", "body-a"))
+        .create_order(
+            &Arc::new(first.clone()),
+            &Arc::new(first_event.clone()),
+            key("key-1", "body-a"),
+        )
         .await
         .expect("create");
     assert_eq!(created, Intake::Created);
 
     let (retry, retry_event) = new_order(&jane);
     let replay = store
-        .create_order(&retry, &retry_event, key("key-1", "body-a"))
+        .create_order(
+            &Arc::new(retry.clone()),
+            &Arc::new(retry_event.clone()),
+            key("key-1", "body-a"),
+        )
         .await
         .expect("create again");
     assert_eq!(replay, Intake::Replayed(Box::new(first.clone())));
@@ -534,7 +542,11 @@ async fn idempotency_key_replays_the_first_order(store: SharedStore) {
     // The same key with another request is refused, and writes nothing.
     let (changed, changed_event) = new_order(&jane);
     let reused = store
-        .create_order(&changed, &changed_event, key("key-1", "body-b"))
+        .create_order(
+            &Arc::new(changed.clone()),
+            &Arc::new(changed_event.clone()),
+            key("key-1", "body-b"),
+        )
         .await
         .expect("create with a reused key");
     assert_eq!(reused, Intake::KeyReused);
@@ -544,7 +556,11 @@ async fn idempotency_key_replays_the_first_order(store: SharedStore) {
     let (other, other_event) = new_order(&customer());
     assert_eq!(
         store
-            .create_order(&other, &other_event, key("key-1", "body-b"))
+            .create_order(
+                &Arc::new(other.clone()),
+                &Arc::new(other_event.clone()),
+                key("key-1", "body-b")
+            )
             .await
             .expect("create"),
         Intake::Created
@@ -553,7 +569,11 @@ async fn idempotency_key_replays_the_first_order(store: SharedStore) {
     let (second, second_event) = new_order(&jane);
     assert_eq!(
         store
-            .create_order(&second, &second_event, key("key-2", "body-a"))
+            .create_order(
+                &Arc::new(second.clone()),
+                &Arc::new(second_event.clone()),
+                key("key-2", "body-a")
+            )
             .await
             .expect("create"),
         Intake::Created
@@ -573,7 +593,11 @@ async fn fifty_concurrent_creates_with_one_key_make_one_order(store: SharedStore
         tokio::spawn(async move {
             let (order, event) = new_order(&jane);
             let intake = store
-                .create_order(&order, &event, key("double-click", "body"))
+                .create_order(
+                    &Arc::new(order.clone()),
+                    &Arc::new(event.clone()),
+                    key("double-click", "body"),
+                )
                 .await
                 .expect("create");
             (order, intake)
@@ -740,7 +764,7 @@ async fn pages_are_newest_first_and_never_show_other_customers(store: SharedStor
         let owner = if i % 3 == 1 { &john } else { &jane };
         let (order, event) = order_at(owner, base + TimeDelta::milliseconds(i));
         store
-            .create_order(&order, &event, None)
+            .create_order(&Arc::new(order.clone()), &Arc::new(event.clone()), None)
             .await
             .expect("create");
         if owner == &jane {
@@ -791,7 +815,7 @@ async fn equal_creation_times_page_by_order_id(store: SharedStore) {
     for _ in 0..5 {
         let (order, event) = order_at(&jane, at);
         store
-            .create_order(&order, &event, None)
+            .create_order(&Arc::new(order.clone()), &Arc::new(event.clone()), None)
             .await
             .expect("create");
         placed.push(order.order_id);
@@ -1079,7 +1103,9 @@ async fn two_thousand_concurrent_creates_all_commit(store: SharedStore) {
         let owner = customers[i % customers.len()].clone();
         tokio::spawn(async move {
             let (order, event) = new_order(&owner);
-            let intake = store.create_order(&order, &event, None).await;
+            let intake = store
+                .create_order(&Arc::new(order.clone()), &Arc::new(event.clone()), None)
+                .await;
             (order.order_id, intake)
         })
     });
@@ -1449,7 +1475,11 @@ mod embedded_only {
         let creates = stream::iter(orders.iter().cloned())
             .map(|(order, event)| {
                 let store = Arc::clone(&store);
-                tokio::spawn(async move { store.create_order(&order, &event, None).await })
+                tokio::spawn(async move {
+                    store
+                        .create_order(&Arc::new(order.clone()), &Arc::new(event.clone()), None)
+                        .await
+                })
             })
             .buffer_unordered(IN_FLIGHT);
         for result in creates.collect::<Vec<_>>().await {

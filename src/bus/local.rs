@@ -68,8 +68,8 @@ pub(crate) struct LocalBus {
     /// One step queue per system of `System::ALL`.
     steps: HashMap<System, Queue<StepRequest>>,
     orders: Queue<OrderCommand>,
-    /// Shared rather than copied: a broadcast receiver clones what it takes, and with
-    /// the usual single subscriber the last reference moves out instead.
+    /// Shared rather than copied: a broadcast receiver clones what it takes, which
+    /// for an `Arc` is a reference, not the event.
     updates: broadcast::Sender<Arc<OrderEvent>>,
     cluster: broadcast::Sender<ClusterMessage>,
     shards: u32,

@@ -151,16 +151,6 @@ impl<T> Delivery<T> {
     pub async fn ack(self) -> Result<(), BusError> {
         Acker::from(self.ack).try_ack().await
     }
-
-    /// The same delivery (acknowledged as the original would be) of another form of
-    /// its message.
-    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Delivery<U> {
-        Delivery {
-            message: f(self.message),
-            ack: self.ack,
-            envelope: self.envelope,
-        }
-    }
 }
 
 pub type Inbox<T> = BoxStream<'static, Delivery<T>>;

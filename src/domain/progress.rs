@@ -8,7 +8,7 @@ use super::saga::{Operation, StepState, System, next_operation};
 use super::status::OrderStatus;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::borrow::Borrow;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -53,7 +53,7 @@ fn current_stage(order: &Order) -> String {
     }
 }
 
-pub(crate) fn status_view(order: &Order, events: &[impl Borrow<OrderEvent>]) -> StatusView {
+pub(crate) fn status_view(order: &Order, events: &[Arc<OrderEvent>]) -> StatusView {
     let total = System::ALL.len();
     let completed = System::ALL
         .into_iter()
@@ -98,7 +98,7 @@ pub(crate) struct StepView {
     pub(crate) timestamp: Option<DateTime<Utc>>,
 }
 
-pub(crate) fn step_views(order: &Order, events: &[impl Borrow<OrderEvent>]) -> Vec<StepView> {
+pub(crate) fn step_views(order: &Order, events: &[Arc<OrderEvent>]) -> Vec<StepView> {
     let current = next_operation(order).filter(|op| !op.is_compensation());
     System::ALL
         .into_iter()
@@ -117,8 +117,7 @@ pub(crate) fn step_views(order: &Order, events: &[impl Borrow<OrderEvent>]) -> V
             };
             let timestamp = events
                 .iter()
-                .map(Borrow::borrow)
-                .find(|e: &&OrderEvent| e.status == done_status)
+                .find(|e| e.status == done_status)
                 .map(|e| e.timestamp);
             StepView {
                 step,
@@ -137,6 +136,10 @@ mod tests {
     use crate::domain::saga::{SagaInput, decide};
     use crate::domain::{CustomerProfile, OperationOutcome, Reservation};
     use serde_json::json;
+
+    fn shared(events: Vec<OrderEvent>) -> Vec<Arc<OrderEvent>> {
+        events.into_iter().map(Arc::new).collect()
+    }
 
     fn received() -> (Order, OrderEvent) {
         fixtures::received_by("ORD-20260204-ABC", "usr_1", Utc::now())
@@ -160,6 +163,7 @@ mod tests {
     #[test]
     fn status_view_has_the_seed_001_shape_and_follows_progress() {
         let (order, first) = received();
+        let first = Arc::new(first);
         let view = serde_json::to_value(status_view(&order, std::slice::from_ref(&first))).unwrap();
         assert_eq!(view["orderId"], "ORD-20260204-ABC");
         assert_eq!(view["status"], "RECEIVED");
@@ -186,7 +190,12 @@ mod tests {
             Utc::now(),
         )
         .unwrap();
-        let events = [vec![first], validated.events, reserved.events.clone()].concat();
+        let events = [
+            vec![first],
+            shared(validated.events),
+            shared(reserved.events),
+        ]
+        .concat();
         let view = serde_json::to_value(status_view(&reserved.order, &events)).unwrap();
         assert_eq!(view["processing"]["currentStage"], "ROS_PROCESSING");
         assert_eq!(view["processing"]["progress"]["completed"], 2);
@@ -216,7 +225,7 @@ mod tests {
     fn step_views_follow_progress() {
         let (order, first) = received();
         let d = validated(&order);
-        let events = [vec![first], d.events].concat();
+        let events = shared([vec![first], d.events].concat());
         let views = step_views(&d.order, &events);
         let states: Vec<_> = views
             .iter()

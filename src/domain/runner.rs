@@ -238,7 +238,8 @@ pub(crate) struct Runner {
     /// The shard ownership this runner works under.
     epoch: u64,
     policy: RunnerPolicy,
-    /// The order as last read or committed, shared with the store's cache.
+    /// The order as last read or committed; shared (with a store's cache of recent
+    /// orders, for one), never changed in place.
     order: Option<Arc<Order>>,
     phase: Phase,
     /// The order must be read before anything else is done.

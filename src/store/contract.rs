@@ -6,7 +6,7 @@
 
 use super::{OrderCursor, OrderPage, StoreError};
 use crate::domain::{Order, OrderEvent, OrderId};
-use std::borrow::Borrow;
+use std::sync::Arc;
 
 /// A new order must come with its own first event, at the order's seq.
 pub(crate) fn check_intake(order: &Order, first_event: &OrderEvent) -> Result<(), StoreError> {
@@ -31,30 +31,26 @@ pub(crate) struct Expected {
 impl Expected {
     /// Checks an update on its own (before any IO): a version past the first, events
     /// of this order only, consecutive and ending at the order's seq.
-    pub(crate) fn of_update(
-        order: &Order,
-        events: &[impl Borrow<OrderEvent>],
-    ) -> Result<Self, StoreError> {
+    pub(crate) fn of_update(order: &Order, events: &[Arc<OrderEvent>]) -> Result<Self, StoreError> {
         let Some(version) = order.version.checked_sub(1) else {
             return Err(StoreError::Corrupt(format!(
                 "order {}: an update carries version 1 or more",
                 order.order_id
             )));
         };
-        let seqs = || events.iter().map(|e| e.borrow().seq);
-        let consecutive = seqs()
-            .zip(seqs().skip(1))
-            .all(|(seq, next)| seq.checked_add(1) == Some(next));
-        let ends_at_order = seqs().last().is_none_or(|seq| seq == order.seq);
-        let same_order = events.iter().all(|e| e.borrow().order_id == order.order_id);
+        let consecutive = events
+            .windows(2)
+            .all(|w| w[0].seq.checked_add(1) == Some(w[1].seq));
+        let ends_at_order = events.last().is_none_or(|e| e.seq == order.seq);
+        let same_order = events.iter().all(|e| e.order_id == order.order_id);
         if !(consecutive && ends_at_order && same_order) {
             return Err(StoreError::Corrupt(format!(
                 "order {}: events must be its own, consecutive and end at seq {}",
                 order.order_id, order.seq
             )));
         }
-        let log_end = match seqs().next() {
-            Some(first) => first.checked_sub(1).ok_or_else(|| {
+        let log_end = match events.first() {
+            Some(first) => first.seq.checked_sub(1).ok_or_else(|| {
                 StoreError::Corrupt(format!("order {}: event seqs start at 1", order.order_id))
             })?,
             None => order.seq,
@@ -128,15 +124,17 @@ pub(crate) mod tests {
     }
 
     /// The order one step on, with the events of that step (`count` of them).
-    fn stepped(count: u64) -> (Order, Vec<OrderEvent>) {
+    fn stepped(count: u64) -> (Order, Vec<Arc<OrderEvent>>) {
         let (mut order, first) = placed();
         order.version += 1;
         order.status = OrderStatus::CmsValidated;
         let from = order.seq;
         let events = (1..=count)
-            .map(|n| OrderEvent {
-                seq: from + n,
-                ..first.clone()
+            .map(|n| {
+                Arc::new(OrderEvent {
+                    seq: from + n,
+                    ..first.clone()
+                })
             })
             .collect();
         order.seq = from + count;
@@ -172,12 +170,7 @@ pub(crate) mod tests {
             }
         );
         // Without events the log must already end where the order says.
-        assert_eq!(
-            Expected::of_update(&order, &[] as &[OrderEvent])
-                .unwrap()
-                .log_end,
-            order.seq
-        );
+        assert_eq!(Expected::of_update(&order, &[]).unwrap().log_end, order.seq);
     }
 
     #[test]
@@ -186,13 +179,13 @@ pub(crate) mod tests {
         let mut first = order.clone();
         first.version = 0;
         let mut gap = events.clone();
-        gap[1].seq += 1;
+        Arc::make_mut(&mut gap[1]).seq += 1;
         let mut short = order.clone();
         short.seq += 1;
         let mut foreign = events.clone();
-        foreign[0].order_id = OrderId::parse("ORD-20260204-BBBB").unwrap();
+        Arc::make_mut(&mut foreign[0]).order_id = OrderId::parse("ORD-20260204-BBBB").unwrap();
         let mut from_zero = events[..1].to_vec();
-        from_zero[0].seq = 0;
+        Arc::make_mut(&mut from_zero[0]).seq = 0;
         let mut at_zero = order.clone();
         at_zero.seq = 0;
         for (order, events) in [

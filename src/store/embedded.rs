@@ -268,7 +268,8 @@ struct Request {
 /// An order as last committed, with its whole event log and the document it is
 /// stored as.
 struct Recent {
-    /// Shared with the order's actor, which committed it.
+    /// Shared with whoever committed it (the order's actor, an HTTP command) and
+    /// with the readers it was handed to.
     order: Arc<Order>,
     /// Shared with the readers of the log, copied only if one still holds it when
     /// the order changes.
@@ -1084,8 +1085,8 @@ impl UserStore for EmbeddedStore {
 impl OrderStore for EmbeddedStore {
     async fn create_order(
         &self,
-        order: &Order,
-        first_event: &OrderEvent,
+        order: &Arc<Order>,
+        first_event: &Arc<OrderEvent>,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Intake, StoreError> {
         contract::check_intake(order, first_event)?;
@@ -1093,7 +1094,7 @@ impl OrderStore for EmbeddedStore {
             order: OrderRecord::new(order)?,
             first_event: encode(first_event)?,
             idempotency: idempotency.map(|i| (i.key.to_owned(), i.fingerprint.to_owned())),
-            recent: (Arc::new(order.clone()), Arc::new(first_event.clone())),
+            recent: (Arc::clone(order), Arc::clone(first_event)),
         };
         match self.write(write).await? {
             Done::KeyReused => Ok(Intake::KeyReused),

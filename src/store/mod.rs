@@ -90,23 +90,24 @@ pub struct DriverLocation {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Orders and their event logs: intake, the compare-and-set every transition goes
-/// through, listings, and the sweeps that find work to resume.
-/// An order's whole event log as a store hands it out for reading. Each event is
-/// shared with the store's cache and the bus that announced it, so the log grows
-/// and is handed out without copying an event.
+/// An order's whole event log as a store hands it out for reading. Its events are
+/// shared values: a store that keeps recent orders in memory holds the very events
+/// that were committed and announced, so the log grows and is handed out without
+/// copying an event.
 pub type EventLog = Arc<Vec<Arc<OrderEvent>>>;
 
+/// Orders and their event logs: intake, the compare-and-set every transition goes
+/// through, listings, and the sweeps that find work to resume.
 #[async_trait]
 pub trait OrderStore: Send + Sync + 'static {
     /// Persists a new order with its first event, atomically. With an idempotency key
     /// that the same customer used before, nothing is written: the earlier order is
     /// returned if the fingerprints match (or the earlier one was stored without
-    /// one), `Intake::KeyReused` if they differ.
+    /// one), `Intake::KeyReused` if they differ. Both are shared, as in `apply`.
     async fn create_order(
         &self,
-        order: &Order,
-        first_event: &OrderEvent,
+        order: &Arc<Order>,
+        first_event: &Arc<OrderEvent>,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Intake, StoreError>;
 

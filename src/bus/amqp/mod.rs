@@ -344,8 +344,7 @@ impl Bus for AmqpBus {
             binding: "order.#".into(),
             message_ttl_ms: None,
         };
-        let updates = self.private_inbox::<OrderEvent>(queue).await?;
-        Ok(updates.map(|update| update.map(Arc::new)).boxed())
+        self.private_inbox(queue).await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError> {

@@ -174,8 +174,8 @@ impl MongoStore {
 impl OrderStore for MongoStore {
     async fn create_order(
         &self,
-        order: &Order,
-        first_event: &OrderEvent,
+        order: &Arc<Order>,
+        first_event: &Arc<OrderEvent>,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Intake, StoreError> {
         contract::check_intake(order, first_event)?;
