@@ -276,11 +276,15 @@ pub struct TelemetrySettings {
 }
 
 /// Where the simulators listen: `control_bind` for their control API and a
-/// `<name>_bind` for each system's simulator.
+/// `<name>_bind` for each system's simulator; and how many effects each remembers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimulatorSettings {
     pub enabled: bool,
     pub(crate) control_bind: String,
+    /// Effects each simulator remembers (idempotency answers and what the effects
+    /// left behind), the oldest forgotten first: their memory, in-process in the
+    /// embedded default, is bounded by it.
+    pub(crate) remembered_effects: usize,
     #[serde(flatten)]
     binds: std::collections::BTreeMap<String, String>,
 }
@@ -299,6 +303,11 @@ impl SimulatorSettings {
             return Err(ConfigError::Invalid(format!(
                 "unknown setting simulators.{unknown}"
             )));
+        }
+        if self.remembered_effects == 0 {
+            return Err(ConfigError::Invalid(
+                "simulators.remembered_effects must be positive: a simulator that remembers no effect applies every replay again".into(),
+            ));
         }
         match System::ALL.into_iter().find(|s| self.bind(*s).is_empty()) {
             Some(system) => Err(ConfigError::Invalid(format!(
@@ -567,6 +576,17 @@ mod tests {
         assert_eq!(s.http.bind, "127.0.0.1:3000");
         assert_eq!(s.circuit.failure_threshold, 3);
         assert_eq!(s.store.kind, StoreKind::Embedded);
+    }
+
+    #[test]
+    fn the_simulators_remember_as_many_effects_by_default_as_when_built_directly() {
+        let s = Settings::defaults_with(json!({})).unwrap();
+        assert_eq!(
+            s.simulators.remembered_effects,
+            crate::protocols::simulator::REMEMBERED_EFFECTS
+        );
+        let none = Settings::defaults_with(json!({"simulators": {"remembered_effects": 0}}));
+        assert!(matches!(none, Err(ConfigError::Invalid(_))));
     }
 
     #[test]

@@ -131,7 +131,8 @@ pub async fn start(
     for (back_office, listener) in listeners {
         let system = back_office.system();
         let address = back_office.simulator_address(listener.local_addr()?);
-        let simulation = back_office.simulate(listener, shutdown.clone());
+        let simulation =
+            back_office.simulate(listener, settings.remembered_effects, shutdown.clone());
         controlled.insert(system.as_str().into(), simulation.controls.clone());
         tasks.push(tokio::spawn(async move {
             log_exit(system.as_str(), simulation.serving.await)

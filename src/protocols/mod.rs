@@ -73,8 +73,14 @@ pub(crate) trait BackOffice: Send + Sync + 'static {
     /// address of their own (configuration does what it says). Whether it did.
     fn stand_in(&self, settings: &mut ProtocolSettings, address: &str) -> bool;
 
-    /// A simulator of the system, serving on `listener` until `shutdown`.
-    fn simulate(&self, listener: TcpListener, shutdown: CancellationToken) -> Simulation;
+    /// A simulator of the system remembering its latest `remembered_effects`
+    /// effects, serving on `listener` until `shutdown`.
+    fn simulate(
+        &self,
+        listener: TcpListener,
+        remembered_effects: usize,
+        shutdown: CancellationToken,
+    ) -> Simulation;
 
     /// The address a client calls the simulator listening at `listening` by.
     fn simulator_address(&self, listening: SocketAddr) -> String;

@@ -89,16 +89,18 @@ impl SimulatorKnobs {
     }
 }
 
-/// How many effects a simulator remembers: the answers to their idempotency keys and
-/// what they left behind (reservations held, routes planned, orders cancelled). Like
-/// a real system's idempotency window, a replay of an older key is applied again (and
-/// counted as a new effect). Without a bound the three in-process simulators grew by
-/// about 1 KB per order, for good; with it they stay near 16 MB in all.
+/// How many effects a simulator remembers unless told otherwise
+/// (`simulators.remembered_effects`, the same figure): the answers to their
+/// idempotency keys and what they left behind (reservations held, routes planned,
+/// orders cancelled). Like a real system's idempotency window, a replay of an older
+/// key is applied again (and counted as a new effect). Without a bound the three
+/// in-process simulators grew by about 1 KB per order, for good; with it they stay
+/// near 16 MB in all.
 pub(crate) const REMEMBERED_EFFECTS: usize = 16_384;
 
 /// Effects a simulator applied, by idempotency key. A replayed request finds its key
 /// here and gets the recorded answer without a second effect.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct EffectLedger {
     state: Mutex<Ledger>,
 }
@@ -113,17 +115,24 @@ struct Ledger {
     replays: u64,
 }
 
-impl Default for Ledger {
+impl Default for EffectLedger {
     fn default() -> Self {
-        Self {
-            answers: FifoMap::new(REMEMBERED_EFFECTS),
-            effects: 0,
-            replays: 0,
-        }
+        Self::new(REMEMBERED_EFFECTS)
     }
 }
 
 impl EffectLedger {
+    /// A ledger that remembers the answers to the latest `remembered` keys.
+    pub(crate) fn new(remembered: usize) -> Self {
+        Self {
+            state: Mutex::new(Ledger {
+                answers: FifoMap::new(remembered),
+                effects: 0,
+                replays: 0,
+            }),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, Ledger> {
         // Plain counters and answers: a panic elsewhere cannot leave them half-changed.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -159,18 +168,23 @@ impl EffectLedger {
     }
 }
 
-/// What a simulator's effects left behind, by key, for its latest
-/// [`REMEMBERED_EFFECTS`] effects: the oldest is forgotten first.
+/// What a simulator's effects left behind, by key, for as many of its latest effects
+/// as it remembers: the oldest is forgotten first.
 #[derive(Debug)]
 pub(crate) struct Remembered<K, V>(Mutex<FifoMap<K, V>>);
 
 impl<K: Hash + Eq + Clone, V> Default for Remembered<K, V> {
     fn default() -> Self {
-        Self(Mutex::new(FifoMap::new(REMEMBERED_EFFECTS)))
+        Self::new(REMEMBERED_EFFECTS)
     }
 }
 
 impl<K: Hash + Eq + Clone, V> Remembered<K, V> {
+    /// What the latest `remembered` effects left behind.
+    pub(crate) fn new(remembered: usize) -> Self {
+        Self(Mutex::new(FifoMap::new(remembered)))
+    }
+
     fn entries(&self) -> MutexGuard<'_, FifoMap<K, V>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -323,8 +337,9 @@ mod tests {
 
     #[test]
     fn a_key_older_than_the_ledger_remembers_is_applied_again() {
-        let ledger = EffectLedger::default();
-        for i in 0..=REMEMBERED_EFFECTS {
+        const REMEMBERED: usize = 3;
+        let ledger = EffectLedger::new(REMEMBERED);
+        for i in 0..=REMEMBERED {
             ledger.once(&format!("ORD-{i}:wms.reserve"), || "ACK".into());
         }
         let mut applied = 0;
@@ -338,7 +353,7 @@ mod tests {
         let summary = ledger.summary(HashMap::new());
         assert_eq!(
             (applied, summary.effects, summary.replays),
-            (1, REMEMBERED_EFFECTS + 2, 1)
+            (1, REMEMBERED + 2, 1)
         );
     }
 

@@ -107,8 +107,13 @@ impl BackOffice for Registration {
         !by_wsdl && stand_in_at(settings, "url", address)
     }
 
-    fn simulate(&self, listener: TcpListener, shutdown: CancellationToken) -> Simulation {
-        let simulator = CmsSimulator::new(KnobSettings::default());
+    fn simulate(
+        &self,
+        listener: TcpListener,
+        remembered_effects: usize,
+        shutdown: CancellationToken,
+    ) -> Simulation {
+        let simulator = CmsSimulator::new(KnobSettings::default()).remembering(remembered_effects);
         Simulation::of(simulator, |s| s.serve(listener, shutdown))
     }
 

@@ -41,6 +41,15 @@ impl CmsSimulator {
         }
     }
 
+    /// The same simulator, remembering its latest `effects` effects.
+    pub fn remembering(self, effects: usize) -> Self {
+        Self {
+            ledger: EffectLedger::new(effects),
+            cancelled_orders: Remembered::new(effects),
+            ..self
+        }
+    }
+
     /// `POST /cms` takes SOAP calls, dispatched on the Body element (SOAPAction is
     /// optional, as many stacks omit or mangle it); `GET /cms?wsdl` describes them.
     pub(crate) fn router(self: Arc<Self>) -> Router {

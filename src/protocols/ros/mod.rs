@@ -140,8 +140,13 @@ impl BackOffice for Registration {
         stand_in_at(settings, "url", address)
     }
 
-    fn simulate(&self, listener: TcpListener, shutdown: CancellationToken) -> Simulation {
-        let simulator = RosSimulator::new(KnobSettings::default());
+    fn simulate(
+        &self,
+        listener: TcpListener,
+        remembered_effects: usize,
+        shutdown: CancellationToken,
+    ) -> Simulation {
+        let simulator = RosSimulator::new(KnobSettings::default()).remembering(remembered_effects);
         Simulation::of(simulator, |s| s.serve(listener, shutdown))
     }
 

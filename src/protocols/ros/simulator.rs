@@ -46,6 +46,15 @@ impl RosSimulator {
         }
     }
 
+    /// The same simulator, remembering its latest `effects` effects.
+    pub fn remembering(self, effects: usize) -> Self {
+        Self {
+            ledger: EffectLedger::new(effects),
+            routes: Remembered::new(effects),
+            ..self
+        }
+    }
+
     pub(crate) fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/api/routes/optimize", post(optimize))

@@ -88,8 +88,13 @@ impl BackOffice for Registration {
         stand_in_at(settings, "addr", address)
     }
 
-    fn simulate(&self, listener: TcpListener, shutdown: CancellationToken) -> Simulation {
-        let simulator = WmsSimulator::new(KnobSettings::default());
+    fn simulate(
+        &self,
+        listener: TcpListener,
+        remembered_effects: usize,
+        shutdown: CancellationToken,
+    ) -> Simulation {
+        let simulator = WmsSimulator::new(KnobSettings::default()).remembering(remembered_effects);
         Simulation::of(simulator, |s| s.serve(listener, shutdown))
     }
 

@@ -57,6 +57,15 @@ impl WmsSimulator {
         }
     }
 
+    /// The same simulator, remembering its latest `effects` effects.
+    pub fn remembering(self, effects: usize) -> Self {
+        Self {
+            ledger: EffectLedger::new(effects),
+            held: Remembered::new(effects),
+            ..self
+        }
+    }
+
     pub fn with_max_connections(mut self, max_connections: usize) -> Self {
         self.max_connections = max_connections.max(1);
         self
