@@ -8,8 +8,8 @@
 use crate::bus::{OrderCommand, SharedBus};
 use crate::domain::saga::{self, SagaRejection};
 use crate::domain::{
-    NewOrder, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput, UserId,
-    ValidationErrors,
+    NewOrder, Operation, Order, OrderEvent, OrderId, OrderStatus, Role, SagaDecision, SagaInput,
+    UserId, ValidationErrors,
 };
 use crate::store::{
     EventLog, IdempotencyKey, Intake, OrderPage, OrderQuery, SharedStore, StoreError,
@@ -492,7 +492,7 @@ pub(crate) struct Committed {
     pub(crate) order: Arc<Order>,
     pub(crate) events: Vec<Arc<OrderEvent>>,
     /// The call the order now waits on, if any.
-    pub(crate) next: Option<crate::domain::Operation>,
+    pub(crate) next: Option<Operation>,
 }
 
 impl From<SagaDecision> for Committed {

@@ -6,7 +6,7 @@
 use crate::config::{Settings, SimulatorSettings};
 use crate::domain::System;
 use crate::protocols::simulator::{ControlledSimulator, Simulators, control_router};
-use crate::protocols::{BACK_OFFICE, BackOffice};
+use crate::protocols::{BACK_OFFICE, BackOffice, SimulatorStart};
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,8 +131,11 @@ pub async fn start(
     for (back_office, listener) in listeners {
         let system = back_office.system();
         let address = back_office.simulator_address(listener.local_addr()?);
-        let simulation =
-            back_office.simulate(listener, settings.remembered_effects, shutdown.clone());
+        let simulation = back_office.simulate(SimulatorStart {
+            listener,
+            remembered_effects: settings.remembered_effects,
+            shutdown: shutdown.clone(),
+        });
         controlled.insert(system.as_str().into(), simulation.controls.clone());
         tasks.push(tokio::spawn(async move {
             log_exit(system.as_str(), simulation.serving.await)

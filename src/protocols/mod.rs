@@ -73,14 +73,8 @@ pub(crate) trait BackOffice: Send + Sync + 'static {
     /// address of their own (configuration does what it says). Whether it did.
     fn stand_in(&self, settings: &mut ProtocolSettings, address: &str) -> bool;
 
-    /// A simulator of the system remembering its latest `remembered_effects`
-    /// effects, serving on `listener` until `shutdown`.
-    fn simulate(
-        &self,
-        listener: TcpListener,
-        remembered_effects: usize,
-        shutdown: CancellationToken,
-    ) -> Simulation;
+    /// A simulator of the system, started as `start` says.
+    fn simulate(&self, start: SimulatorStart) -> Simulation;
 
     /// The address a client calls the simulator listening at `listening` by.
     fn simulator_address(&self, listening: SocketAddr) -> String;
@@ -97,17 +91,29 @@ pub(crate) struct Simulation {
     pub(crate) serving: BoxFuture<'static, std::io::Result<()>>,
 }
 
-impl Simulation {
-    /// `simulator`, served by `serve`.
-    fn of<S, F>(simulator: S, serve: impl FnOnce(Arc<S>) -> F) -> Self
+/// How a simulator is started: where it listens, how many effects it remembers
+/// (`simulators.remembered_effects`) and when it stops.
+pub(crate) struct SimulatorStart {
+    pub(crate) listener: TcpListener,
+    pub(crate) remembered_effects: usize,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl SimulatorStart {
+    /// `simulator`, served by `serve` on the listener until shutdown.
+    fn serve<S, F>(
+        self,
+        simulator: S,
+        serve: impl FnOnce(Arc<S>, TcpListener, CancellationToken) -> F,
+    ) -> Simulation
     where
         S: ControlledSimulator,
         F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
     {
         let simulator = Arc::new(simulator);
-        Self {
+        Simulation {
             controls: simulator.clone(),
-            serving: Box::pin(serve(simulator)),
+            serving: Box::pin(serve(simulator, self.listener, self.shutdown)),
         }
     }
 }

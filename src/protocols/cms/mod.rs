@@ -15,7 +15,10 @@ mod simulator;
 pub use client::{CmsClient, CmsClientError, CmsTarget};
 pub use simulator::CmsSimulator;
 
-use super::{BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at};
+use super::{
+    BackOffice, ProtocolSettings, Simulation, SimulatorStart, SystemClient, read_settings,
+    stand_in_at,
+};
 use crate::domain::System;
 use crate::protocols::simulator::KnobSettings;
 use async_trait::async_trait;
@@ -23,8 +26,6 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Where the CMS is when nothing says otherwise (seed 000 section 11's port).
 const DEFAULT_URL: &str = "http://127.0.0.1:4000/cms";
@@ -107,14 +108,10 @@ impl BackOffice for Registration {
         !by_wsdl && stand_in_at(settings, "url", address)
     }
 
-    fn simulate(
-        &self,
-        listener: TcpListener,
-        remembered_effects: usize,
-        shutdown: CancellationToken,
-    ) -> Simulation {
-        let simulator = CmsSimulator::new(KnobSettings::default()).remembering(remembered_effects);
-        Simulation::of(simulator, |s| s.serve(listener, shutdown))
+    fn simulate(&self, start: SimulatorStart) -> Simulation {
+        let simulator =
+            CmsSimulator::new(KnobSettings::default()).remembering(start.remembered_effects);
+        start.serve(simulator, CmsSimulator::serve)
     }
 
     fn simulator_address(&self, listening: SocketAddr) -> String {

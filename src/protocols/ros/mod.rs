@@ -11,7 +11,10 @@ pub(crate) mod simulator;
 pub use client::RosClient;
 pub use simulator::RosSimulator;
 
-use super::{BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at};
+use super::{
+    BackOffice, ProtocolSettings, Simulation, SimulatorStart, SystemClient, read_settings,
+    stand_in_at,
+};
 use crate::domain::{Location, OrderId, Route, System, Waypoint};
 use crate::protocols::simulator::KnobSettings;
 use async_trait::async_trait;
@@ -20,8 +23,6 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// The body of `POST /api/routes/optimize`: the order's locations as the client sent
 /// them (seed 000 6.3). Our client always names the order; seed 000's adapter does
@@ -140,14 +141,10 @@ impl BackOffice for Registration {
         stand_in_at(settings, "url", address)
     }
 
-    fn simulate(
-        &self,
-        listener: TcpListener,
-        remembered_effects: usize,
-        shutdown: CancellationToken,
-    ) -> Simulation {
-        let simulator = RosSimulator::new(KnobSettings::default()).remembering(remembered_effects);
-        Simulation::of(simulator, |s| s.serve(listener, shutdown))
+    fn simulate(&self, start: SimulatorStart) -> Simulation {
+        let simulator =
+            RosSimulator::new(KnobSettings::default()).remembering(start.remembered_effects);
+        start.serve(simulator, RosSimulator::serve)
     }
 
     fn simulator_address(&self, listening: SocketAddr) -> String {

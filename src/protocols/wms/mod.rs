@@ -12,7 +12,10 @@ pub use client::WmsClient;
 pub use codec::{LineError, MAX_LINE, Reply, Request};
 pub use simulator::WmsSimulator;
 
-use super::{BackOffice, ProtocolSettings, Simulation, SystemClient, read_settings, stand_in_at};
+use super::{
+    BackOffice, ProtocolSettings, Simulation, SimulatorStart, SystemClient, read_settings,
+    stand_in_at,
+};
 use crate::domain::System;
 use crate::protocols::simulator::KnobSettings;
 use async_trait::async_trait;
@@ -20,8 +23,6 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Where the warehouse is when nothing says otherwise (seed 000 section 11's port).
 const DEFAULT_ADDR: &str = "127.0.0.1:4002";
@@ -88,14 +89,10 @@ impl BackOffice for Registration {
         stand_in_at(settings, "addr", address)
     }
 
-    fn simulate(
-        &self,
-        listener: TcpListener,
-        remembered_effects: usize,
-        shutdown: CancellationToken,
-    ) -> Simulation {
-        let simulator = WmsSimulator::new(KnobSettings::default()).remembering(remembered_effects);
-        Simulation::of(simulator, |s| s.serve(listener, shutdown))
+    fn simulate(&self, start: SimulatorStart) -> Simulation {
+        let simulator =
+            WmsSimulator::new(KnobSettings::default()).remembering(start.remembered_effects);
+        start.serve(simulator, WmsSimulator::serve)
     }
 
     fn simulator_address(&self, listening: SocketAddr) -> String {
