@@ -39,16 +39,18 @@ fn ms(n: u64) -> Micros {
     n * 1000
 }
 
-fn policy() -> RunnerPolicy {
-    RunnerPolicy {
+/// How long an actor rests before the router's idle check passivates it.
+const PASSIVATE_AFTER: Duration = Duration::from_secs(5);
+
+fn policy() -> Arc<RunnerPolicy> {
+    Arc::new(RunnerPolicy {
         max_attempts: 5,
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),
         watchdog: Duration::from_secs(2),
-        passivate_after: Duration::from_secs(5),
         outage_backoff_base: Duration::from_millis(100),
         outage_backoff_max: Duration::from_secs(1),
-    }
+    })
 }
 
 /// An order as stored, with its event log (after the intake event).
@@ -242,13 +244,13 @@ impl Sim {
         id
     }
 
-    /// The router's passivation check: the actor (of incarnation `token`, when the
-    /// request may be late) has seen every message routed to it.
-    fn passivate(&mut self, order_id: &OrderId, token: Option<u64>, received: u64) {
+    /// The router's passivation check: the actor (of incarnation `token`) has seen
+    /// every message routed to it.
+    fn passivate(&mut self, order_id: &OrderId, token: u64, received: u64) {
         let Some(actor) = self.actors.get(order_id) else {
             return;
         };
-        if token.is_some_and(|token| token != actor.incarnation) || actor.routed != received {
+        if token != actor.incarnation || actor.routed != received {
             return;
         }
         assert!(
@@ -375,7 +377,7 @@ impl Sim {
                 order_id,
                 token,
                 received,
-            } => self.passivate(&order_id, Some(token), received),
+            } => self.passivate(&order_id, token, received),
             Item::OutageOver { order_id, token } => {
                 let current = self
                     .actors
@@ -575,25 +577,23 @@ impl Sim {
                 None
             }
             // Some resting actors are passivated early (as when more rest than the
-            // router keeps), a moment later; others wait for their idle check.
+            // router keeps), a moment later; others at the router's idle check.
             Effect::Rest { received } => {
-                if self.router_rng.random_bool(0.3) {
-                    let token = self.actors[order_id].incarnation;
-                    let after = self.router_rng.random_range(0..ms(50));
-                    let order_id = order_id.clone();
-                    self.at(
-                        after,
-                        Item::Rested {
-                            order_id,
-                            token,
-                            received,
-                        },
-                    );
-                }
-                None
-            }
-            Effect::Passivate { received } => {
-                self.passivate(order_id, None, received);
+                let after = if self.router_rng.random_bool(0.3) {
+                    self.router_rng.random_range(0..ms(50))
+                } else {
+                    PASSIVATE_AFTER.as_micros() as Micros
+                };
+                let token = self.actors[order_id].incarnation;
+                let order_id = order_id.clone();
+                self.at(
+                    after,
+                    Item::Rested {
+                        order_id,
+                        token,
+                        received,
+                    },
+                );
                 None
             }
             Effect::Stop { .. } => {

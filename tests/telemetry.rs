@@ -251,6 +251,45 @@ async fn live_order_actors(app: &TestApp, admin: &str) -> Option<u64> {
 }
 
 #[tokio::test]
+async fn order_actors_at_rest_are_passivated_once_idle_long_enough() {
+    let app = spawn_app_with(serde_json::json!({"orders": {"passivate_after_secs": 1}})).await;
+    let admin = app.admin_token().await;
+    let (client, _) = app.register_client().await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let order_id = app.place(&client).await;
+        app.wait_for_status(&client, &order_id, "READY_FOR_DELIVERY", WAIT)
+            .await;
+        orders.push(order_id);
+    }
+    // Each rests until the router's idle check, which stops all three.
+    let passivated = periodic_check(
+        || async { live_order_actors(&app, &admin).await == Some(0) },
+        WAIT,
+    )
+    .await;
+    assert!(passivated, "{:?}", live_order_actors(&app, &admin).await);
+    for order_id in &orders {
+        let path = format!("/api/telemetry/orders/{order_id}");
+        let (_, actor) = get(&app, &admin, &path).await;
+        assert_eq!(actor["live"], false, "{actor}");
+    }
+    // The next command rebuilds the actor from the store.
+    let cancelled = app
+        .http
+        .post(app.url(&format!("/api/orders/{}/cancel", orders[1])))
+        .bearer_auth(&client)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.status().as_u16(), 200);
+    app.wait_for_status(&client, &orders[1], "CANCELLED", WAIT)
+        .await;
+    app.runtime.shutdown().await;
+}
+
+#[tokio::test]
 async fn idle_order_actors_beyond_the_limit_are_passivated_and_revive_when_needed() {
     let app = spawn_app_with(serde_json::json!({"orders": {"max_idle_actors": 2}})).await;
     let admin = app.admin_token().await;

@@ -23,6 +23,7 @@ use crate::bus::{BusError, StepReply};
 use crate::domain::backoff::jittered;
 use crate::domain::runner::{
     Effect, Event, NO_REPLY, NextTimer, OrderActorView, Runner, RunnerPolicy, StepInFlight, Timer,
+    TimerKind,
 };
 use crate::domain::saga;
 use crate::domain::{Operation, OperationOutcome, OrderId, SagaInput};
@@ -61,8 +62,21 @@ pub(crate) enum OrderMsg {
 pub(crate) struct OrderActorArgs {
     pub(crate) order_id: OrderId,
     pub(crate) lease: Lease,
+    pub(crate) policy: Arc<RunnerPolicy>,
     pub(crate) context: Arc<Context>,
     pub(crate) router: ActorRef<OrdersMsg>,
+}
+
+/// The runners' policy, from the node's settings (one for all of its order actors).
+pub(crate) fn runner_policy(settings: &crate::config::Settings) -> RunnerPolicy {
+    RunnerPolicy {
+        max_attempts: settings.saga.max_attempts,
+        backoff_base: Duration::from_millis(settings.saga.backoff_base_ms),
+        backoff_max: Duration::from_millis(settings.saga.backoff_max_ms),
+        watchdog: Duration::from_secs(settings.saga.step_watchdog_secs),
+        outage_backoff_base: OUTAGE_BACKOFF_BASE,
+        outage_backoff_max: OUTAGE_BACKOFF_MAX,
+    }
 }
 
 /// Why an effect could not be executed.
@@ -130,19 +144,9 @@ impl Actor for OrderActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         // Loading happens with the first message, not here: the router awaits
         // pre_start, and must never wait on the store.
-        let settings = &args.context.settings;
-        let policy = RunnerPolicy {
-            max_attempts: settings.saga.max_attempts,
-            backoff_base: Duration::from_millis(settings.saga.backoff_base_ms),
-            backoff_max: Duration::from_millis(settings.saga.backoff_max_ms),
-            watchdog: Duration::from_secs(settings.saga.step_watchdog_secs),
-            passivate_after: Duration::from_secs(settings.orders.passivate_after_secs),
-            outage_backoff_base: OUTAGE_BACKOFF_BASE,
-            outage_backoff_max: OUTAGE_BACKOFF_MAX,
-        };
         Ok(OrderState {
             lease: args.lease,
-            runner: Runner::new(args.order_id, args.lease.epoch, policy),
+            runner: Runner::new(args.order_id, args.lease.epoch, args.policy),
             held: Vec::new(),
             timer: None,
             next_timer: None,
@@ -164,24 +168,28 @@ impl Actor for OrderActor {
         Ok(())
     }
 
-    async fn handle(
+    fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if state.span.is_none() {
-            let trace = match &message {
-                OrderMsg::Wake { trace, .. } | OrderMsg::StepResult { trace, .. } => {
-                    trace.as_deref()
-                }
-                _ => None,
-            };
-            let node = &state.context.node_id;
-            state.span = crate::observability::order_span(state.runner.order_id(), node, trace);
-        }
-        let span = state.span.clone();
-        Box::pin(state.handle(&myself, message).instrument(span)).await
+    ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send {
+        // Boxed whole, message included: the actor's task holds what it awaits
+        // inline, and a resting actor should carry no more than a pointer for it.
+        Box::pin(async move {
+            if state.span.is_none() {
+                let trace = match &message {
+                    OrderMsg::Wake { trace, .. } | OrderMsg::StepResult { trace, .. } => {
+                        trace.as_deref()
+                    }
+                    _ => None,
+                };
+                let node = &state.context.node_id;
+                state.span = crate::observability::order_span(state.runner.order_id(), node, trace);
+            }
+            let span = state.span.clone();
+            state.handle(&myself, message).instrument(span).await
+        })
     }
 }
 
@@ -327,7 +335,7 @@ impl OrderState {
             Effect::StartTimer { timer, after } => {
                 let after = match timer {
                     Timer::Backoff { .. } => jittered(after),
-                    Timer::Watchdog { .. } | Timer::IdleCheck { .. } => after,
+                    Timer::Watchdog { .. } => after,
                 };
                 self.cancel_timer();
                 self.next_timer = chrono::TimeDelta::from_std(after)
@@ -355,12 +363,20 @@ impl OrderState {
                 // own request.
                 self.span = tracing::Span::none();
             }
-            Effect::Passivate { received } => {
-                let resting = self.resting(myself, received);
-                let _ = self.router.cast(OrdersMsg::Passivate(resting));
-            }
             Effect::Rest { received } => {
-                let resting = self.resting(myself, received);
+                // A resting actor holds no timer: the router checks all of them.
+                self.cancel_timer();
+                let after = self.context.settings.orders.passivate_after_secs;
+                self.next_timer =
+                    chrono::TimeDelta::try_seconds(after as i64).map(|delay| NextTimer {
+                        kind: TimerKind::IdleCheck,
+                        due_at: Utc::now() + delay,
+                    });
+                let resting = Resting {
+                    order_id: self.runner.order_id().clone(),
+                    actor: myself.get_id(),
+                    received,
+                };
                 let _ = self.router.cast(OrdersMsg::Resting(resting));
             }
             Effect::Stop { reason } => myself.stop(reason),
@@ -399,14 +415,6 @@ impl OrderState {
                 events: committed.events,
             }),
             Err(error) => error.into_event().map_err(|Fenced| Stop::Fenced),
-        }
-    }
-
-    fn resting(&self, myself: &ActorRef<OrderMsg>, received: u64) -> Resting {
-        Resting {
-            order_id: self.runner.order_id().clone(),
-            actor: myself.get_id(),
-            received,
         }
     }
 

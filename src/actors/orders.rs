@@ -3,8 +3,10 @@
 //! store when it fails (one_for_one, a few times per order).
 //!
 //! All commands for an order pass through here, which makes passivation race-free:
-//! the actor offers to stop with the number of messages it has seen, and the router
-//! stops it only if it has routed no more than that.
+//! an actor whose order waits on nobody says it rests, with the number of messages it
+//! has seen, and the router stops it later only if it has routed no more than that.
+//! One idle check here covers every resting actor of the node, oldest first, so no
+//! actor keeps a timer of its own while it rests.
 //!
 //! Every actor works under the lease of its order's shard. Commands received under a
 //! lease that ended are dropped (the shard's new owner resumes the order from the
@@ -12,16 +14,17 @@
 
 use super::Context;
 use super::control::ActorKind;
-use super::order::{OrderActor, OrderActorArgs, OrderMsg};
+use super::order::{OrderActor, OrderActorArgs, OrderMsg, runner_policy};
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge, Posted};
 use crate::bus::Acker;
 use crate::bus::OrderCommand;
 use crate::domain::OrderId;
+use crate::domain::runner::RunnerPolicy;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(crate) const NAME: &str = "orders";
 /// Failures of one order's actor before the router stops restarting it.
@@ -43,11 +46,13 @@ pub(crate) enum OrdersMsg {
         /// The `traceparent` the command was posted with.
         trace: Option<String>,
     },
-    /// The actor offers to stop: its idle check found its order waiting on nobody.
-    Passivate(Resting),
-    /// The actor's order waits on nobody now; it may be passivated early when more
-    /// actors rest than the router keeps.
+    /// The actor's order waits on nobody now: it is passivated once it has rested
+    /// for `orders.passivate_after_secs`, or early when more actors rest than the
+    /// router keeps.
     Resting(Resting),
+    /// Passivates the actors that have rested long enough (sent by the router to
+    /// itself, when the longest at rest is due).
+    IdleCheck,
     /// The live actor of an order, if there is one (for telemetry: the caller asks
     /// the actor itself, so the router never waits on it).
     Inspect(OrderId, RpcReplyPort<Option<ActorRef<OrderMsg>>>),
@@ -76,14 +81,20 @@ struct LiveOrder {
 
 pub(crate) struct OrdersState {
     context: Arc<Context>,
+    /// What every order actor's runner works by.
+    policy: Arc<RunnerPolicy>,
     live: HashMap<OrderId, LiveOrder>,
     by_actor: HashMap<ActorId, OrderId>,
     failures: HashMap<OrderId, u32>,
-    /// Actors that came to rest, longest at rest first; an entry whose actor moved
-    /// on since is dropped when it is reached.
-    resting: VecDeque<Resting>,
+    /// Actors that came to rest and when, longest at rest first; an entry whose
+    /// actor moved on since is dropped when it is reached.
+    resting: VecDeque<(Instant, Resting)>,
     /// Resting actors kept before the longest at rest are passivated.
     max_resting: usize,
+    /// How long an actor rests before it is passivated.
+    passivate_after: Duration,
+    /// An idle check is due (one at a time, for the longest at rest).
+    idle_check_pending: bool,
     mailbox: MailboxGauge,
     family: FamilySize,
 }
@@ -118,11 +129,14 @@ impl Actor for OrdersSupervisor {
             },
         );
         Ok(OrdersState {
+            policy: Arc::new(runner_policy(&args.context.settings)),
             live: HashMap::new(),
             by_actor: HashMap::new(),
             failures: HashMap::new(),
             resting: VecDeque::new(),
             max_resting: args.context.settings.orders.max_idle_actors,
+            passivate_after: Duration::from_secs(args.context.settings.orders.passivate_after_secs),
+            idle_check_pending: false,
             mailbox: args.mailbox,
             family,
             context: args.context,
@@ -158,17 +172,27 @@ impl Actor for OrdersSupervisor {
                 let _ = reply.send(census);
                 Ok(())
             }
-            OrdersMsg::Passivate(resting) => {
-                state.passivate(resting);
-                Ok(())
-            }
             OrdersMsg::Resting(resting) => {
-                state.resting.push_back(resting);
+                state.resting.push_back((Instant::now(), resting));
                 while state.resting.len() > state.max_resting {
-                    if let Some(longest) = state.resting.pop_front() {
+                    if let Some((_, longest)) = state.resting.pop_front() {
                         state.passivate(longest);
                     }
                 }
+                state.schedule_idle_check(&myself);
+                Ok(())
+            }
+            OrdersMsg::IdleCheck => {
+                state.idle_check_pending = false;
+                let now = Instant::now();
+                while let Some((since, _)) = state.resting.front()
+                    && now.saturating_duration_since(*since) >= state.passivate_after
+                {
+                    if let Some((_, resting)) = state.resting.pop_front() {
+                        state.passivate(resting);
+                    }
+                }
+                state.schedule_idle_check(&myself);
                 Ok(())
             }
             OrdersMsg::Inspect(order_id, reply) => {
@@ -229,6 +253,19 @@ impl Actor for OrdersSupervisor {
 }
 
 impl OrdersState {
+    /// Sets the idle check for when the longest at rest is due, unless one is set.
+    fn schedule_idle_check(&mut self, myself: &ActorRef<OrdersMsg>) {
+        if self.idle_check_pending {
+            return;
+        }
+        let Some((since, _)) = self.resting.front() else {
+            return;
+        };
+        self.idle_check_pending = true;
+        let due = (*since + self.passivate_after).saturating_duration_since(Instant::now());
+        myself.send_after(due, || OrdersMsg::IdleCheck);
+    }
+
     /// Stops a resting actor unless a message was routed to it since it came to rest
     /// (or another actor took its place): nothing can be in its mailbox then, since
     /// every message it was sent came through here and it has seen them all. Later
@@ -345,6 +382,7 @@ impl OrdersState {
                 let args = OrderActorArgs {
                     order_id: order_id.clone(),
                     lease,
+                    policy: self.policy.clone(),
                     context: self.context.clone(),
                     router: myself.clone(),
                 };

@@ -34,8 +34,6 @@ pub(crate) struct RunnerPolicy {
     pub(crate) backoff_max: Duration,
     /// How long a step request may go unanswered before it counts as failed.
     pub(crate) watchdog: Duration,
-    /// How long an order waiting on nobody keeps its actor.
-    pub(crate) passivate_after: Duration,
     pub(crate) outage_backoff_base: Duration,
     pub(crate) outage_backoff_max: Duration,
 }
@@ -52,9 +50,10 @@ pub enum Phase {
     /// The step failed transiently; it is tried again when the backoff is over.
     BackingOff { operation: Operation },
     /// A settled outcome waits to be persisted (kept while the store is down).
+    /// Boxed: a phase is part of every live actor, and this one is brief.
     Persisting {
         operation: Operation,
-        outcome: OperationOutcome,
+        outcome: Box<OperationOutcome>,
     },
     /// The order waits on no system: the actor may passivate.
     Idle,
@@ -94,7 +93,6 @@ impl Phase {
 pub(crate) enum Timer {
     Watchdog { operation: Operation, attempt: u32 },
     Backoff { operation: Operation },
-    IdleCheck { generation: u64 },
 }
 
 /// The kinds of [`Timer`], as telemetry shows them.
@@ -103,6 +101,8 @@ pub(crate) enum Timer {
 pub(crate) enum TimerKind {
     Watchdog,
     RetryBackoff,
+    /// The router's check of a resting actor: it passivates the actor then unless a
+    /// message came since (one check for all of a node's actors, not a timer each).
     IdleCheck,
 }
 
@@ -111,7 +111,6 @@ impl Timer {
         match self {
             Self::Watchdog { .. } => TimerKind::Watchdog,
             Self::Backoff { .. } => TimerKind::RetryBackoff,
-            Self::IdleCheck { .. } => TimerKind::IdleCheck,
         }
     }
 }
@@ -187,14 +186,11 @@ pub(crate) enum Effect {
     LeaveAdmission,
     /// Processing is over (the order's trace ends here).
     ProcessingOver,
-    /// Ask the router to stop this actor; `received` is how many messages it has
-    /// seen, so that the router can tell whether one is still on its way.
-    Passivate {
-        received: u64,
-    },
-    /// The order waits on nobody now: tell the router, which passivates the actors
-    /// that have rested longest when more rest than it keeps (bounded memory under
-    /// any order rate), with the same `received` check as [`Effect::Passivate`].
+    /// The order waits on nobody now: tell the router, which passivates the actor
+    /// once it has rested for `orders.passivate_after_secs`, or earlier when more
+    /// actors rest than it keeps (bounded memory under any order rate). `received`
+    /// is how many messages the actor has seen, so that the router can tell whether
+    /// one is still on its way: then the actor is not at rest any more.
     Rest {
         received: u64,
     },
@@ -237,15 +233,17 @@ pub(crate) struct Runner {
     order_id: OrderId,
     /// The shard ownership this runner works under.
     epoch: u64,
-    policy: RunnerPolicy,
+    /// Shared by every runner of the node.
+    policy: Arc<RunnerPolicy>,
     /// The order as last read or committed; shared (with a store's cache of recent
     /// orders, for one), never changed in place.
     order: Option<Arc<Order>>,
     phase: Phase,
     /// The order must be read before anything else is done.
     stale: bool,
-    /// A reply that came before the order was read.
-    deferred: Option<Event>,
+    /// A reply that came before the order was read (boxed: rare, and a runner is
+    /// part of every live actor).
+    deferred: Option<Box<Event>>,
     /// Failed attempts of the operation the order waits on.
     attempts: u32,
     /// Last attempt number used, so that every request is distinguishable.
@@ -254,15 +252,12 @@ pub(crate) struct Runner {
     outage_failures: u32,
     outage_retry: bool,
     admitted: bool,
-    /// Messages from outside (not effect results); an idle check of an older
-    /// generation is moot.
-    generation: u64,
     /// Messages routed to this actor, for the passivation handshake.
     received: u64,
 }
 
 impl Runner {
-    pub fn new(order_id: OrderId, epoch: u64, policy: RunnerPolicy) -> Self {
+    pub fn new(order_id: OrderId, epoch: u64, policy: Arc<RunnerPolicy>) -> Self {
         Self {
             order_id,
             epoch,
@@ -276,7 +271,6 @@ impl Runner {
             outage_failures: 0,
             outage_retry: false,
             admitted: false,
-            generation: 0,
             received: 0,
         }
     }
@@ -316,16 +310,14 @@ impl Runner {
         }
         match event {
             Event::Woken => {
-                self.arrived();
                 self.received += 1;
                 self.stale = true;
             }
             replied @ Event::Replied { .. } => {
-                self.arrived();
                 self.received += 1;
                 if self.order.is_none() {
                     self.stale = true;
-                    self.deferred = Some(replied);
+                    self.deferred = Some(Box::new(replied));
                 } else if let Event::Replied {
                     operation,
                     attempt,
@@ -336,35 +328,23 @@ impl Runner {
                     self.on_reply(&mut effects, operation, attempt, epoch, reply);
                 }
             }
-            Event::TimerFired(timer) => {
-                self.arrived();
-                match timer {
-                    Timer::Watchdog { operation, attempt } => {
-                        if self.phase != (Phase::AwaitingReply { operation, attempt }) {
-                            return effects;
-                        }
-                        let reason = NO_REPLY.to_owned();
-                        let reply = StepReply::Transient { reason };
-                        self.on_reply(&mut effects, operation, attempt, self.epoch, reply);
-                    }
-                    Timer::Backoff { operation } => {
-                        if self.phase != (Phase::BackingOff { operation }) {
-                            return effects;
-                        }
-                        self.phase = Phase::Ready;
-                    }
-                    Timer::IdleCheck { generation } => {
-                        if generation + 1 == self.generation && self.is_quiet() {
-                            effects.push(Effect::Passivate {
-                                received: self.received,
-                            });
-                        }
+            Event::TimerFired(timer) => match timer {
+                Timer::Watchdog { operation, attempt } => {
+                    if self.phase != (Phase::AwaitingReply { operation, attempt }) {
                         return effects;
                     }
+                    let reason = NO_REPLY.to_owned();
+                    let reply = StepReply::Transient { reason };
+                    self.on_reply(&mut effects, operation, attempt, self.epoch, reply);
                 }
-            }
+                Timer::Backoff { operation } => {
+                    if self.phase != (Phase::BackingOff { operation }) {
+                        return effects;
+                    }
+                    self.phase = Phase::Ready;
+                }
+            },
             Event::OutageOver => {
-                self.arrived();
                 self.outage_retry = false;
                 self.stale = true;
             }
@@ -378,12 +358,13 @@ impl Runner {
             Event::Loaded(Some(order)) => {
                 self.order = Some(order);
                 self.stale = false;
-                if let Some(Event::Replied {
-                    operation,
-                    attempt,
-                    epoch,
-                    reply,
-                }) = self.deferred.take()
+                if let Some(deferred) = self.deferred.take()
+                    && let Event::Replied {
+                        operation,
+                        attempt,
+                        epoch,
+                        reply,
+                    } = *deferred
                 {
                     self.on_reply(&mut effects, operation, attempt, epoch, reply);
                 }
@@ -432,17 +413,8 @@ impl Runner {
         effects
     }
 
-    /// A message from outside arrived.
-    fn arrived(&mut self) {
-        self.generation += 1;
-    }
-
     fn next_operation(&self) -> Option<Operation> {
         self.order.as_deref().and_then(saga::next_operation)
-    }
-
-    fn is_quiet(&self) -> bool {
-        self.phase == Phase::Idle && !self.outage_retry && self.next_operation().is_none()
     }
 
     fn on_reply(
@@ -481,7 +453,10 @@ impl Runner {
                 }
                 if expected && !matches!(self.phase, Phase::Persisting { .. }) {
                     self.attempts = 0;
-                    self.phase = Phase::Persisting { operation, outcome };
+                    self.phase = Phase::Persisting {
+                        operation,
+                        outcome: Box::new(outcome),
+                    };
                 }
             }
             StepReply::Transient { reason } => {
@@ -501,7 +476,10 @@ impl Runner {
                 if self.attempts >= self.policy.max_attempts {
                     self.attempts = 0;
                     let outcome = OperationOutcome::Exhausted { reason };
-                    self.phase = Phase::Persisting { operation, outcome };
+                    self.phase = Phase::Persisting {
+                        operation,
+                        outcome: Box::new(outcome),
+                    };
                 } else {
                     let after = backoff::exponential(
                         self.attempts,
@@ -532,7 +510,7 @@ impl Runner {
         if let Phase::Persisting { operation, outcome } = &self.phase {
             effects.push(Effect::Persist {
                 operation: *operation,
-                outcome: outcome.clone(),
+                outcome: OperationOutcome::clone(outcome),
             });
             return;
         }
@@ -583,12 +561,6 @@ impl Runner {
                 effects.push(Effect::Rest {
                     received: self.received,
                 });
-                effects.push(Effect::StartTimer {
-                    timer: Timer::IdleCheck {
-                        generation: self.generation,
-                    },
-                    after: self.policy.passivate_after,
-                });
             }
         }
     }
@@ -638,16 +610,15 @@ mod tests {
     const EPOCH: u64 = 7;
     const BASE: Duration = Duration::from_millis(100);
 
-    fn policy() -> RunnerPolicy {
-        RunnerPolicy {
+    fn policy() -> Arc<RunnerPolicy> {
+        Arc::new(RunnerPolicy {
             max_attempts: 3,
             backoff_base: BASE,
             backoff_max: Duration::from_millis(250),
             watchdog: Duration::from_secs(30),
-            passivate_after: Duration::from_secs(60),
             outage_backoff_base: Duration::from_millis(10),
             outage_backoff_max: Duration::from_millis(40),
-        }
+        })
     }
 
     /// A runner that read `order` and sent its next step (attempt 1).
@@ -915,7 +886,7 @@ mod tests {
     }
 
     #[test]
-    fn an_order_waiting_on_nobody_passivates_unless_a_message_came_since() {
+    fn an_order_waiting_on_nobody_rests_counting_the_messages_it_has_seen() {
         let mut order = received("ORD-1");
         for op in [
             Operation::ValidateCustomer,
@@ -930,28 +901,21 @@ mod tests {
         let mut runner = Runner::new(order.order_id.clone(), EPOCH, policy());
         runner.handle(Event::Woken);
         let effects = runner.handle(Event::Loaded(Some(Arc::new(order.clone()))));
-        let Some(Effect::StartTimer {
-            timer: idle @ Timer::IdleCheck { .. },
-            ..
-        }) = effects.last().cloned()
-        else {
-            panic!("no idle check in {effects:?}");
-        };
         assert!(effects.contains(&Effect::ProcessingOver) && !runner.admitted());
-        // At rest: the router hears of it, and the actor keeps no copy of the order.
-        assert!(
-            effects.contains(&Effect::Rest { received: 1 }),
-            "{effects:?}"
-        );
+        // At rest: the router hears of it (and passivates the actor later unless a
+        // message came since), and the actor keeps no copy of the order.
+        assert_eq!(effects.last(), Some(&Effect::Rest { received: 1 }));
         assert!(runner.order().is_none());
-        assert_eq!(
-            runner.handle(Event::TimerFired(idle)),
-            [Effect::Passivate { received: 1 }]
-        );
-        // A message after the check was set: the check is moot, a new one is set.
-        runner.handle(Event::Woken);
-        runner.handle(Event::Loaded(Some(Arc::new(order))));
-        assert!(runner.handle(Event::TimerFired(idle)).is_empty());
+        // A late timer is not a message: the router's count still holds.
+        let late = Timer::Watchdog {
+            operation: Operation::OptimizeRoute,
+            attempt: 1,
+        };
+        assert_eq!(runner.handle(Event::TimerFired(late)), []);
+        // A message: the actor reads the order again and rests anew, having seen two.
+        assert_eq!(runner.handle(Event::Woken), [Effect::Load]);
+        let effects = runner.handle(Event::Loaded(Some(Arc::new(order))));
+        assert_eq!(effects.last(), Some(&Effect::Rest { received: 2 }));
     }
 
     #[test]
