@@ -11,7 +11,8 @@
 # PORT defaults to $RABBITMQ_PORT, else 5672. Each port is its own broker (node
 # rabbit<PORT>@localhost) with its state under $RABBITMQ_STATE_DIR, default
 # /var/tmp/swift-rabbitmq-<PORT>, so several brokers can run side by side and keep
-# their durable queues across restarts. `start` is idempotent and prints
+# their durable queues across restarts (RABBITMQ_FRESH=1 starts a broker that is not
+# running from an empty state instead). `start` is idempotent and prints
 # RABBITMQ_URL=amqp://guest:guest@127.0.0.1:<PORT>/%2f as its last line; `cluster`
 # prints every broker's URL in that line, separated by commas (what the node takes).
 #
@@ -140,8 +141,17 @@ start_broker() {
         return 0
     fi
     install_broker
+    local stale
+    if [ "${RABBITMQ_FRESH:-}" = 1 ] && stale="$(broker_pid)"; then
+        # Up but not answering: still recovering a previous run's queues, which
+        # can take minutes after a crash. A fresh start does not wait for it.
+        log "rabbit$port is not answering; killing it to start afresh"
+        kill -KILL "$stale" 2>/dev/null || true
+        while kill -0 "$stale" 2>/dev/null; do sleep 0.05; done
+    fi
     if ! broker_pid >/dev/null; then
-        # A cluster member starts from nothing, so it joins no stale cluster.
+        # RABBITMQ_FRESH=1 starts from nothing: a cluster member so that it joins no
+        # stale cluster, CI so that it never waits on a crashed run's queues.
         if [ "${RABBITMQ_FRESH:-}" = 1 ]; then rm -rf "$state_dir"; fi
         write_config
         if [ -n "${RABBITMQ_COOKIE:-}" ]; then
