@@ -1269,6 +1269,32 @@ mod embedded_only {
         }
     }
 
+    /// A light load waits in the commit window for company, but not once the company
+    /// is there: writes that arrive together commit together, without waiting the
+    /// window out (here far longer than the test's bound).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_that_come_together_do_not_wait_out_the_commit_window() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let jane = customer();
+        let tuning = swiftlogistics::store::embedded::Tuning {
+            commit_window: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let store: SharedStore = Arc::new(
+            EmbeddedStore::open_with(dir.path(), Duration::from_secs(120), tuning)
+                .expect("open the embedded store"),
+        );
+        let together = (0..64).map(|_| place(&store, &jane));
+        let placed =
+            tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(together))
+                .await
+                .expect("64 writes at once committed within 20 s of a 60 s window");
+        for order in &placed {
+            let read = store.order(&order.order_id).await.expect("read");
+            assert_eq!(read.as_deref(), Some(order));
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn data_survives_close_and_reopen() {
         let dir = tempfile::tempdir().expect("temporary directory");
