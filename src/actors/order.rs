@@ -2,8 +2,9 @@
 //!
 //! The actor decides nothing: `domain::runner::Runner` says what to do next and the
 //! actor executes it (reads and writes through the store, sends through the bus,
-//! timers, acknowledgements, admission, passivation), feeding each result back. What
-//! is left here is what a pure function cannot do: IO, tracing spans and metrics.
+//! timers, acknowledgements, admission, telling the router it rests), feeding each
+//! result back. What is left here is what a pure function cannot do: IO, tracing
+//! spans and metrics.
 //!
 //! Deliveries are acknowledged only once their effect is persisted: while the store is
 //! down their acknowledgements are held (which also holds back the broker through the

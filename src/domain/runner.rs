@@ -3,11 +3,12 @@
 //! [`Runner::handle`] takes an [`Event`] (a message to the actor, or the result of an
 //! effect it asked for) and returns the [`Effect`]s to execute, as values: read the
 //! order, persist a step's outcome, send a step request, start or cancel a timer,
-//! acknowledge, announce, passivate, stop. The actor (`actors/order.rs`) executes
-//! them and feeds each result back; it decides nothing itself. The saga decides what
-//! an outcome does to the order (`saga::decide`); the runner decides how the order
-//! gets there: which call is in flight, retries with backoff, the watchdog for
-//! replies that never come, riding out store and bus outages, passivation.
+//! acknowledge, announce, rest (for the router to passivate), stop. The actor
+//! (`actors/order.rs`) executes them and feeds each result back; it decides nothing
+//! itself. The saga decides what an outcome does to the order (`saga::decide`); the
+//! runner decides how the order gets there: which call is in flight, retries with
+//! backoff, the watchdog for replies that never come, riding out store and bus
+//! outages, coming to rest.
 //!
 //! At most one effect that yields a result ([`Effect::Load`], [`Effect::Persist`],
 //! [`Effect::Send`]) is returned per event, always last: its result is the next
