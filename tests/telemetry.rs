@@ -290,6 +290,31 @@ async fn order_actors_at_rest_are_passivated_once_idle_long_enough() {
 }
 
 #[tokio::test]
+async fn an_idle_time_beyond_any_date_keeps_resting_actors_without_failing() {
+    let never = serde_json::json!({"orders": {"passivate_after_secs": u64::MAX}});
+    let app = spawn_app_with(never).await;
+    let admin = app.admin_token().await;
+    let (client, _) = app.register_client().await;
+    for _ in 0..2 {
+        let order_id = app.place(&client).await;
+        app.wait_for_status(&client, &order_id, "READY_FOR_DELIVERY", WAIT)
+            .await;
+        let path = format!("/api/telemetry/orders/{order_id}");
+        let resting = periodic_check(
+            || async { get(&app, &admin, &path).await.1["phase"] == "idle" },
+            WAIT,
+        )
+        .await;
+        let (_, actor) = get(&app, &admin, &path).await;
+        assert!(resting, "{actor}");
+        assert_eq!(actor["live"], true, "{actor}");
+        assert_eq!(actor["nextTimer"], Value::Null, "{actor}");
+    }
+    assert_eq!(live_order_actors(&app, &admin).await, Some(2));
+    app.runtime.shutdown().await;
+}
+
+#[tokio::test]
 async fn idle_order_actors_beyond_the_limit_are_passivated_and_revive_when_needed() {
     let app = spawn_app_with(serde_json::json!({"orders": {"max_idle_actors": 2}})).await;
     let admin = app.admin_token().await;

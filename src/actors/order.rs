@@ -339,12 +339,7 @@ impl OrderState {
                     Timer::Watchdog { .. } => after,
                 };
                 self.cancel_timer();
-                self.next_timer = chrono::TimeDelta::from_std(after)
-                    .ok()
-                    .map(|delay| NextTimer {
-                        kind: timer.kind(),
-                        due_at: Utc::now() + delay,
-                    });
+                self.next_timer = next_timer(timer.kind(), after);
                 self.timer = Some(myself.send_after(after, move || OrderMsg::Timer(timer)));
             }
             Effect::CancelTimer => self.cancel_timer(),
@@ -368,11 +363,7 @@ impl OrderState {
                 // A resting actor holds no timer: the router checks all of them.
                 self.cancel_timer();
                 let after = self.context.settings.orders.passivate_after_secs;
-                self.next_timer =
-                    chrono::TimeDelta::try_seconds(after as i64).map(|delay| NextTimer {
-                        kind: TimerKind::IdleCheck,
-                        due_at: Utc::now() + delay,
-                    });
+                self.next_timer = next_timer(TimerKind::IdleCheck, Duration::from_secs(after));
                 let resting = Resting {
                     order_id: self.runner.order_id().clone(),
                     actor: myself.get_id(),
@@ -445,6 +436,14 @@ impl OrderState {
             next_timer: self.next_timer.clone(),
         }
     }
+}
+
+/// A timer as telemetry shows it; none when `after` is beyond any date (a setting
+/// meaning "never").
+fn next_timer(kind: TimerKind, after: Duration) -> Option<NextTimer> {
+    let delay = chrono::TimeDelta::from_std(after).ok()?;
+    let due_at = Utc::now().checked_add_signed(delay)?;
+    Some(NextTimer { kind, due_at })
 }
 
 /// Why the actor stops handling a message.

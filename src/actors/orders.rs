@@ -261,9 +261,14 @@ impl OrdersState {
         let Some((since, _)) = self.resting.front() else {
             return;
         };
+        // Beyond any instant (a setting meaning "never"): no check is due.
+        let Some(due) = since.checked_add(self.passivate_after) else {
+            return;
+        };
         self.idle_check_pending = true;
-        let due = (*since + self.passivate_after).saturating_duration_since(Instant::now());
-        myself.send_after(due, || OrdersMsg::IdleCheck);
+        myself.send_after(due.saturating_duration_since(Instant::now()), || {
+            OrdersMsg::IdleCheck
+        });
     }
 
     /// Stops a resting actor unless a message was routed to it since it came to rest
