@@ -99,7 +99,23 @@ broker_pid() {
     local pid
     pid="$(tr -dc '0-9' <"$RABBITMQ_PID_FILE")"
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    # A pid file left by a crash or a reboot may name another process by now (or a
+    # zombie, whose environment is empty): only this broker's Erlang VM counts.
+    tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" |
+        grep -x "RABBITMQ_NODENAME=$RABBITMQ_NODENAME" >/dev/null || return 1
     echo "$pid"
+}
+
+# Waits, at most 30 s, until the process has exited (or is a zombie nobody reaps).
+wait_gone() {
+    local pid="$1" deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
+        if ((SECONDS >= deadline)); then
+            log "process $pid still there after 30s"
+            return 1
+        fi
+        sleep 0.05
+    done
 }
 
 install_broker() {
@@ -147,7 +163,7 @@ start_broker() {
         # can take minutes after a crash. A fresh start does not wait for it.
         log "rabbit$port is not answering; killing it to start afresh"
         kill -KILL "$stale" 2>/dev/null || true
-        while kill -0 "$stale" 2>/dev/null; do sleep 0.05; done
+        wait_gone "$stale"
     fi
     if ! broker_pid >/dev/null; then
         # RABBITMQ_FRESH=1 starts from nothing: a cluster member so that it joins no
@@ -203,7 +219,7 @@ kill_broker() {
         return 0
     fi
     kill -KILL "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    wait_gone "$pid"
     log "rabbit$port killed"
 }
 

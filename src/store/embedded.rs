@@ -480,6 +480,8 @@ impl Drop for EmbeddedStore {
     /// be opened again at once.
     fn drop(&mut self) {
         self.writes = None;
+        // A writer waiting in its commit window commits what it holds now.
+        self.writer.unpark();
         // Disconnected (the normal end) or timed out: either way nothing more to do.
         if let Ok(writer_gone) = self.writer_gone.lock() {
             let _ = writer_gone.recv_timeout(SHUTDOWN_WAIT);
@@ -560,7 +562,7 @@ impl Writer {
                 // Woken early by the write that completes the company (or by a wake-up
                 // left from an earlier one, hence the loop).
                 let deadline = std::time::Instant::now() + self.window;
-                while queue.len() + 1 < COMPANY {
+                while !queue.is_closed() && queue.len() + 1 < COMPANY {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
                         break;
