@@ -250,18 +250,37 @@ async fn live_order_actors(app: &TestApp, admin: &str) -> Option<u64> {
     find(&get(app, admin, "/api/telemetry/supervision").await.1)
 }
 
+/// `n` orders placed one after another, each once it is ready for delivery.
+async fn ready_orders(app: &TestApp, client: &str, n: usize) -> Vec<String> {
+    let mut orders = Vec::new();
+    for _ in 0..n {
+        let order_id = app.place(client).await;
+        app.wait_for_status(client, &order_id, "READY_FOR_DELIVERY", WAIT)
+            .await;
+        orders.push(order_id);
+    }
+    orders
+}
+
+/// Cancels an order; the answer's status code.
+async fn cancel(app: &TestApp, client: &str, order_id: &str) -> u16 {
+    app.http
+        .post(app.url(&format!("/api/orders/{order_id}/cancel")))
+        .bearer_auth(client)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("cancel")
+        .status()
+        .as_u16()
+}
+
 #[tokio::test]
 async fn order_actors_at_rest_are_passivated_once_idle_long_enough() {
     let app = spawn_app_with(serde_json::json!({"orders": {"passivate_after_secs": 1}})).await;
     let admin = app.admin_token().await;
     let (client, _) = app.register_client().await;
-    let mut orders = Vec::new();
-    for _ in 0..3 {
-        let order_id = app.place(&client).await;
-        app.wait_for_status(&client, &order_id, "READY_FOR_DELIVERY", WAIT)
-            .await;
-        orders.push(order_id);
-    }
+    let orders = ready_orders(&app, &client, 3).await;
     // Each rests until the router's idle check, which stops all three.
     let passivated = periodic_check(
         || async { live_order_actors(&app, &admin).await == Some(0) },
@@ -275,15 +294,7 @@ async fn order_actors_at_rest_are_passivated_once_idle_long_enough() {
         assert_eq!(actor["live"], false, "{actor}");
     }
     // The next command rebuilds the actor from the store.
-    let cancelled = app
-        .http
-        .post(app.url(&format!("/api/orders/{}/cancel", orders[1])))
-        .bearer_auth(&client)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(cancelled.status().as_u16(), 200);
+    assert_eq!(cancel(&app, &client, &orders[1]).await, 200);
     app.wait_for_status(&client, &orders[1], "CANCELLED", WAIT)
         .await;
     app.runtime.shutdown().await;
@@ -319,13 +330,7 @@ async fn idle_order_actors_beyond_the_limit_are_passivated_and_revive_when_neede
     let app = spawn_app_with(serde_json::json!({"orders": {"max_idle_actors": 2}})).await;
     let admin = app.admin_token().await;
     let (client, _) = app.register_client().await;
-    let mut orders = Vec::new();
-    for _ in 0..6 {
-        let order_id = app.place(&client).await;
-        app.wait_for_status(&client, &order_id, "READY_FOR_DELIVERY", WAIT)
-            .await;
-        orders.push(order_id);
-    }
+    let orders = ready_orders(&app, &client, 6).await;
     // Well before their 30 s idle check, only the two that rested last are kept.
     let bounded = periodic_check(
         || async { live_order_actors(&app, &admin).await == Some(2) },
@@ -349,15 +354,7 @@ async fn idle_order_actors_beyond_the_limit_are_passivated_and_revive_when_neede
     assert_eq!(last["live"], true, "{last}");
 
     // A passivated order is rebuilt from the store by its next command.
-    let cancelled = app
-        .http
-        .post(app.url(&format!("/api/orders/{}/cancel", orders[0])))
-        .bearer_auth(&client)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(cancelled.status().as_u16(), 200);
+    assert_eq!(cancel(&app, &client, &orders[0]).await, 200);
     app.wait_for_status(&client, &orders[0], "CANCELLED", WAIT)
         .await;
     app.runtime.shutdown().await;
