@@ -545,6 +545,9 @@ async fn orders_are_listed_newest_first_page_by_page() {
         }
         assert!(pages < 10, "paging does not end");
     }
+    // An id begins with its creation time, and orders created in the same
+    // millisecond list by id: newest first is descending ids.
+    placed.sort();
     placed.reverse();
     assert_eq!(seen, placed, "newest first, each order exactly once");
 

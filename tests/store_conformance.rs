@@ -289,6 +289,14 @@ fn ids(orders: &[Order]) -> Vec<OrderId> {
     orders.iter().map(|o| o.order_id.clone()).collect()
 }
 
+/// The order a list shows: an id begins with its creation time, and orders created
+/// in the same millisecond list by id, so newest first is descending ids.
+fn newest_first(mut ids: Vec<OrderId>) -> Vec<OrderId> {
+    ids.sort();
+    ids.reverse();
+    ids
+}
+
 fn seqs(events: &[Arc<OrderEvent>]) -> Vec<u64> {
     events.iter().map(|e| e.seq).collect()
 }
@@ -868,8 +876,8 @@ async fn status_filter_selects_matching_orders_on_every_page(store: SharedStore)
     }
     let johns = place(&store, &john).await;
     let johns = advance(&store, validated(&johns)).await;
-    janes_validated.reverse();
-    janes_received.reverse();
+    let janes_validated = newest_first(janes_validated);
+    let janes_received = newest_first(janes_received);
 
     let pages = all_pages(
         &store,
@@ -896,9 +904,9 @@ async fn status_filter_selects_matching_orders_on_every_page(store: SharedStore)
         .into_iter()
         .flatten()
         .collect();
-    let mut expected = vec![johns.order_id];
-    expected.extend(janes_validated);
-    assert_eq!(ids(&everyone), expected);
+    let mut expected = janes_validated;
+    expected.push(johns.order_id);
+    assert_eq!(ids(&everyone), newest_first(expected));
 }
 
 fn change(order: &Order, input: SagaInput) -> SagaDecision {
@@ -957,7 +965,7 @@ async fn assigned_orders_are_listed_per_driver_and_status(store: SharedStore) {
     );
     assert_eq!(
         list(by_driver(&d2, ready, 10)).await,
-        [others.order_id.clone(), moved.order_id.clone()],
+        newest_first(vec![others.order_id.clone(), moved.order_id.clone()]),
         "newest first, and a reassigned order follows its new driver"
     );
     let pages = all_pages(&store, by_driver(&d1, None, 1)).await;
@@ -965,7 +973,7 @@ async fn assigned_orders_are_listed_per_driver_and_status(store: SharedStore) {
     let every: Vec<Order> = pages.into_iter().flatten().collect();
     assert_eq!(
         ids(&every),
-        [johns.order_id.clone(), carried.order_id.clone()]
+        newest_first(vec![johns.order_id.clone(), carried.order_id.clone()])
     );
     let janes_with_d1 = OrderQuery {
         driver: Some(d1.clone()),
@@ -1349,7 +1357,10 @@ mod embedded_only {
             .expect("list");
         assert_eq!(
             ids(&listed.orders),
-            vec![validated_order.order_id.clone(), received.order_id.clone()]
+            newest_first(vec![
+                validated_order.order_id.clone(),
+                received.order_id.clone()
+            ])
         );
         let mut counts = store.count_by_status().await.expect("counts");
         counts.sort_by_key(|(s, _)| s.as_str());
