@@ -16,7 +16,7 @@ use crate::actors::{
 use crate::bus::OrderActorLocation;
 use crate::bus::amqp::AmqpBus;
 use crate::bus::local::LocalBus;
-use crate::bus::{ClusterMessage, SharedBus};
+use crate::bus::{ClusterMessage, Listeners, SharedBus};
 use crate::config::{BusKind, Settings, StoreKind};
 use crate::domain::{Email, OrderId, Role, System};
 use crate::protocols::{self, SystemClient};
@@ -118,9 +118,16 @@ async fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
 }
 
 /// `queue_owner` names this process's private queues on the broker.
-async fn open_bus(settings: &Settings, queue_owner: &str) -> anyhow::Result<SharedBus> {
+async fn open_bus(
+    settings: &Settings,
+    queue_owner: &str,
+    listeners: &Listeners,
+) -> anyhow::Result<SharedBus> {
     match settings.bus.kind {
-        BusKind::Local => Ok(Arc::new(LocalBus::new(settings.bus.shards))),
+        BusKind::Local => Ok(Arc::new(LocalBus::new(
+            settings.bus.shards,
+            listeners.clone(),
+        ))),
         BusKind::Amqp => {
             let bus = AmqpBus::connect(&settings.bus, queue_owner)
                 .await
@@ -171,7 +178,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
     let metrics = metrics_handle();
     crate::observability::declare_series();
     let store = open_store(&settings).await?;
-    let bus = open_bus(&settings, &format!("{node_id}.{incarnation}")).await?;
+    let listeners = Listeners::default();
+    let bus = open_bus(&settings, &format!("{node_id}.{incarnation}"), &listeners).await?;
     let admission = Arc::new(Admission::new(settings.orders.max_in_flight));
     let telemetry_args = TelemetryArgs {
         node: node_id.clone(),
@@ -196,6 +204,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Runtime> {
         shards: shards.clone(),
         telemetry: telemetry.clone(),
         adapters: AdapterDirectory::new(cores),
+        listeners,
     });
 
     let orders_mailbox = MailboxGauge::new(

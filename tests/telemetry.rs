@@ -115,6 +115,13 @@ async fn mailboxes_show_depth_rate_and_wait_per_family() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let (client, _) = app.register_client().await;
+    // The notifier hears of updates only while someone on the node watches.
+    let (_watching, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/ws?token={client}",
+        app.runtime.http_addr
+    ))
+    .await
+    .expect("the WebSocket opens");
     let app = std::sync::Arc::new(app);
     // Orders keep flowing while the figures are read: they are over the last seconds.
     let feeder = {

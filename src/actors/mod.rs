@@ -31,7 +31,7 @@ pub mod telemetry;
 pub use control::{ActorKind, ActorNode, CircuitState, RuntimeControl, ServiceHealth};
 pub(crate) use root::Root;
 
-use crate::bus::SharedBus;
+use crate::bus::{Listeners, SharedBus};
 use crate::config::Settings;
 use crate::domain::System;
 use crate::service::Admission;
@@ -55,6 +55,8 @@ pub struct Context {
     pub(crate) shards: Arc<ShardTable>,
     pub(crate) telemetry: ActorRef<TelemetryMsg>,
     pub(crate) adapters: AdapterDirectory,
+    /// This node's live-tracking sessions, which the notifier counts for the bus.
+    pub(crate) listeners: Listeners,
 }
 
 /// The adapters' lasting cores and their current actors, which change on restart.

@@ -20,7 +20,7 @@ use super::mailbox::Stamped;
 use super::outbox::{self, Refused};
 use super::telemetry::{self, ActorInfo, FamilySize, MailboxGauge, TelemetryMsg};
 use crate::bus::Acker;
-use crate::bus::{Delivery, Inbox};
+use crate::bus::{Delivery, Inbox, Listeners};
 use crate::domain::{OrderEvent, OrderId, UserId};
 use crate::service::Viewer;
 use bytes::Bytes;
@@ -99,6 +99,8 @@ pub(crate) struct Notifier {
     actor: ActorRef<Stamped<NotifierMsg>>,
     mailbox: MailboxGauge,
     next_session: Arc<AtomicU64>,
+    /// Counts the open sessions, from before they follow anything to after they end.
+    listeners: Listeners,
 }
 
 /// A session's place in the notifier. Dropping it unregisters the session, however
@@ -111,15 +113,21 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.notifier.send(NotifierMsg::Close { session: self.id });
+        self.notifier.listeners.leave();
     }
 }
 
 impl Notifier {
-    fn new(actor: ActorRef<Stamped<NotifierMsg>>, mailbox: MailboxGauge) -> Self {
+    fn new(
+        actor: ActorRef<Stamped<NotifierMsg>>,
+        mailbox: MailboxGauge,
+        listeners: Listeners,
+    ) -> Self {
         Self {
             actor,
             mailbox,
             next_session: Arc::new(AtomicU64::new(1)),
+            listeners,
         }
     }
 
@@ -148,12 +156,16 @@ impl Notifier {
     ) -> Option<(Registration, outbox::Receiver<Arc<Update>>)> {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (outbox, updates) = outbox::outbox(capacity);
+        self.listeners.join();
         let opened = self.send(NotifierMsg::Open {
             session,
             viewer,
             outbox,
             cut,
         });
+        if !opened {
+            self.listeners.leave();
+        }
         opened.then(|| {
             let registration = Registration {
                 id: session,
@@ -203,6 +215,7 @@ pub(crate) struct NotifierArgs {
     pub(crate) telemetry: ActorRef<TelemetryMsg>,
     pub(crate) mailbox: MailboxGauge,
     pub(crate) parent: String,
+    pub(crate) listeners: Listeners,
 }
 
 pub(crate) struct NotifierActor;
@@ -212,9 +225,9 @@ pub(crate) async fn spawn_linked(
     args: NotifierArgs,
     supervisor: ractor::ActorCell,
 ) -> Result<Notifier, ractor::SpawnErr> {
-    let mailbox = args.mailbox.clone();
+    let (mailbox, listeners) = (args.mailbox.clone(), args.listeners.clone());
     let (actor, _) = Actor::spawn_linked(None, NotifierActor, args, supervisor).await?;
-    Ok(Notifier::new(actor, mailbox))
+    Ok(Notifier::new(actor, mailbox, listeners))
 }
 
 impl Actor for NotifierActor {
@@ -503,10 +516,11 @@ mod tests {
             telemetry,
             mailbox: MailboxGauge::new("notifier", NAME, true),
             parent: "root".into(),
+            listeners: Listeners::default(),
         };
-        let mailbox = args.mailbox.clone();
+        let (mailbox, listeners) = (args.mailbox.clone(), args.listeners.clone());
         let (actor, _) = Actor::spawn(None, NotifierActor, args).await.unwrap();
-        Notifier::new(actor, mailbox)
+        Notifier::new(actor, mailbox, listeners)
     }
 
     async fn next(updates: &mut outbox::Receiver<Arc<Update>>) -> Arc<Update> {
@@ -593,6 +607,31 @@ mod tests {
             assert_eq!(next(&mut fast_updates).await.event.seq, seq);
         }
         assert!(slow_cut.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn the_bus_hears_of_listeners_from_the_first_session_until_the_last_ends() {
+        let n = notifier().await;
+        assert!(n.listeners.none());
+        let (first, _) = n
+            .open(
+                viewer("usr_admin", Role::Admin),
+                16,
+                CancellationToken::new(),
+            )
+            .unwrap();
+        let (second, _) = n
+            .open(
+                viewer("usr_alice", Role::Client),
+                16,
+                CancellationToken::new(),
+            )
+            .unwrap();
+        assert!(!n.listeners.none());
+        drop(first);
+        assert!(!n.listeners.none());
+        drop(second);
+        assert!(n.listeners.none());
     }
 
     #[tokio::test]

@@ -83,6 +83,7 @@ impl Actor for Root {
                 context.settings.telemetry.mailbox_timing,
             ),
             parent: NAME.into(),
+            listeners: context.listeners.clone(),
         };
         let notifier = notifier::spawn_linked(notifier_args, myself.get_cell()).await?;
         let mut state = RootState {

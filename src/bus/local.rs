@@ -3,8 +3,8 @@
 //! nothing needs to: every order's state is in the store and is resumed from there.
 
 use super::{
-    Bus, BusError, ClusterMessage, DeadLetter, Delivery, Envelope, Inbox, OrderCommand, ShardEvent,
-    ShardFeed, StepRequest, next_epoch,
+    Bus, BusError, ClusterMessage, DeadLetter, Delivery, Envelope, Inbox, Listeners, OrderCommand,
+    ShardEvent, ShardFeed, StepRequest, next_epoch,
 };
 use crate::domain::{OrderEvent, System};
 use async_trait::async_trait;
@@ -71,12 +71,14 @@ pub(crate) struct LocalBus {
     /// Shared rather than copied: a broadcast receiver clones what it takes, which
     /// for an `Arc` is a reference, not the event.
     updates: broadcast::Sender<Arc<OrderEvent>>,
+    /// Whether anyone follows `updates`.
+    listeners: Listeners,
     cluster: broadcast::Sender<ClusterMessage>,
     shards: u32,
 }
 
 impl LocalBus {
-    pub fn new(shards: u32) -> Self {
+    pub(crate) fn new(shards: u32, listeners: Listeners) -> Self {
         Self {
             steps: System::ALL
                 .into_iter()
@@ -84,6 +86,7 @@ impl LocalBus {
                 .collect(),
             orders: Queue::new(),
             updates: broadcast::channel(UPDATE_BUFFER).0,
+            listeners,
             cluster: broadcast::channel(CLUSTER_BUFFER).0,
             shards: shards.max(1),
         }
@@ -111,8 +114,10 @@ impl Bus for LocalBus {
     }
 
     async fn publish_update(&self, event: Arc<OrderEvent>) -> Result<(), BusError> {
-        // No subscriber is not an error: nobody is watching.
-        let _ = self.updates.send(event);
+        // Nobody watching is not an error.
+        if !self.listeners.none() {
+            let _ = self.updates.send(event);
+        }
         Ok(())
     }
 
@@ -191,5 +196,38 @@ impl Bus for LocalBus {
     /// No queue of this bus has dead letters: every name is unknown.
     async fn redrive(&self, queue: &str) -> Result<usize, BusError> {
         Err(BusError::NoSuchQueue(queue.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fixtures::validated_event;
+
+    fn update(seq: u64) -> Arc<OrderEvent> {
+        Arc::new(validated_event("ORD-A", "usr_alice", seq))
+    }
+
+    #[tokio::test]
+    async fn updates_are_published_only_while_a_session_listens() {
+        let listeners = Listeners::default();
+        let bus = LocalBus::new(1, listeners.clone());
+        let mut updates = bus.order_updates().await.expect("subscribe");
+        bus.publish_update(update(1)).await.expect("publish");
+        listeners.join();
+        bus.publish_update(update(2)).await.expect("publish");
+        listeners.join();
+        listeners.leave();
+        bus.publish_update(update(3)).await.expect("publish");
+        listeners.leave();
+        bus.publish_update(update(4)).await.expect("publish");
+        listeners.join();
+        bus.publish_update(update(5)).await.expect("publish");
+        drop(bus);
+        let mut seen = Vec::new();
+        while let Some(delivery) = updates.next().await {
+            seen.push(delivery.message.seq);
+        }
+        assert_eq!(seen, [2, 3, 5]);
     }
 }

@@ -21,7 +21,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -180,6 +180,37 @@ pub(crate) fn next_epoch() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let process = *PROCESS.get_or_init(|| u64::from(rand::random::<u32>() | 1) << 32);
     process | (COUNTER.fetch_add(1, Ordering::Relaxed) + 1) & 0xffff_ffff
+}
+
+/// The live-tracking sessions open on this node, counted for the in-process bus: its
+/// order updates have no listener but this node's sessions, so while there are none
+/// it publishes nothing, and an update nobody follows wakes neither the update
+/// bridge nor the notifier (most orders are never watched live; this saves about a
+/// tenth of an order's CPU at light loads, BENCHMARKS.md). RabbitMQ's updates go to
+/// every node, whose sessions this node cannot count, so that bus ignores it.
+///
+/// Nothing is missed by it: a session joins before it reads any order's event log,
+/// and an update is published only after its event is committed. So an update that
+/// found nobody listening was committed before the session joined, and the session's
+/// read of the log shows it. The fences make that "before" hold across threads.
+#[derive(Clone, Default)]
+pub(crate) struct Listeners(Arc<AtomicUsize>);
+
+impl Listeners {
+    pub(crate) fn join(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    pub(crate) fn leave(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether nobody listens now, to an update whose event is committed.
+    pub(crate) fn none(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.0.load(Ordering::SeqCst) == 0
+    }
 }
 
 /// What happens to this node's hold on the order shards. The broker decides who is
