@@ -2,7 +2,9 @@
 //!
 //! Every order update of the cluster reaches this actor once per node: the update
 //! bridge reads `Bus::order_updates`, which with RabbitMQ is this node's queue on
-//! `events_exchange`, so a session sees an update whichever node made it.
+//! `events_exchange`, so a session sees an update whichever node made it. The
+//! in-process bus publishes updates only while this node has a session open (see
+//! `bus::Listeners`, which the sessions' registrations count).
 //!
 //! Each session registers an outbox, a bounded channel that the notifier fills with
 //! `try_send` and never waits on. A full outbox means the session has stopped
