@@ -185,8 +185,8 @@ pub(crate) fn next_epoch() -> u64 {
 /// The live-tracking sessions open on this node, counted for the in-process bus: its
 /// order updates have no listener but this node's sessions, so while there are none
 /// it publishes nothing, and an update nobody follows wakes neither the update
-/// bridge nor the notifier (most orders are never watched live; this saves about a
-/// tenth of an order's CPU at light loads, BENCHMARKS.md). RabbitMQ's updates go to
+/// bridge nor the notifier (most orders are never watched live; under full load this
+/// saves about a tenth of an order's CPU, BENCHMARKS.md). RabbitMQ's updates go to
 /// every node, whose sessions this node cannot count, so that bus ignores it.
 ///
 /// Nothing is missed by it: a session joins before it reads any order's event log,
