@@ -93,8 +93,9 @@ pub(crate) struct OrdersState {
     max_resting: usize,
     /// How long an actor rests before it is passivated.
     passivate_after: Duration,
-    /// An idle check is due (one at a time, for the longest at rest).
-    idle_check_pending: bool,
+    /// The timer of the idle check that is due (one at a time, for the longest at
+    /// rest), aborted when the router stops so that it does not outlive it.
+    idle_check: Option<tokio::task::JoinHandle<Result<(), ractor::MessagingErr<OrdersMsg>>>>,
     mailbox: MailboxGauge,
     family: FamilySize,
 }
@@ -136,7 +137,7 @@ impl Actor for OrdersSupervisor {
             resting: VecDeque::new(),
             max_resting: args.context.settings.orders.max_idle_actors,
             passivate_after: Duration::from_secs(args.context.settings.orders.passivate_after_secs),
-            idle_check_pending: false,
+            idle_check: None,
             mailbox: args.mailbox,
             family,
             context: args.context,
@@ -183,7 +184,7 @@ impl Actor for OrdersSupervisor {
                 Ok(())
             }
             OrdersMsg::IdleCheck => {
-                state.idle_check_pending = false;
+                state.idle_check = None;
                 let now = Instant::now();
                 while let Some((since, _)) = state.resting.front()
                     && now.saturating_duration_since(*since) >= state.passivate_after
@@ -250,12 +251,23 @@ impl Actor for OrdersSupervisor {
         }
         Ok(())
     }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.idle_check.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
 }
 
 impl OrdersState {
     /// Sets the idle check for when the longest at rest is due, unless one is set.
     fn schedule_idle_check(&mut self, myself: &ActorRef<OrdersMsg>) {
-        if self.idle_check_pending {
+        if self.idle_check.is_some() {
             return;
         }
         let Some((since, _)) = self.resting.front() else {
@@ -265,10 +277,11 @@ impl OrdersState {
         let Some(due) = since.checked_add(self.passivate_after) else {
             return;
         };
-        self.idle_check_pending = true;
-        myself.send_after(due.saturating_duration_since(Instant::now()), || {
-            OrdersMsg::IdleCheck
-        });
+        self.idle_check = Some(
+            myself.send_after(due.saturating_duration_since(Instant::now()), || {
+                OrdersMsg::IdleCheck
+            }),
+        );
     }
 
     /// Stops a resting actor unless a message was routed to it since it came to rest
