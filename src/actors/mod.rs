@@ -27,6 +27,7 @@ pub(crate) mod root;
 pub(crate) mod shards;
 pub(crate) mod supervision;
 pub mod telemetry;
+pub(crate) mod timer;
 
 pub use control::{ActorKind, ActorNode, CircuitState, RuntimeControl, ServiceHealth};
 pub(crate) use root::Root;

@@ -19,6 +19,7 @@
 use super::Context;
 use super::orders::{OrdersMsg, Resting};
 use super::shards::Lease;
+use super::timer::PendingTimer;
 use crate::bus::Acker;
 use crate::bus::{BusError, StepReply};
 use crate::domain::backoff::jittered;
@@ -31,8 +32,7 @@ use crate::domain::{Operation, OperationOutcome, OrderId, SagaInput};
 use crate::service::{KeptChanging, announce, commit_with_retry};
 use crate::store::StoreError;
 use chrono::Utc;
-use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -118,7 +118,7 @@ pub(crate) struct OrderState {
     held: Vec<Acker>,
     /// Pending timer, aborted as soon as it is moot so that tens of thousands of
     /// orders do not leave as many sleeping tasks behind.
-    timer: Option<JoinHandle<Result<(), MessagingErr<OrderMsg>>>>,
+    timer: PendingTimer<OrderMsg>,
     /// What the pending timer is and when it fires.
     next_timer: Option<NextTimer>,
     /// The trace span of the order's processing, from the command that started it
@@ -149,7 +149,7 @@ impl Actor for OrderActor {
             lease: args.lease,
             runner: Runner::new(args.order_id, args.lease.epoch, args.policy),
             held: Vec::new(),
-            timer: None,
+            timer: PendingTimer::new(),
             next_timer: None,
             span: tracing::Span::none(),
             step_span: None,
@@ -254,13 +254,12 @@ impl OrderState {
         Ok(())
     }
 
-    /// What stopping leaves behind: the admission slot back, the timer cancelled,
-    /// held deliveries settled with the broker.
+    /// What stopping leaves behind: the admission slot back, held deliveries
+    /// settled with the broker (the timer goes with the state).
     async fn stopped(&mut self) {
         if self.runner.admitted() {
             self.context.admission.leave();
         }
-        self.cancel_timer();
         if self.fenced() {
             // The shard moved on: its new owner resumes the order from the store, so
             // what this actor held has nothing left to do (and the broker no reason
@@ -338,9 +337,9 @@ impl OrderState {
                     Timer::Backoff { .. } => jittered(after),
                     Timer::Watchdog { .. } => after,
                 };
-                self.cancel_timer();
                 self.next_timer = next_timer(timer.kind(), after);
-                self.timer = Some(myself.send_after(after, move || OrderMsg::Timer(timer)));
+                self.timer
+                    .set(myself, after, move || OrderMsg::Timer(timer));
             }
             Effect::CancelTimer => self.cancel_timer(),
             Effect::RetryAfterOutage { after } => {
@@ -416,9 +415,7 @@ impl OrderState {
     }
 
     fn cancel_timer(&mut self) {
-        if let Some(timer) = self.timer.take() {
-            timer.abort();
-        }
+        self.timer.cancel();
         self.next_timer = None;
     }
 

@@ -17,6 +17,7 @@ use super::control::ActorKind;
 use super::order::{OrderActor, OrderActorArgs, OrderMsg, runner_policy};
 use super::shards::Lease;
 use super::telemetry::{self, ActorInfo, FamilySize, Lifecycle, MailboxGauge, Posted};
+use super::timer::PendingTimer;
 use crate::bus::Acker;
 use crate::bus::OrderCommand;
 use crate::domain::OrderId;
@@ -94,8 +95,8 @@ pub(crate) struct OrdersState {
     /// How long an actor rests before it is passivated.
     passivate_after: Duration,
     /// The timer of the idle check that is due (one at a time, for the longest at
-    /// rest), aborted when the router stops so that it does not outlive it.
-    idle_check: Option<tokio::task::JoinHandle<Result<(), ractor::MessagingErr<OrdersMsg>>>>,
+    /// rest).
+    idle_check: PendingTimer<OrdersMsg>,
     mailbox: MailboxGauge,
     family: FamilySize,
 }
@@ -137,7 +138,7 @@ impl Actor for OrdersSupervisor {
             resting: VecDeque::new(),
             max_resting: args.context.settings.orders.max_idle_actors,
             passivate_after: Duration::from_secs(args.context.settings.orders.passivate_after_secs),
-            idle_check: None,
+            idle_check: PendingTimer::new(),
             mailbox: args.mailbox,
             family,
             context: args.context,
@@ -184,7 +185,7 @@ impl Actor for OrdersSupervisor {
                 Ok(())
             }
             OrdersMsg::IdleCheck => {
-                state.idle_check = None;
+                state.idle_check.fired();
                 let now = Instant::now();
                 while let Some((since, _)) = state.resting.front()
                     && now.saturating_duration_since(*since) >= state.passivate_after
@@ -251,23 +252,12 @@ impl Actor for OrdersSupervisor {
         }
         Ok(())
     }
-
-    async fn post_stop(
-        &self,
-        _: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(timer) = state.idle_check.take() {
-            timer.abort();
-        }
-        Ok(())
-    }
 }
 
 impl OrdersState {
     /// Sets the idle check for when the longest at rest is due, unless one is set.
     fn schedule_idle_check(&mut self, myself: &ActorRef<OrdersMsg>) {
-        if self.idle_check.is_some() {
+        if self.idle_check.is_pending() {
             return;
         }
         let Some((since, _)) = self.resting.front() else {
@@ -277,10 +267,10 @@ impl OrdersState {
         let Some(due) = since.checked_add(self.passivate_after) else {
             return;
         };
-        self.idle_check = Some(
-            myself.send_after(due.saturating_duration_since(Instant::now()), || {
-                OrdersMsg::IdleCheck
-            }),
+        self.idle_check.set(
+            myself,
+            due.saturating_duration_since(Instant::now()),
+            || OrdersMsg::IdleCheck,
         );
     }
 
